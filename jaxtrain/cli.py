@@ -1,0 +1,85 @@
+"""`jaxtrain train | parity | bench`: the command line. I/O and printing live here."""
+
+from __future__ import annotations
+
+import statistics
+import sys
+
+from jaxtrain import config as config_lib
+from jaxtrain import metrics
+
+
+class TutorialPrinter:
+    """Prints what the tutorial prints (or a tqdm bar with --progress; nothing with --quiet)."""
+
+    def __init__(self, config, out=sys.stdout):
+        self.config, self.out, self.bar = config, out, None
+        self.train_seconds: list[float] = []
+
+    def __call__(self, event: str, **kw) -> None:
+        c = self.config
+        if event == "compiled" and c.progress:
+            from tqdm import tqdm
+
+            self.bar = tqdm(total=c.epochs, unit="epoch", file=sys.stderr, disable=c.quiet)
+        if event == "epoch_end":
+            self.train_seconds.append(kw["train_seconds"])
+        if c.quiet:
+            if event == "done":
+                self._timing(kw["compile_seconds"], sys.stderr)
+            return
+        if self.bar is not None:
+            if event == "epoch_end":
+                self.bar.set_postfix(test_loss=f"{kw['test_loss']:.4f}", acc=f"{100 * kw['accuracy']:.1f}%")
+                self.bar.update(1)
+            if event == "done":
+                self.bar.close()
+                self._timing(kw["compile_seconds"], self.out)
+            return
+        if event == "epoch_start":
+            print(metrics.epoch_header(kw["epoch"]), file=self.out)
+        elif event == "train_losses":
+            batches = kw["batches"]
+            for b in range(0, len(kw["losses"]), 100):
+                current = b * c.batch_size + int(batches.sizes[b])
+                print(metrics.train_progress_line(kw["losses"][b], current, kw["size"]), file=self.out)
+        elif event == "epoch_end":
+            print(metrics.test_summary_lines(kw["accuracy"], kw["test_loss"]), file=self.out)
+        elif event == "done":
+            print("Done!", file=self.out)
+            self._timing(kw["compile_seconds"], self.out)
+        self.out.flush()
+
+    def _timing(self, compile_seconds: float, out) -> None:
+        steady = self.train_seconds[1:] or self.train_seconds
+        print(f"compile: {compile_seconds:.2f} s; train epoch (steady state, median of {len(steady)}): "
+              f"{statistics.median(steady):.3f} s", file=out)
+
+
+def run_train(config) -> int:
+    from jaxtrain import data as data_lib
+    from jaxtrain import train as train_lib
+
+    metrics.check_writable(config.metrics_out)
+    train_lib.configure_jax(config.dtype)
+    train_split, test_split = data_lib.load_data(config)
+    record = train_lib.fit(config, train_split, test_split, report=TutorialPrinter(config))
+    if config.metrics_out:
+        metrics.write_json(config.metrics_out, record)
+    return 0
+
+
+def build_parser() -> config_lib.OneLineParser:
+    parser = config_lib.OneLineParser(prog="jaxtrain", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True, parser_class=config_lib.OneLineParser)
+    train = commands.add_parser("train", help="train the tutorial's model with JAX")
+    config_lib.add_train_flags(train)
+    return parser
+
+
+@config_lib.exit_on_user_error
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.command == "train":
+        return run_train(config_lib.config_from_args(args))
+    return 2

@@ -1,0 +1,239 @@
+"""FashionMNIST from IDX files, and the one batch pipeline both frameworks consume.
+
+The IDX reader is plain numpy. `epoch_batches` decides which samples go in
+which batch of an epoch (in order, like `DataLoader(shuffle=False)`, or in a
+seeded permutation); the JAX trainer, the PyTorch reference and the parity
+harness all take their batches from it, so they see the same data in the same
+order and any difference between them is about math, not data.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import gzip
+import os
+import zlib
+from pathlib import Path
+
+import numpy as np
+
+from jaxtrain.errors import DataError
+
+DATA_ENV_VAR = "JAXTRAIN_DATA_DIR"
+DEBIAN_DIR = Path("/usr/share/datasets/fashion-mnist")
+TORCHVISION_SUBDIR = Path("FashionMNIST") / "raw"  # torchvision's root/FashionMNIST/raw
+NUM_CLASSES = 10
+HOW_TO_GET = (
+    "install Debian's dataset-fashion-mnist (apt-get install dataset-fashion-mnist) "
+    "or pass --data-dir DIR holding the four FashionMNIST IDX files"
+)
+
+SPLIT_FILES = {
+    "train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
+    "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"),
+}
+IMAGES_MAGIC, LABELS_MAGIC = 2051, 2049
+
+
+@dataclasses.dataclass(frozen=True)
+class Split:
+    """One split: images as float32 in [0, 1] (what `ToTensor()` gives), labels int32."""
+
+    images: np.ndarray  # (n, 28, 28) float32
+    labels: np.ndarray  # (n,) int32
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def take(self, limit: int | None) -> "Split":
+        if limit is None or limit >= len(self):
+            return self
+        return Split(self.images[:limit], self.labels[:limit])
+
+
+# --------------------------------------------------------------------------- IDX
+
+
+def _read_bytes(path: Path) -> bytes:
+    try:
+        raw = path.read_bytes()
+    except OSError as e:
+        raise DataError(f"{path}: cannot read ({e.strerror}); {HOW_TO_GET}") from None
+    if path.suffix == ".gz":
+        try:
+            return gzip.decompress(raw)
+        except (OSError, EOFError, zlib.error) as e:
+            raise DataError(f"{path}: not a valid gzip file ({e}); re-install or re-download it") from None
+    return raw
+
+
+def parse_idx(raw: bytes, expected_magic: int, name: str) -> np.ndarray:
+    """Parse an IDX byte string (big-endian header) into a uint8 array, checking everything."""
+    kind = "images" if expected_magic == IMAGES_MAGIC else "labels"
+    ndim = 3 if expected_magic == IMAGES_MAGIC else 1
+    header_len = 4 + 4 * ndim
+    if len(raw) < header_len:
+        raise DataError(f"{name}: truncated IDX header ({len(raw)} bytes, need {header_len}); re-download the file")
+    magic = int.from_bytes(raw[:4], "big")
+    if magic != expected_magic:
+        raise DataError(
+            f"{name}: wrong magic number {magic} (IDX {kind} files start with {expected_magic}); "
+            "is this the right file?"
+        )
+    dims = tuple(int.from_bytes(raw[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim))
+    if ndim == 3 and dims[1:] != (28, 28):
+        raise DataError(f"{name}: images are {dims[1]}x{dims[2]}, FashionMNIST images are 28x28")
+    expected = int(np.prod(dims, dtype=np.int64))
+    body = len(raw) - header_len
+    if body != expected:
+        what = "truncated" if body < expected else "has trailing bytes"
+        raise DataError(f"{name}: {what}: header says {dims} = {expected} bytes of data, file has {body}; re-download it")
+    return np.frombuffer(raw, dtype=np.uint8, offset=header_len).reshape(dims)
+
+
+def _find_file(directory: Path, stem: str) -> Path | None:
+    for candidate in (directory / (stem + ".gz"), directory / stem):
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def candidate_dirs(data_dir: str | os.PathLike | None) -> list[Path]:
+    """Where to look, in order: --data-dir, $JAXTRAIN_DATA_DIR, Debian's package, torchvision's layout."""
+    dirs: list[Path] = []
+    for root in (data_dir, os.environ.get(DATA_ENV_VAR)):
+        if root:
+            dirs += [Path(root), Path(root) / TORCHVISION_SUBDIR]
+    dirs += [DEBIAN_DIR, Path("data") / TORCHVISION_SUBDIR]
+    return dirs
+
+
+def locate(data_dir: str | os.PathLike | None = None) -> Path:
+    """The first candidate directory that holds all four files (plain or .gz)."""
+    if data_dir is not None and not Path(data_dir).is_dir():
+        raise DataError(f"{data_dir}: --data-dir does not exist or is not a directory; {HOW_TO_GET}")
+    stems = [s for pair in SPLIT_FILES.values() for s in pair]
+    for directory in candidate_dirs(data_dir):
+        if all(_find_file(directory, s) for s in stems):
+            return directory
+    for directory in candidate_dirs(data_dir):  # name the first file missing from a partial copy
+        found = [s for s in stems if _find_file(directory, s)]
+        if found:
+            missing = next(s for s in stems if s not in found)
+            raise DataError(f"{directory}: {missing}(.gz) is missing; {HOW_TO_GET}")
+    where = ", ".join(str(d) for d in candidate_dirs(data_dir))
+    raise DataError(f"FashionMNIST not found (looked in {where}); {HOW_TO_GET}")
+
+
+def load_split(directory: Path, split: str) -> Split:
+    image_stem, label_stem = SPLIT_FILES[split]
+    image_path, label_path = _find_file(directory, image_stem), _find_file(directory, label_stem)
+    if image_path is None or label_path is None:
+        missing = image_stem if image_path is None else label_stem
+        raise DataError(f"{directory}: {missing}(.gz) is missing; {HOW_TO_GET}")
+    images = parse_idx(_read_bytes(image_path), IMAGES_MAGIC, str(image_path))
+    labels = parse_idx(_read_bytes(label_path), LABELS_MAGIC, str(label_path))
+    if len(images) != len(labels):
+        raise DataError(f"{image_path}: {len(images)} images but {label_path.name} has {len(labels)} labels")
+    if len(labels) == 0:
+        raise DataError(f"{label_path}: holds no samples; re-download it")
+    if labels.max() >= NUM_CLASSES:
+        raise DataError(f"{label_path}: label {int(labels.max())} out of range 0..{NUM_CLASSES - 1}")
+    return Split(images.astype(np.float32) / np.float32(255.0), labels.astype(np.int32))
+
+
+def load_fashion_mnist(data_dir: str | os.PathLike | None = None) -> tuple[Split, Split]:
+    directory = locate(data_dir)
+    return load_split(directory, "train"), load_split(directory, "test")
+
+
+# --------------------------------------------------------------------------- TFDS
+
+
+def load_tfds(name: str, data_dir: str | None = None) -> tuple[Split, Split]:
+    """Load a TFDS image-classification dataset through `tfds.data_source` (no TensorFlow needed).
+
+    The dataset must already be prepared in `data_dir` (tfds downloads need network
+    access). TFDS orders the samples differently from the IDX files.
+    """
+    try:
+        import tensorflow_datasets as tfds
+    except ImportError:
+        raise DataError("--data-source tfds needs tensorflow-datasets: pip install 'jaxtrain[tfds]'") from None
+    splits = []
+    for split in ("train", "test"):
+        try:
+            source = tfds.data_source(name, split=split, data_dir=data_dir)
+            records = source.__getitems__(range(len(source)))
+        except Exception as e:  # tfds raises many types for a missing/unprepared dataset
+            first_line = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise DataError(f"tfds dataset {name!r} split {split!r} unavailable: {first_line}") from None
+        if not records:
+            raise DataError(f"tfds dataset {name!r} split {split!r} is empty")
+        images = np.stack([np.asarray(r["image"]) for r in records])
+        images = images.reshape(len(records), *images.shape[1:3])  # drop the channel axis
+        labels = np.asarray([int(r["label"]) for r in records], dtype=np.int32)
+        splits.append(Split(images.astype(np.float32) / np.float32(255.0), labels))
+    return splits[0], splits[1]
+
+
+def load_data(config) -> tuple[Split, Split]:
+    """The train and test splits a run asked for, limited by --train-limit/--test-limit."""
+    if config.data_source == "tfds":
+        train, test = load_tfds(config.tfds_name, config.data_dir)
+    else:
+        train, test = load_fashion_mnist(config.data_dir)
+    return train.take(config.train_limit), test.take(config.test_limit)
+
+
+# --------------------------------------------------------------------------- batches
+
+
+@dataclasses.dataclass(frozen=True)
+class EpochBatches:
+    """Which samples each batch of one epoch holds, padded to a fixed shape.
+
+    `index[b, i]` is the sample in row i of batch b; `mask[b, i]` is 1 for a real
+    sample and 0 for padding (only the last batch can be partial). A fixed shape
+    lets one compiled step serve every batch, the partial one included.
+    """
+
+    index: np.ndarray  # (num_batches, batch_size) int32
+    mask: np.ndarray  # (num_batches, batch_size) float32
+    sizes: np.ndarray  # (num_batches,) real samples per batch
+
+    def __len__(self) -> int:
+        return len(self.sizes)
+
+
+def epoch_batches(num_samples: int, batch_size: int, shuffle: bool = False, seed: int = 0, epoch: int = 0) -> EpochBatches:
+    """Batches of one epoch: in order (`shuffle=False`) or a permutation seeded by (seed, epoch).
+
+    Keeps the last partial batch, as `DataLoader(drop_last=False)` does.
+    """
+    order = np.arange(num_samples)
+    if shuffle:
+        order = np.random.default_rng([seed, epoch]).permutation(num_samples)
+    num_batches = -(-num_samples // batch_size)
+    padded = np.zeros(num_batches * batch_size, dtype=np.int32)
+    padded[:num_samples] = order
+    mask = np.zeros(num_batches * batch_size, dtype=np.float32)
+    mask[:num_samples] = 1.0
+    sizes = np.full(num_batches, batch_size)
+    sizes[-1] = num_samples - (num_batches - 1) * batch_size
+    return EpochBatches(padded.reshape(num_batches, batch_size), mask.reshape(num_batches, batch_size), sizes)
+
+
+def iterate(split: Split, batches: EpochBatches, padded: bool = False):
+    """Yield (images, labels) numpy batches in the epoch's order.
+
+    `padded=False` yields the real samples only (what a DataLoader yields);
+    `padded=True` yields fixed-shape batches plus their mask.
+    """
+    for b in range(len(batches)):
+        if padded:
+            idx = batches.index[b]
+            yield split.images[idx], split.labels[idx], batches.mask[b]
+        else:
+            idx = batches.index[b, : batches.sizes[b]]
+            yield split.images[idx], split.labels[idx]

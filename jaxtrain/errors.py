@@ -1,0 +1,21 @@
+"""The errors a user can cause, each reported as one line on stderr with exit code 2."""
+
+
+class UserError(Exception):
+    """Bad input from the user: a flag, a file, a path. Printed as one line, exit 2."""
+
+    exit_code = 2
+
+
+class DataError(UserError):
+    """Missing, corrupt or truncated dataset files."""
+
+
+class ConfigError(UserError):
+    """A flag value or a combination of flags that cannot work."""
+
+
+class DivergedError(Exception):
+    """A training loss became NaN or infinite. Printed as one line, exit 3."""
+
+    exit_code = 3

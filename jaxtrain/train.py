@@ -1,0 +1,205 @@
+"""The pure training math: state, `train_step`, `eval_step`, and whole epochs on device.
+
+Read this file next to `torchref/train.py`: `train_step` is the body of the
+tutorial's `train_loop` (forward, loss, backward, optimizer.step()), and
+`eval_step` the body of its `test_loop`. Nothing here prints or reads files.
+
+- `train_step(state, batch) -> (state, metrics)` and `eval_step(state, batch) -> metrics`
+  are pure functions of a pytree state, compiled once with `jax.jit` (the state
+  donated).
+- `train_epoch` runs every step of an epoch inside one `lax.scan` over the
+  training set kept on the device; the batch order comes in as an index matrix
+  from `jaxtrain.data.epoch_batches`, so it is the order torch sees too.
+- Every batch has the same shape: the last partial batch is padded and masked,
+  so neither the step nor the epoch is ever recompiled.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from flax import struct
+from flax.training import train_state
+
+from jaxtrain import data as data_lib
+from jaxtrain.losses import make_loss
+from jaxtrain.models import make_model
+from jaxtrain.optim import make_optimizer
+
+
+class TrainState(train_state.TrainState):
+    """Flax's TrainState (step, params, opt_state, apply_fn, tx) plus what the tutorial's
+    models and loss need: BatchNorm statistics, the dropout RNG, the loss function."""
+
+    batch_stats: Any = None
+    rng: jax.Array | None = None
+    loss_fn: Callable = struct.field(pytree_node=False, default=None)
+
+
+def configure_jax(dtype: str = "float32") -> None:
+    """float64 needs x64 mode; float32 matmuls run at full precision (no TF32), as torch's do."""
+    jax.config.update("jax_enable_x64", dtype == "float64")
+    jax.config.update("jax_default_matmul_precision", "highest")
+
+
+def device_kind() -> str:
+    backend = jax.default_backend()
+    return backend if backend in ("cpu", "gpu", "tpu") else ("gpu" if backend in ("cuda", "rocm") else backend)
+
+
+def create_state(config, steps_per_epoch: int, params=None, batch_stats=None) -> TrainState:
+    """Initialise the model (or take given weights), the optimizer and the RNG."""
+    model = make_model(config)
+    dtype = jnp.dtype(config.dtype)
+    init_key, dropout_key = jax.random.split(jax.random.key(config.seed))
+    if params is None:
+        variables = model.init(init_key, jnp.zeros((1, 28 * 28), jnp.float32), train=False)
+        params, batch_stats = variables["params"], variables.get("batch_stats", {})
+    cast = lambda tree: jax.tree.map(lambda a: jnp.asarray(a, dtype), tree)  # noqa: E731
+    return TrainState.create(
+        apply_fn=model.apply, params=cast(params), tx=make_optimizer(config, steps_per_epoch),
+        batch_stats=cast(batch_stats or {}), rng=dropout_key, loss_fn=make_loss(config))
+
+
+def _variables(state: TrainState, params) -> dict:
+    return {"params": params, "batch_stats": state.batch_stats} if state.batch_stats else {"params": params}
+
+
+def forward_and_grad(state: TrainState, batch: dict):
+    """model.train(); pred = model(X); loss = loss_fn(pred, y); loss.backward()."""
+
+    def loss_of(params):
+        outputs, mutated = state.apply_fn(
+            _variables(state, params), batch["x"], train=True, mask=batch["mask"],
+            dropout_masks=batch.get("dropout"), rngs={"dropout": jax.random.fold_in(state.rng, state.step)},
+            mutable=["batch_stats"])
+        return state.loss_fn(outputs, batch["y"], batch["mask"]), (outputs, mutated.get("batch_stats", {}))
+
+    (loss, (outputs, batch_stats)), grads = jax.value_and_grad(loss_of, has_aux=True)(state.params)
+    return loss, outputs, batch_stats, grads
+
+
+def train_step(state: TrainState, batch: dict) -> tuple[TrainState, dict]:
+    """One step of the tutorial's train_loop: forward, loss, backward, optimizer.step()."""
+    loss, _, batch_stats, grads = forward_and_grad(state, batch)
+    state = state.apply_gradients(grads=grads, batch_stats=batch_stats)
+    return state, {"loss": loss}
+
+
+def eval_step(state: TrainState, batch: dict) -> dict:
+    """One batch of the tutorial's test_loop (model.eval(), no gradients): batch-mean loss, #correct."""
+    outputs = state.apply_fn(_variables(state, state.params), batch["x"], train=False)
+    loss = state.loss_fn(outputs, batch["y"], batch["mask"])
+    correct = jnp.sum((jnp.argmax(outputs, axis=-1) == batch["y"]) * batch["mask"])
+    return {"loss": loss, "correct": correct}
+
+
+def _gather(images, labels, index, mask) -> dict:
+    return {"x": images[index], "y": labels[index], "mask": mask.astype(images.dtype)}
+
+
+def train_epoch(state: TrainState, images, labels, index, mask) -> tuple[TrainState, jax.Array]:
+    """All steps of one epoch in a `lax.scan`; returns every step's loss."""
+
+    def body(state, batch_index):
+        state, metrics = train_step(state, _gather(images, labels, *batch_index))
+        return state, metrics["loss"]
+
+    return jax.lax.scan(body, state, (index, mask))
+
+
+def eval_epoch(state: TrainState, images, labels, index, mask) -> dict:
+    """eval_step over every test batch in a `lax.scan`; per-batch loss and #correct."""
+    return jax.lax.map(lambda batch_index: eval_step(state, _gather(images, labels, *batch_index)), (index, mask))
+
+
+class Trainer:
+    """Keeps the data on the device, compiles the epoch functions once, runs epochs.
+
+    `compile_seconds` is the time spent tracing and compiling (ahead of time, so
+    it is not mixed into the first epoch's time).
+    """
+
+    def __init__(self, config, train: data_lib.Split, test: data_lib.Split, state: TrainState | None = None):
+        self.config = config
+        dtype = jnp.dtype(config.dtype)
+        self.train_split, self.test_split = train, test
+        self.train_images = jnp.asarray(train.images.reshape(len(train), -1), dtype)
+        self.train_labels = jnp.asarray(train.labels)
+        self.test_images = jnp.asarray(test.images.reshape(len(test), -1), dtype)
+        self.test_labels = jnp.asarray(test.labels)
+        self.steps_per_epoch = -(-len(train) // config.batch_size)
+        self.state = state if state is not None else create_state(config, self.steps_per_epoch)
+        test_batches = data_lib.epoch_batches(len(test), config.batch_size)
+        self.test_index, self.test_mask = jnp.asarray(test_batches.index), jnp.asarray(test_batches.mask)
+        self.test_sizes = test_batches.sizes
+
+        start = time.perf_counter()
+        probe = data_lib.epoch_batches(len(train), config.batch_size)
+        self._train_epoch = jax.jit(train_epoch, donate_argnums=0).lower(
+            self.state, self.train_images, self.train_labels, probe.index, probe.mask).compile()
+        self._eval_epoch = jax.jit(eval_epoch).lower(
+            self.state, self.test_images, self.test_labels, self.test_index, self.test_mask).compile()
+        self.compile_seconds = time.perf_counter() - start
+
+    def batches(self, epoch: int) -> data_lib.EpochBatches:
+        c = self.config
+        return data_lib.epoch_batches(len(self.train_split), c.batch_size, c.shuffle, c.seed, epoch)
+
+    def train_one_epoch(self, epoch: int) -> np.ndarray:
+        """Run epoch `epoch` (0-based); returns the loss of every step, as float64 numpy."""
+        batches = self.batches(epoch)
+        self.state, losses = self._train_epoch(
+            self.state, self.train_images, self.train_labels, batches.index, batches.mask)
+        return np.asarray(losses, dtype=np.float64)
+
+    def evaluate(self) -> tuple[float, float]:
+        """(avg test loss as the tutorial computes it: mean of batch means, accuracy in [0, 1])."""
+        out = jax.device_get(self._eval_epoch(
+            self.state, self.test_images, self.test_labels, self.test_index, self.test_mask))
+        return float(np.mean(out["loss"], dtype=np.float64)), float(np.sum(out["correct"])) / len(self.test_split)
+
+
+def check_finite(losses: np.ndarray, epoch: int, steps_before: int) -> None:
+    """Stop on the first NaN/Inf loss, naming its step and epoch."""
+    from jaxtrain.errors import DivergedError
+
+    bad = np.flatnonzero(~np.isfinite(losses))
+    if bad.size:
+        step = steps_before + int(bad[0]) + 1
+        raise DivergedError(
+            f"loss became {losses[bad[0]]} at step {step} (epoch {epoch + 1}); "
+            "lower --lr or check the data")
+
+
+def fit(config, train: data_lib.Split, test: data_lib.Split, report=None, trainer: Trainer | None = None) -> dict:
+    """The tutorial's `for t in range(epochs): train_loop(...); test_loop(...)`, returning
+    the metrics record (jaxtrain.metrics schema). `report` receives progress events."""
+    from jaxtrain.metrics import new_record
+
+    report = report or (lambda event, **kw: None)
+    trainer = trainer or Trainer(config, train, test)
+    record = new_record("jax", config, device_kind())
+    report("compiled", seconds=trainer.compile_seconds)
+    for epoch in range(config.epochs):
+        report("epoch_start", epoch=epoch)
+        start = time.perf_counter()
+        losses = trainer.train_one_epoch(epoch)
+        train_seconds = time.perf_counter() - start
+        check_finite(losses, epoch, len(record["steps"]))
+        report("train_losses", epoch=epoch, losses=losses, batches=trainer.batches(epoch), size=len(train))
+        test_loss, accuracy = trainer.evaluate()
+        seconds = time.perf_counter() - start
+        first = len(record["steps"]) + 1
+        record["steps"] += [{"step": first + i, "loss": float(v)} for i, v in enumerate(losses)]
+        record["epochs"].append({"epoch": epoch + 1, "train_loss": float(np.mean(losses)),
+                                 "test_loss": test_loss, "test_accuracy": accuracy, "seconds": seconds})
+        report("epoch_end", epoch=epoch, test_loss=test_loss, accuracy=accuracy,
+               train_seconds=train_seconds, seconds=seconds)
+    report("done", record=record, compile_seconds=trainer.compile_seconds)
+    return record
