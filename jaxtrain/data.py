@@ -99,17 +99,23 @@ def _find_file(directory: Path, stem: str) -> Path | None:
 
 
 def candidate_dirs(data_dir: str | os.PathLike | None) -> list[Path]:
-    """Where to look, in order: --data-dir, $JAXTRAIN_DATA_DIR, Debian's package, torchvision's layout."""
+    """Where to look, in order: --data-dir alone when given; else $JAXTRAIN_DATA_DIR,
+    Debian's package, then torchvision's ./data/FashionMNIST/raw layout."""
+    if data_dir is not None:
+        return [Path(data_dir), Path(data_dir) / TORCHVISION_SUBDIR]
     dirs: list[Path] = []
-    for root in (data_dir, os.environ.get(DATA_ENV_VAR)):
-        if root:
-            dirs += [Path(root), Path(root) / TORCHVISION_SUBDIR]
-    dirs += [DEBIAN_DIR, Path("data") / TORCHVISION_SUBDIR]
-    return dirs
+    if os.environ.get(DATA_ENV_VAR):
+        root = Path(os.environ[DATA_ENV_VAR])
+        dirs += [root, root / TORCHVISION_SUBDIR]
+    return dirs + [DEBIAN_DIR, Path("data") / TORCHVISION_SUBDIR]
 
 
 def locate(data_dir: str | os.PathLike | None = None) -> Path:
-    """The first candidate directory that holds all four files (plain or .gz)."""
+    """The first candidate directory that holds all four files (plain or .gz).
+
+    An explicit --data-dir is never silently replaced by another copy: when it
+    lacks a file, that is the error.
+    """
     if data_dir is not None and not Path(data_dir).is_dir():
         raise DataError(f"{data_dir}: --data-dir does not exist or is not a directory; {HOW_TO_GET}")
     stems = [s for pair in SPLIT_FILES.values() for s in pair]
@@ -164,7 +170,7 @@ def load_tfds(name: str, data_dir: str | None = None) -> tuple[Split, Split]:
     for split in ("train", "test"):
         try:
             source = tfds.data_source(name, split=split, data_dir=data_dir)
-            records = source.__getitems__(range(len(source)))
+            records = [source[i] for i in range(len(source))]
         except Exception as e:  # tfds raises many types for a missing/unprepared dataset
             first_line = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
             raise DataError(f"tfds dataset {name!r} split {split!r} unavailable: {first_line}") from None

@@ -1,0 +1,137 @@
+"""train_step / eval_step against hand-computed numpy math, and the on-device epoch."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from jaxtrain import data as data_lib
+from jaxtrain import train as train_lib
+from jaxtrain.config import Config
+from jaxtrain.models import make_model
+
+
+def numpy_mlp_step(params, x, y, lr):
+    """Forward, cross-entropy, backward and SGD for the tutorial MLP, by hand."""
+    (w1, b1), (w2, b2), (w3, b3) = params
+    h1 = np.maximum(x @ w1 + b1, 0)
+    h2 = np.maximum(h1 @ w2 + b2, 0)
+    logits = h2 @ w3 + b3
+    shifted = logits - logits.max(1, keepdims=True)
+    probs = np.exp(shifted) / np.exp(shifted).sum(1, keepdims=True)
+    n = len(y)
+    loss = -np.log(probs[np.arange(n), y]).mean()
+    d_logits = probs.copy()
+    d_logits[np.arange(n), y] -= 1
+    d_logits /= n
+    d_h2 = (d_logits @ w3.T) * (h2 > 0)
+    d_h1 = (d_h2 @ w2.T) * (h1 > 0)
+    grads = [(x.T @ d_h1, d_h1.sum(0)), (h1.T @ d_h2, d_h2.sum(0)), (h2.T @ d_logits, d_logits.sum(0))]
+    new = [(w - lr * gw, b - lr * gb) for (w, b), (gw, gb) in zip(params, grads)]
+    return loss, logits, new
+
+
+def as_numpy_params(params):
+    names = ["linear_relu_stack_0", "linear_relu_stack_2", "linear_relu_stack_4"]
+    return [(np.asarray(params[n]["kernel"], np.float64), np.asarray(params[n]["bias"], np.float64)) for n in names]
+
+
+@pytest.fixture
+def tiny_batch():
+    rng = np.random.default_rng(1)
+    x = rng.random((3, 784))
+    y = np.array([2, 7, 7])
+    return x, y
+
+
+def test_train_step_matches_hand_computed_sgd(tiny_batch):
+    train_lib.configure_jax("float64")
+    config = Config(dtype="float64", lr=0.1)
+    x, y = tiny_batch
+    state = train_lib.create_state(config, steps_per_epoch=1)
+    expected_loss, _, expected_params = numpy_mlp_step(as_numpy_params(state.params), x, y, 0.1)
+    batch = {"x": jnp.asarray(x), "y": jnp.asarray(y), "mask": jnp.ones(3)}
+    state, metrics = jax.jit(train_lib.train_step, donate_argnums=0)(state, batch)
+    assert float(metrics["loss"]) == pytest.approx(expected_loss, rel=1e-12)
+    for (w, b), (ew, eb) in zip(as_numpy_params(state.params), expected_params):
+        np.testing.assert_allclose(w, ew, rtol=1e-10, atol=1e-14)
+        np.testing.assert_allclose(b, eb, rtol=1e-10, atol=1e-14)
+    assert int(state.step) == 1
+
+
+def test_padding_rows_change_nothing(tiny_batch):
+    """A batch padded with masked rows trains exactly like the smaller real batch."""
+    train_lib.configure_jax("float64")
+    config = Config(dtype="float64", lr=0.1, optimizer="adam", eps=1e-8)
+    x, y = tiny_batch
+    real = {"x": jnp.asarray(x), "y": jnp.asarray(y), "mask": jnp.ones(3)}
+    padded = {"x": jnp.asarray(np.vstack([x, np.ones((5, 784))])), "y": jnp.asarray(np.r_[y, [0] * 5]),
+              "mask": jnp.asarray(np.r_[np.ones(3), np.zeros(5)])}
+    a, ma = train_lib.train_step(train_lib.create_state(config, 1), real)
+    b, mb = train_lib.train_step(train_lib.create_state(config, 1), padded)
+    assert float(ma["loss"]) == pytest.approx(float(mb["loss"]), rel=1e-13)
+    jax.tree.map(lambda p, q: np.testing.assert_allclose(p, q, rtol=1e-11, atol=1e-15), a.params, b.params)
+    ea, eb = train_lib.eval_step(a, real), train_lib.eval_step(a, padded)
+    assert float(ea["correct"]) == float(eb["correct"])
+    assert float(ea["loss"]) == pytest.approx(float(eb["loss"]), rel=1e-13)
+
+
+def test_eval_step_loss_and_correct_count(tiny_batch):
+    train_lib.configure_jax("float64")
+    config = Config(dtype="float64")
+    x, y = tiny_batch
+    state = train_lib.create_state(config, 1)
+    _, logits, _ = numpy_mlp_step(as_numpy_params(state.params), x, y, 0.0)
+    out = train_lib.eval_step(state, {"x": jnp.asarray(x), "y": jnp.asarray(y), "mask": jnp.ones(3)})
+    shifted = logits - logits.max(1, keepdims=True)
+    log_probs = shifted - np.log(np.exp(shifted).sum(1, keepdims=True))
+    assert float(out["loss"]) == pytest.approx(-log_probs[np.arange(3), y].mean(), rel=1e-12)
+    assert int(out["correct"]) == int((logits.argmax(1) == y).sum())
+
+
+def test_torch_init_is_uniform_within_one_over_sqrt_fan_in():
+    params = make_model(Config()).init(jax.random.key(0), jnp.zeros((1, 784)))["params"]
+    for name, fan_in in (("linear_relu_stack_0", 784), ("linear_relu_stack_2", 512), ("linear_relu_stack_4", 512)):
+        bound = fan_in ** -0.5
+        for leaf in (params[name]["kernel"], params[name]["bias"]):
+            leaf = np.asarray(leaf)
+            assert np.abs(leaf).max() <= bound
+            if leaf.size > 1000:
+                assert leaf.std() == pytest.approx(bound / np.sqrt(3), rel=0.02)
+    flax_params = make_model(Config(init="flax")).init(jax.random.key(0), jnp.zeros((1, 784)))["params"]
+    assert not np.asarray(flax_params["linear_relu_stack_0"]["bias"]).any()  # Flax: zero biases
+
+
+def test_scan_epoch_equals_step_by_step_and_loss_falls(fashion):
+    train, test = fashion[0].take(640), fashion[1].take(200)
+    config = Config(epochs=3, batch_size=64, lr=0.05, shuffle=True, seed=4)
+    trainer = train_lib.Trainer(config, train, test)
+    state = train_lib.create_state(config, trainer.steps_per_epoch)
+    step = jax.jit(train_lib.train_step)
+    stepwise = []
+    for images, labels, mask in data_lib.iterate(train, trainer.batches(0), padded=True):
+        state, m = step(state, {"x": jnp.asarray(images.reshape(len(images), -1)), "y": jnp.asarray(labels),
+                                "mask": jnp.asarray(mask)})
+        stepwise.append(float(m["loss"]))
+    record = train_lib.fit(config, train, test, trainer=trainer)
+    scanned = [s["loss"] for s in record["steps"][:10]]
+    np.testing.assert_allclose(scanned, stepwise, rtol=2e-5)
+    losses = [e["test_loss"] for e in record["epochs"]]
+    assert losses[2] < losses[0] and record["epochs"][2]["train_loss"] < record["epochs"][0]["train_loss"]
+
+
+def test_non_finite_loss_stops_with_step_and_epoch(fashion):
+    from jaxtrain.errors import DivergedError
+
+    config = Config(epochs=2, lr=1e6, optimizer="sgd")
+    with pytest.raises(DivergedError, match=r"at step \d+ \(epoch 1\)"):
+        train_lib.fit(config, fashion[0].take(1280), fashion[1].take(64))
+
+
+def test_tutorial_ten_epochs_reaches_the_tutorials_accuracy(fashion):
+    """Defaults (SGD lr 1e-3, batch 64, torch init): the tutorial printed 71.0% at epoch 10."""
+    record = train_lib.fit(Config(), *fashion)
+    final = record["epochs"][-1]
+    assert 0.68 <= final["test_accuracy"] <= 0.74
+    assert 0.70 <= final["test_loss"] <= 0.85
+    assert len(record["steps"]) == 9380
