@@ -43,6 +43,8 @@ class TutorialPrinter:
             for b in range(0, len(kw["losses"]), 100):
                 current = b * c.batch_size + int(batches.sizes[b])
                 print(metrics.train_progress_line(kw["losses"][b], current, kw["size"]), file=self.out)
+        elif event == "train_progress":  # torchref reports as it goes
+            print(metrics.train_progress_line(kw["loss"], kw["current"], kw["size"]), file=self.out)
         elif event == "epoch_end":
             print(metrics.test_summary_lines(kw["accuracy"], kw["test_loss"]), file=self.out)
         elif event == "done":
@@ -52,7 +54,8 @@ class TutorialPrinter:
 
     def _timing(self, compile_seconds: float, out) -> None:
         steady = self.train_seconds[1:] or self.train_seconds
-        print(f"compile: {compile_seconds:.2f} s; train epoch (steady state, median of {len(steady)}): "
+        compiled = f"compile: {compile_seconds:.2f} s; " if compile_seconds else ""
+        print(f"{compiled}train epoch (steady state, median of {len(steady)}): "
               f"{statistics.median(steady):.3f} s", file=out)
 
 
@@ -69,11 +72,30 @@ def run_train(config) -> int:
     return 0
 
 
+def run_parity(config, args) -> int:
+    from jaxtrain import data as data_lib
+    from jaxtrain import parity
+
+    metrics.check_writable(args.report)
+    dtypes = ("float32", "float64") if args.dtype == "both" else (args.dtype,)
+    train_split, test_split = data_lib.load_data(config)
+    report = parity.check_parity(config, dtypes, train_split, test_split, max_steps=args.steps)
+    print(parity.format_table(report))
+    if args.report:
+        metrics.write_json(args.report, parity.public_report(report))
+    return 0 if report["passed"] else 1
+
+
 def build_parser() -> config_lib.OneLineParser:
     parser = config_lib.OneLineParser(prog="jaxtrain", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True, parser_class=config_lib.OneLineParser)
     train = commands.add_parser("train", help="train the tutorial's model with JAX")
     config_lib.add_train_flags(train)
+    parity = commands.add_parser("parity", help="check that JAX and PyTorch follow the same trajectory")
+    config_lib.add_train_flags(parity, dtypes=("float32", "float64", "both"), default_dtype="both")
+    parity.add_argument("--steps", type=config_lib._positive_int, default=None,
+                        help="stop after N training steps (default: all --epochs)")
+    parity.add_argument("--report", default=None, metavar="PATH", help="write the parity report JSON here")
     return parser
 
 
@@ -82,4 +104,6 @@ def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     if args.command == "train":
         return run_train(config_lib.config_from_args(args))
+    if args.command == "parity":
+        return run_parity(config_lib.config_from_args(args), args)
     return 2

@@ -99,7 +99,7 @@ def _milestones(text: str) -> tuple[int, ...]:
     return values
 
 
-def add_train_flags(parser: argparse.ArgumentParser) -> None:
+def add_train_flags(parser: argparse.ArgumentParser, dtypes=("float32", "float64"), default_dtype="float32") -> None:
     """The flags of a training run, named as the torch objects name them."""
     d = Config()
     g = parser.add_argument_group("training")
@@ -114,7 +114,7 @@ def add_train_flags(parser: argparse.ArgumentParser) -> None:
                    help="torch: nn.Linear's U(±1/sqrt(fan_in)); flax: Flax's defaults")
     g.add_argument("--seed", type=int, default=d.seed)
     g.add_argument("--shuffle", action="store_true", help="seeded shuffle each epoch (default: fixed order)")
-    g.add_argument("--dtype", choices=("float32", "float64"), default=d.dtype)
+    g.add_argument("--dtype", choices=dtypes, default=default_dtype)
     o = parser.add_argument_group("optimizer (torch.optim semantics)")
     o.add_argument("--optimizer", choices=OPTIMIZERS, default=d.optimizer)
     o.add_argument("--momentum", type=float, default=d.momentum)
@@ -150,6 +150,8 @@ def add_train_flags(parser: argparse.ArgumentParser) -> None:
 def config_from_args(args: argparse.Namespace) -> Config:
     fields = {f.name for f in dataclasses.fields(Config)}
     values = {k: v for k, v in vars(args).items() if k in fields}
+    if values.get("dtype") == "both":
+        values["dtype"] = "float32"
     opt = values["optimizer"]
     if values.get("eps") is None:
         values["eps"] = DEFAULT_EPS[opt]

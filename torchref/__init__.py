@@ -1,0 +1,1 @@
+"""torchref: the PyTorch reference, written the way the PyTorch tutorial writes it."""

@@ -1,0 +1,411 @@
+"""`jaxtrain parity`: prove that the JAX trainer follows the PyTorch reference, step by step.
+
+Both frameworks start from the same weights (torch's init, seeded, copied into
+Flax) and take the same batches from the shared plan, in lockstep; dropout
+masks are drawn once in numpy and given to both. Then:
+
+- float64: every step's loss agrees to <= 1e-10 relative (same math, so only
+  float64 rounding may differ);
+- float32: at every step |loss_jax32 - loss_torch32| <= 2 * g + 1e-6, where g is
+  the largest |loss_torch32 - loss_torch64| seen so far in the same run (torch's
+  own float32 rounding error), and every epoch's test accuracy agrees to within
+  0.1 point.
+
+On a failure the run is replayed up to the first failing step, capturing every
+stage of every step (logits, loss, each parameter's gradient, each parameter's
+update) in both frameworks; the first stage that differs by more than rounding
+is reported, with the tensor and the size of the difference.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from typing import Callable
+
+import numpy as np
+
+from jaxtrain import data as data_lib
+from jaxtrain.metrics import new_record
+
+FLOAT64_REL_TOL = 1e-10
+FLOAT32_GAP_FACTOR, FLOAT32_ABS_TOL = 2.0, 1e-6
+ACCURACY_TOL = 0.001  # 0.1 point
+STAGES = ("logits", "loss", "grads", "updates")
+
+
+def dropout_masks(config, step: int, batch_size: int) -> list[np.ndarray]:
+    """Keep-masks for one step, drawn from (seed, step): both frameworks apply these."""
+    from jaxtrain.models import dropout_shapes
+
+    rng = np.random.default_rng([config.seed, 7919, step])
+    return [rng.random(shape) >= config.dropout for shape in dropout_shapes(config, batch_size)]
+
+
+# --------------------------------------------------------------------------- runners
+
+
+class JaxRunner:
+    """jaxtrain's train_step/eval_step on one dtype, fed batch by batch."""
+
+    def __init__(self, config, steps_per_epoch, params, batch_stats, test: data_lib.Split, make_tx=None):
+        import jax
+        import jax.numpy as jnp
+
+        from jaxtrain import train as train_lib
+
+        self.config, self.jnp, self.jax = config, jnp, jax
+        self.dtype = jnp.dtype(config.dtype)
+        self.state = train_lib.create_state(config, steps_per_epoch, params=params, batch_stats=batch_stats)
+        if make_tx is not None:  # the planted-bug test swaps the optimizer
+            self.state = self.state.replace(tx=make_tx(config, steps_per_epoch))
+            self.state = self.state.replace(opt_state=self.state.tx.init(self.state.params))
+        self.step_fn = jax.jit(train_lib.train_step, donate_argnums=0)
+        self.diagnose_fn = jax.jit(self._diagnose)
+        self.eval_fn = jax.jit(train_lib.eval_epoch)
+        plan = data_lib.epoch_batches(len(test), config.batch_size)
+        self.test = (jnp.asarray(test.images.reshape(len(test), -1), self.dtype), jnp.asarray(test.labels),
+                     jnp.asarray(plan.index), jnp.asarray(plan.mask))
+        self.test_size = len(test)
+        self.losses: list = []
+        self.seconds = 0.0
+
+    @staticmethod
+    def _diagnose(state, batch):
+        import jax
+
+        from jaxtrain.train import forward_and_grad
+
+        loss, outputs, batch_stats, grads = forward_and_grad(state, batch)
+        new_state = state.apply_gradients(grads=grads, batch_stats=batch_stats)
+        updates = jax.tree.map(lambda new, old: new - old, new_state.params, state.params)
+        return new_state, {"logits": outputs, "loss": loss, "grads": grads, "updates": updates}
+
+    def _batch(self, x, y, mask, masks):
+        jnp = self.jnp
+        batch = {"x": jnp.asarray(x.reshape(len(x), -1), self.dtype), "y": jnp.asarray(y),
+                 "mask": jnp.asarray(mask, self.dtype)}
+        if masks:
+            batch["dropout"] = tuple(jnp.asarray(m) for m in masks)
+        return batch
+
+    def step(self, x, y, mask, masks, capture=False):
+        start = time.perf_counter()
+        batch = self._batch(x, y, mask, masks)
+        if capture:
+            from jaxtrain.transfer import flax_to_torch
+
+            self.state, out = self.diagnose_fn(self.state, batch)
+            out = self.jax.device_get(out)
+            size = int(mask.sum())
+            return {"logits": out["logits"][:size], "loss": out["loss"],
+                    "grads": flax_to_torch(out["grads"]), "updates": flax_to_torch(out["updates"])}
+        self.state, metrics = self.step_fn(self.state, batch)
+        self.losses.append(metrics["loss"])
+        self.seconds += time.perf_counter() - start
+        return None
+
+    def evaluate(self) -> tuple[float, float]:
+        start = time.perf_counter()
+        out = self.jax.device_get(self.eval_fn(self.state, *self.test))
+        self.seconds += time.perf_counter() - start
+        return float(np.mean(out["loss"], dtype=np.float64)), float(np.sum(out["correct"])) / self.test_size
+
+    def take_losses(self) -> np.ndarray:
+        losses, self.losses = np.asarray(self.jax.device_get(self.losses), np.float64), []
+        return losses
+
+
+class TorchRunner:
+    """torchref's train_step/test_loop on one dtype, fed batch by batch; dropout via injected masks."""
+
+    def __init__(self, config, initial_state_dict, test: data_lib.Split):
+        import torch
+
+        from torchref import train as torch_train
+        from torchref.losses import make_loss
+        from torchref.models import make_model
+        from torchref.optim import make_optimizer, make_scheduler
+
+        self.torch, self.train_lib, self.config = torch, torch_train, config
+        self.dtype = torch.float64 if config.dtype == "float64" else torch.float32
+        self.device = torch_train.device()
+        self.model = make_model(config)
+        self.model.load_state_dict({k: torch.from_numpy(np.asarray(v)) for k, v in initial_state_dict.items()})
+        self.model.to(self.device)
+        self.loss_fn = make_loss(config)
+        self.optimizer = make_optimizer(config, self.model.parameters())
+        self.scheduler = make_scheduler(config, self.optimizer)
+        self.test_loader = torch_train.make_dataloader(test, config, train=False)
+        self.masks: list = []
+        dropouts = [m for m in self.model.modules() if isinstance(m, torch.nn.Dropout)]
+        for k, module in enumerate(dropouts):
+            module.register_forward_hook(self._inject_mask(k))
+        self.losses: list = []
+        self.seconds = 0.0
+
+    def _inject_mask(self, k):
+        def hook(module, inputs, output):
+            if not module.training:
+                return output
+            keep = self.torch.as_tensor(self.masks[k], device=self.device).to(self.dtype)
+            return inputs[0] * (keep / (1 - module.p))  # what F.dropout computes, with our mask
+
+        return hook
+
+    def step(self, x, y, mask, masks, capture=False):
+        torch = self.torch
+        start = time.perf_counter()
+        self.model.train()
+        self.masks = masks
+        X = torch.as_tensor(x, device=self.device).to(self.dtype).unsqueeze(1)
+        Y = torch.as_tensor(y, device=self.device).long()
+        out = {} if capture else None
+        loss = self.train_lib.train_step(self.model, self.loss_fn, self.optimizer, X, Y, capture=out)
+        if capture:
+            as_np = lambda t: t.double().cpu().numpy()  # noqa: E731
+            return {"logits": as_np(out["logits"]), "loss": float(loss),
+                    "grads": {k: as_np(v) for k, v in out["grads"].items()},
+                    "updates": {k: as_np(v) for k, v in out["updates"].items()}}
+        self.losses.append(loss)
+        self.seconds += time.perf_counter() - start
+        return None
+
+    def evaluate(self) -> tuple[float, float]:
+        start = time.perf_counter()
+        result = self.train_lib.test_loop(self.test_loader, self.model, self.loss_fn)
+        self.seconds += time.perf_counter() - start
+        return result
+
+    def end_epoch(self):
+        if self.scheduler is not None:
+            self.scheduler.step()
+
+    def take_losses(self) -> np.ndarray:
+        losses, self.losses = self.torch.stack(self.losses).double().cpu().numpy(), []
+        return losses
+
+
+# --------------------------------------------------------------------------- lockstep run
+
+
+@dataclasses.dataclass
+class Trajectory:
+    record: dict
+    losses: np.ndarray
+    accuracies: list
+
+
+def initial_weights(config) -> dict:
+    """torch's seeded init (float32, as `torchref train` does), as numpy."""
+    import torch
+
+    from torchref.models import make_model
+
+    model = make_model(dataclasses.replace(config, dtype="float32"))
+    return {k: v.detach().cpu().numpy() for k, v in model.state_dict().items()}
+
+
+def _runners(config, dtypes, train, test, make_tx):
+    from jaxtrain.train import configure_jax
+    from jaxtrain.transfer import torch_to_flax
+
+    weights = initial_weights(config)
+    spe = -(-len(train) // config.batch_size)
+    runners = {}
+    for dtype in dtypes:
+        cfg = dataclasses.replace(config, dtype=dtype)
+        cast = {k: (v.astype(dtype) if v.dtype.kind == "f" else v) for k, v in weights.items()}
+        configure_jax(dtype)
+        params, stats = torch_to_flax(cast)
+        runners[("jax", dtype)] = JaxRunner(cfg, spe, params, stats, test, make_tx)
+        runners[("torch", dtype)] = TorchRunner(cfg, cast, test)
+    return runners
+
+
+def lockstep(config, dtypes, train, test, max_steps=None, make_tx=None, capture_until=None):
+    """Run every (framework, dtype) in lockstep. With `capture_until`, return the
+    captured stages of steps 1..capture_until instead of trajectories."""
+    from jaxtrain.train import configure_jax
+
+    runners = _runners(config, dtypes, train, test, make_tx)
+    records = {key: new_record(key[0], dataclasses.replace(config, dtype=key[1]), _device(key[0]))
+               for key in runners}
+    captured = []
+    step = 0
+    stop = capture_until or max_steps
+    for epoch in range(config.epochs):
+        plan = data_lib.epoch_batches(len(train), config.batch_size, config.shuffle, config.seed, epoch)
+        steps_before = step
+        for b in range(len(plan)):
+            if stop is not None and step >= stop:
+                break
+            real = plan.index[b, : plan.sizes[b]]
+            x, y = train.images[real], train.labels[real]
+            masks = dropout_masks(config, step, len(real))
+            padded_masks = [np.pad(m, ((0, config.batch_size - len(real)), (0, 0)), constant_values=True)
+                            for m in masks]
+            stages = {}
+            for key, runner in runners.items():
+                if key[0] == "jax":
+                    configure_jax(key[1])
+                    xp = train.images[plan.index[b]]
+                    yp = train.labels[plan.index[b]]
+                    stages[key] = runner.step(xp, yp, plan.mask[b], padded_masks, capture_until is not None)
+                else:
+                    stages[key] = runner.step(x, y, None, masks, capture_until is not None)
+            if capture_until is not None:
+                captured.append(stages)
+            step += 1
+        if capture_until is not None:
+            if step >= capture_until:
+                return captured
+            for key, runner in runners.items():
+                if key[0] == "torch":
+                    runner.end_epoch()
+            continue
+        if step == steps_before:
+            break
+        for key, runner in runners.items():
+            if key[0] == "jax":
+                configure_jax(key[1])
+            start = runner.seconds
+            losses = runner.take_losses()
+            test_loss, accuracy = runner.evaluate()
+            if key[0] == "torch":
+                runner.end_epoch()
+            record = records[key]
+            first = len(record["steps"]) + 1
+            record["steps"] += [{"step": first + i, "loss": float(v)} for i, v in enumerate(losses)]
+            record["epochs"].append({"epoch": epoch + 1, "train_loss": float(np.mean(losses)),
+                                     "test_loss": test_loss, "test_accuracy": accuracy,
+                                     "seconds": runner.seconds - start})
+        if stop is not None and step >= stop:
+            break
+    return {key: Trajectory(rec, np.array([s["loss"] for s in rec["steps"]]),
+                            [e["test_accuracy"] for e in rec["epochs"]]) for key, rec in records.items()}
+
+
+def _device(framework: str) -> str:
+    if framework == "jax":
+        from jaxtrain.train import device_kind
+
+        return device_kind()
+    import torch
+
+    return "gpu" if torch.cuda.is_available() else "cpu"
+
+
+# --------------------------------------------------------------------------- criteria
+
+
+def loss_criterion(dtype: str, jax_loss, torch_loss, torch64_loss=None) -> np.ndarray:
+    """Per step: True where JAX and torch agree (see module docstring)."""
+    diff = np.abs(jax_loss - torch_loss)
+    if dtype == "float64":
+        return diff <= FLOAT64_REL_TOL * np.abs(torch_loss)
+    own_gap = np.maximum.accumulate(np.abs(torch_loss - torch64_loss))
+    return diff <= FLOAT32_GAP_FACTOR * own_gap + FLOAT32_ABS_TOL
+
+
+def _stage_tolerance(dtype, reference, baseline):
+    scale = float(np.max(np.abs(reference))) if np.size(reference) else 0.0
+    if dtype == "float64":
+        return FLOAT64_REL_TOL * max(scale, 1e-300)
+    return 4.0 * baseline + 1e-5 * scale + 1e-12
+
+
+def localise(config, dtype, train, test, failing_step, make_tx=None) -> dict:
+    """Replay to `failing_step`; the first (step, stage, tensor) that differs beyond rounding."""
+    dtypes = [dtype] if dtype == "float64" else ["float32", "float64"]
+    captured = lockstep(config, dtypes, train, test, make_tx=make_tx, capture_until=failing_step)
+    worst = None
+    for index, stages in enumerate(captured):
+        jax_s, torch_s = stages[("jax", dtype)], stages[("torch", dtype)]
+        base = stages.get(("torch", "float64")) if dtype == "float32" else None
+        for stage in STAGES:
+            if stage in ("grads", "updates"):
+                tensors = [(name, jax_s[stage][name], torch_s[stage][name],
+                            base[stage][name] if base else None) for name in torch_s[stage]]
+            else:
+                tensors = [(None, np.asarray(jax_s[stage]), np.asarray(torch_s[stage]),
+                            np.asarray(base[stage]) if base else None)]
+            for name, a, b, c in tensors:
+                diff = float(np.max(np.abs(a - b))) if np.size(a) else 0.0
+                baseline = float(np.max(np.abs(b - c))) if c is not None and np.size(b) else 0.0
+                tolerance = _stage_tolerance(dtype, b, baseline)
+                finding = {"step": index + 1, "stage": stage, "tensor": name, "max_abs_diff": diff,
+                           "tolerance": tolerance}
+                if diff > tolerance:
+                    return finding
+                if worst is None or diff / tolerance > worst["max_abs_diff"] / worst["tolerance"]:
+                    worst = finding
+    return {**(worst or {}), "stage": "loss", "note": "no single stage beyond rounding: accumulated drift"}
+
+
+def check_parity(config, dtypes=("float32", "float64"), train=None, test=None, max_steps=None,
+                 make_tx: Callable | None = None, localise_failures: bool = True) -> dict:
+    """Run the lockstep comparison and return the parity report (schema in README)."""
+    run_dtypes = sorted(set(dtypes) | ({"float64"} if "float32" in dtypes else set()))
+    trajectories = lockstep(config, run_dtypes, train, test, max_steps, make_tx)
+    checks = []
+    for dtype in dtypes:
+        j, t = trajectories[("jax", dtype)], trajectories[("torch", dtype)]
+        t64 = trajectories[("torch", "float64")].losses
+        ok = loss_criterion(dtype, j.losses, t.losses, t64)
+        acc_ok = [abs(a - b) <= ACCURACY_TOL + 1e-12 for a, b in zip(j.accuracies, t.accuracies)]
+        diff = np.abs(j.losses - t.losses)
+        first_bad = int(np.argmin(ok)) + 1 if not ok.all() else None
+        check = {"dtype": dtype, "passed": bool(ok.all() and all(acc_ok)),
+                 "max_abs_loss_diff": float(diff.max()),
+                 "max_rel_loss_diff": float((diff / np.abs(t.losses)).max()),
+                 "first_failing_step": first_bad, "stage": None, "tensor": None,
+                 "steps": int(len(j.losses)),
+                 "accuracy_max_abs_diff": float(max(abs(a - b) for a, b in zip(j.accuracies, t.accuracies)))}
+        if first_bad is None and not all(acc_ok):
+            check["stage"] = "accuracy"
+            check["first_failing_epoch"] = acc_ok.index(False) + 1
+        if first_bad is not None and localise_failures:
+            found = localise(config, dtype, train, test, first_bad, make_tx)
+            check.update(stage=found.get("stage"), tensor=found.get("tensor"), localised=found)
+        checks.append(check)
+    first = dtypes[0]
+    return {"passed": all(c["passed"] for c in checks), "config": config.to_json(), "checks": checks,
+            "jax": trajectories[("jax", first)].record, "torch": trajectories[("torch", first)].record,
+            "_trajectories": trajectories}
+
+
+def format_table(report: dict) -> str:
+    """Side-by-side per-epoch table for each dtype, then the verdicts."""
+    lines = []
+    trajectories = report["_trajectories"]
+    for check in report["checks"]:
+        dtype = check["dtype"]
+        j, t = trajectories[("jax", dtype)].record, trajectories[("torch", dtype)].record
+        lines.append(f"{dtype}: {check['steps']} steps")
+        lines.append(f"{'epoch':>5} {'jax loss':>12} {'torch loss':>12} {'|Δ loss|':>9} "
+                     f"{'jax acc':>8} {'torch acc':>9} {'|Δ acc|':>8}")
+        for a, b in zip(j["epochs"], t["epochs"]):
+            lines.append(f"{a['epoch']:>5} {a['test_loss']:>12.6f} {b['test_loss']:>12.6f} "
+                         f"{abs(a['test_loss'] - b['test_loss']):>9.1e} {100 * a['test_accuracy']:>7.2f}% "
+                         f"{100 * b['test_accuracy']:>8.2f}% {100 * abs(a['test_accuracy'] - b['test_accuracy']):>7.2f}")
+        verdict = "PASS" if check["passed"] else "FAIL"
+        detail = (f"max |Δ step loss| {check['max_abs_loss_diff']:.2e} "
+                  f"(relative {check['max_rel_loss_diff']:.2e})")
+        lines.append(f"{verdict} {dtype}: {detail}")
+        if check["first_failing_step"] is not None:
+            found = check.get("localised", {})
+            where = f" {check['tensor']}" if check["tensor"] else ""
+            lines.append(f"  first failing step {check['first_failing_step']}; first difference: step "
+                         f"{found.get('step')} stage {check['stage']}{where} "
+                         f"(max |Δ| {found.get('max_abs_diff', float('nan')):.3e}, "
+                         f"tolerance {found.get('tolerance', float('nan')):.3e})")
+        elif check["stage"] == "accuracy":
+            lines.append(f"  epoch {check['first_failing_epoch']}: test accuracy differs by more than 0.1 point")
+        lines.append("")
+    lines.append("PARITY " + ("PASSED" if report["passed"] else "FAILED"))
+    return "\n".join(lines)
+
+
+def public_report(report: dict) -> dict:
+    return {k: v for k, v in report.items() if not k.startswith("_")}

@@ -1,0 +1,3 @@
+from torchref.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,141 @@
+"""The tutorial's train_loop and test_loop (twin: jaxtrain/train.py).
+
+The DataLoader draws its batches from jaxtrain's batch plan, so torch sees the
+same samples in the same order as JAX.
+"""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Sampler, TensorDataset
+
+from jaxtrain import data as data_lib
+from torchref.losses import make_loss
+from torchref.models import make_model
+from torchref.optim import make_optimizer, make_scheduler
+
+
+def device() -> torch.device:
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+class SharedBatchSampler(Sampler):
+    """Yields the index lists of `jaxtrain.data.epoch_batches`; `set_epoch` picks the epoch."""
+
+    def __init__(self, num_samples, batch_size, shuffle=False, seed=0):
+        self.num_samples, self.batch_size, self.shuffle, self.seed, self.epoch = (
+            num_samples, batch_size, shuffle, seed, 0)
+
+    def set_epoch(self, epoch):
+        self.epoch = epoch
+
+    def __iter__(self):
+        plan = data_lib.epoch_batches(self.num_samples, self.batch_size, self.shuffle, self.seed, self.epoch)
+        for b in range(len(plan)):
+            yield plan.index[b, : plan.sizes[b]].tolist()
+
+    def __len__(self):
+        return -(-self.num_samples // self.batch_size)
+
+
+def make_dataloader(split: data_lib.Split, config, train: bool) -> DataLoader:
+    dtype = torch.float64 if config.dtype == "float64" else torch.float32
+    dataset = TensorDataset(torch.from_numpy(split.images).to(dtype).unsqueeze(1),  # (N, 1, 28, 28) like ToTensor
+                            torch.from_numpy(split.labels).long())
+    sampler = SharedBatchSampler(len(split), config.batch_size, config.shuffle and train, config.seed)
+    return DataLoader(dataset, batch_sampler=sampler)
+
+
+def train_step(model, loss_fn, optimizer, X, y, capture=None):
+    """The body of the tutorial's train_loop. `capture` (a dict) receives the logits,
+    gradients and parameter updates, for the parity harness."""
+    before = {n: p.detach().clone() for n, p in model.named_parameters()} if capture is not None else None
+    # Compute prediction and loss
+    pred = model(X)
+    loss = loss_fn(pred, y)
+
+    # Backpropagation
+    loss.backward()
+    if capture is not None:
+        capture["logits"] = pred.detach().clone()
+        capture["grads"] = {n: p.grad.detach().clone() for n, p in model.named_parameters()}
+    optimizer.step()
+    optimizer.zero_grad()
+    if capture is not None:
+        capture["updates"] = {n: p.detach() - before[n] for n, p in model.named_parameters()}
+    return loss.detach()
+
+
+def train_loop(dataloader, model, loss_fn, optimizer, report=None):
+    """One epoch; returns every step's loss. `report(loss, current, size)` every 100 batches."""
+    size = len(dataloader.dataset)
+    # Set the model to training mode - important for batch normalization and dropout layers
+    model.train()
+    losses = []
+    for batch, (X, y) in enumerate(dataloader):
+        X, y = X.to(device()), y.to(device())
+        loss = train_step(model, loss_fn, optimizer, X, y)
+        losses.append(loss)
+        if batch % 100 == 0 and report is not None:
+            loss, current = loss.item(), batch * dataloader.batch_sampler.batch_size + len(X)
+            report(loss, current, size)
+    return torch.stack(losses).double().cpu().numpy()
+
+
+def test_loop(dataloader, model, loss_fn):
+    """Returns (avg loss = mean of batch means, accuracy = correct / size)."""
+    # Set the model to evaluation mode - important for batch normalization and dropout layers
+    model.eval()
+    size = len(dataloader.dataset)
+    num_batches = len(dataloader)
+    test_loss, correct = 0, 0
+
+    # Evaluating the model with torch.no_grad() ensures that no gradients are computed during test mode
+    with torch.no_grad():
+        for X, y in dataloader:
+            X, y = X.to(device()), y.to(device())
+            pred = model(X)
+            test_loss += loss_fn(pred, y).item()
+            correct += (pred.argmax(1) == y).type(torch.float).sum().item()
+
+    test_loss /= num_batches
+    correct /= size
+    return test_loss, correct
+
+
+def fit(config, train: data_lib.Split, test: data_lib.Split, report=None, model=None) -> dict:
+    """`for t in range(epochs): train_loop(...); test_loop(...)`; returns the metrics record."""
+    from jaxtrain.metrics import new_record
+    from jaxtrain.train import check_finite
+
+    report = report or (lambda event, **kw: None)
+    model = (model or make_model(config)).to(device())
+    loss_fn = make_loss(config)
+    optimizer = make_optimizer(config, model.parameters())
+    scheduler = make_scheduler(config, optimizer)
+    train_dataloader, test_dataloader = make_dataloader(train, config, True), make_dataloader(test, config, False)
+    record = new_record("torch", config, "gpu" if device().type == "cuda" else "cpu")
+    report("compiled", seconds=0.0)
+    for t in range(config.epochs):
+        report("epoch_start", epoch=t)
+        train_dataloader.batch_sampler.set_epoch(t)
+        start = time.perf_counter()
+        losses = train_loop(train_dataloader, model, loss_fn, optimizer,
+                            lambda loss, current, size: report("train_progress", loss=loss, current=current, size=size))
+        train_seconds = time.perf_counter() - start
+        check_finite(losses, t, len(record["steps"]))
+        test_loss, accuracy = test_loop(test_dataloader, model, loss_fn)
+        if scheduler is not None:
+            scheduler.step()
+        seconds = time.perf_counter() - start
+        first = len(record["steps"]) + 1
+        record["steps"] += [{"step": first + i, "loss": float(v)} for i, v in enumerate(losses)]
+        record["epochs"].append({"epoch": t + 1, "train_loss": float(np.mean(losses)), "test_loss": test_loss,
+                                 "test_accuracy": accuracy, "seconds": seconds})
+        report("epoch_end", epoch=t, test_loss=test_loss, accuracy=accuracy, train_seconds=train_seconds,
+               seconds=seconds)
+    report("done", record=record, compile_seconds=0.0)
+    return record
