@@ -40,12 +40,13 @@ def lr_schedule(config, steps_per_epoch: int) -> optax.Schedule:
     lr, gamma, spe = config.lr, config.gamma, steps_per_epoch
     if config.scheduler == "none":
         return optax.constant_schedule(lr)
+    # (optax.exponential_decay computes in float32 even under x64, so the staircases are written out)
     if config.scheduler == "step":  # StepLR(step_size, gamma)
-        return optax.exponential_decay(lr, config.step_size * spe, gamma, staircase=True)
+        return lambda count: lr * gamma ** (count // (config.step_size * spe))
     if config.scheduler == "multistep":  # MultiStepLR(milestones, gamma)
         return optax.piecewise_constant_schedule(lr, {m * spe: gamma for m in config.milestones})
     if config.scheduler == "exponential":  # ExponentialLR(gamma)
-        return optax.exponential_decay(lr, spe, gamma, staircase=True)
+        return lambda count: lr * gamma ** (count // spe)
     if config.scheduler == "cosine":  # CosineAnnealingLR(T_max, eta_min): periodic past T_max, unlike optax's
         t_max, eta_min = config.t_max, config.eta_min
 
