@@ -76,7 +76,7 @@ def dropout(module: nn.Module, x, rate: float, train: bool, mask=None):
         return x
     if mask is None:
         mask = jax.random.bernoulli(module.make_rng("dropout"), 1.0 - rate, x.shape)
-    return jnp.where(mask, x / (1.0 - rate), 0.0).astype(x.dtype)
+    return x * (mask.astype(x.dtype) / (1.0 - rate))  # torch: input * (bernoulli mask / (1 - p))
 
 
 class MLP(nn.Module):

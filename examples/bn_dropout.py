@@ -1,0 +1,24 @@
+"""BatchNorm1d + Dropout: model.train() and model.eval() differ, and both frameworks must agree.
+
+Dropout masks cannot come from the two RNGs alike, so the parity check draws
+them once in numpy and injects them into both (a forward hook on torch's
+nn.Dropout; an explicit mask in the Flax model). Evaluation runs in eval mode
+(running statistics, no dropout) in both.
+"""
+
+import argparse
+
+from jaxtrain import data, parity
+from jaxtrain.config import Config
+
+parser = argparse.ArgumentParser()
+parser.add_argument("--epochs", type=int, default=3)
+parser.add_argument("--train-limit", type=int, default=3200)
+args = parser.parse_args()
+
+config = Config(epochs=args.epochs, model="mlp_bn_dropout", dropout=0.2, lr=0.01, optimizer="sgd", momentum=0.9,
+                train_limit=args.train_limit)
+train, test = data.load_fashion_mnist()
+report = parity.check_parity(config, ("float32", "float64"), train.take(args.train_limit), test)
+print(parity.format_table(report))
+raise SystemExit(0 if report["passed"] else 1)
