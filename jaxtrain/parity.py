@@ -1,7 +1,7 @@
 """`jaxtrain parity`: prove that the JAX trainer follows the PyTorch reference, step by step.
 
 Both frameworks start from the same weights (torch's init, seeded, copied into
-Flax) and take the same batches from the shared plan, in lockstep; dropout
+Flax) and take the same batches from the shared plan, epoch by epoch; dropout
 masks are drawn once in numpy and given to both. Then:
 
 - float64: every step's loss agrees to <= 1e-10 relative (same math, so only
@@ -63,6 +63,8 @@ class JaxRunner:
         self.step_fn = jax.jit(train_lib.train_step, donate_argnums=0)
         self.diagnose_fn = jax.jit(self._diagnose)
         self.eval_fn = jax.jit(train_lib.eval_epoch)
+        self.epoch_fn = jax.jit(train_lib.train_epoch, donate_argnums=0)
+        self.train_data = None
         plan = data_lib.epoch_batches(len(test), config.batch_size)
         self.test = (jnp.asarray(test.images.reshape(len(test), -1), self.dtype), jnp.asarray(test.labels),
                      jnp.asarray(plan.index), jnp.asarray(plan.mask))
@@ -105,6 +107,16 @@ class JaxRunner:
         self.seconds += time.perf_counter() - start
         return None
 
+    def scan_epoch(self, train: data_lib.Split, plan: data_lib.EpochBatches):
+        """A whole epoch in one `lax.scan` (jaxtrain's train_epoch), same steps as `step`."""
+        start = time.perf_counter()
+        if self.train_data is None:
+            self.train_data = (self.jnp.asarray(train.images.reshape(len(train), -1), self.dtype),
+                               self.jnp.asarray(train.labels))
+        self.state, losses = self.epoch_fn(self.state, *self.train_data, plan.index, plan.mask)
+        self.losses.append(losses)
+        self.seconds += time.perf_counter() - start
+
     def evaluate(self) -> tuple[float, float]:
         start = time.perf_counter()
         out = self.jax.device_get(self.eval_fn(self.state, *self.test))
@@ -112,8 +124,9 @@ class JaxRunner:
         return float(np.mean(out["loss"], dtype=np.float64)), float(np.sum(out["correct"])) / self.test_size
 
     def take_losses(self) -> np.ndarray:
-        losses, self.losses = np.asarray(self.jax.device_get(self.losses), np.float64), []
-        return losses
+        parts = [np.atleast_1d(np.asarray(x, np.float64)) for x in self.jax.device_get(self.losses)]
+        self.losses = []
+        return np.concatenate(parts)
 
 
 class TorchRunner:
@@ -229,53 +242,46 @@ def _runners(config, dtypes, train, test, make_tx):
     return runners
 
 
-def lockstep(config, dtypes, train, test, max_steps=None, make_tx=None, capture_until=None):
-    """Run every (framework, dtype) in lockstep. With `capture_until`, return the
-    captured stages of steps 1..capture_until instead of trajectories."""
+def _step_batches(config, train, plan, b, step):
+    """Batch b of an epoch for both sides: torch gets the real rows, JAX the padded batch."""
+    real = plan.index[b, : plan.sizes[b]]
+    masks = dropout_masks(config, step, len(real))
+    padded_masks = [np.pad(m, ((0, config.batch_size - len(real)), (0, 0)), constant_values=True) for m in masks]
+    torch_batch = (train.images[real], train.labels[real], None, masks)
+    jax_batch = (train.images[plan.index[b]], train.labels[plan.index[b]], plan.mask[b], padded_masks)
+    return {"torch": torch_batch, "jax": jax_batch}
+
+
+def run_epoch(runner, key, config, train, plan, num_steps, first_step):
+    """`num_steps` steps of one epoch on one runner (the JAX side scans the epoch when it can)."""
+    from jaxtrain.train import configure_jax
+
+    if key[0] == "jax":
+        configure_jax(key[1])
+        if num_steps == len(plan) and not dropout_masks(config, 0, 1):
+            return runner.scan_epoch(train, plan)
+    for b in range(num_steps):
+        runner.step(*_step_batches(config, train, plan, b, first_step + b)[key[0]])
+
+
+def lockstep(config, dtypes, train, test, max_steps=None, make_tx=None):
+    """Train every (framework, dtype) on the same plan, epoch by epoch; evaluate after each epoch."""
     from jaxtrain.train import configure_jax
 
     runners = _runners(config, dtypes, train, test, make_tx)
     records = {key: new_record(key[0], dataclasses.replace(config, dtype=key[1]), _device(key[0]))
                for key in runners}
-    captured = []
     step = 0
-    stop = capture_until or max_steps
     for epoch in range(config.epochs):
         plan = data_lib.epoch_batches(len(train), config.batch_size, config.shuffle, config.seed, epoch)
-        steps_before = step
-        for b in range(len(plan)):
-            if stop is not None and step >= stop:
-                break
-            real = plan.index[b, : plan.sizes[b]]
-            x, y = train.images[real], train.labels[real]
-            masks = dropout_masks(config, step, len(real))
-            padded_masks = [np.pad(m, ((0, config.batch_size - len(real)), (0, 0)), constant_values=True)
-                            for m in masks]
-            stages = {}
-            for key, runner in runners.items():
-                if key[0] == "jax":
-                    configure_jax(key[1])
-                    xp = train.images[plan.index[b]]
-                    yp = train.labels[plan.index[b]]
-                    stages[key] = runner.step(xp, yp, plan.mask[b], padded_masks, capture_until is not None)
-                else:
-                    stages[key] = runner.step(x, y, None, masks, capture_until is not None)
-            if capture_until is not None:
-                captured.append(stages)
-            step += 1
-        if capture_until is not None:
-            if step >= capture_until:
-                return captured
-            for key, runner in runners.items():
-                if key[0] == "torch":
-                    runner.end_epoch()
-            continue
-        if step == steps_before:
+        num_steps = len(plan) if max_steps is None else min(len(plan), max_steps - step)
+        if num_steps <= 0:
             break
         for key, runner in runners.items():
+            start = runner.seconds
+            run_epoch(runner, key, config, train, plan, num_steps, step)
             if key[0] == "jax":
                 configure_jax(key[1])
-            start = runner.seconds
             losses = runner.take_losses()
             test_loss, accuracy = runner.evaluate()
             if key[0] == "torch":
@@ -286,10 +292,34 @@ def lockstep(config, dtypes, train, test, max_steps=None, make_tx=None, capture_
             record["epochs"].append({"epoch": epoch + 1, "train_loss": float(np.mean(losses)),
                                      "test_loss": test_loss, "test_accuracy": accuracy,
                                      "seconds": runner.seconds - start})
-        if stop is not None and step >= stop:
-            break
+        step += num_steps
     return {key: Trajectory(rec, np.array([s["loss"] for s in rec["steps"]]),
                             [e["test_accuracy"] for e in rec["epochs"]]) for key, rec in records.items()}
+
+
+def capture_stages(config, dtypes, train, test, until_step, make_tx=None) -> list[dict]:
+    """Replay steps 1..until_step in lockstep, capturing every stage of every runner."""
+    from jaxtrain.train import configure_jax
+
+    runners = _runners(config, dtypes, train, test, make_tx)
+    captured, step = [], 0
+    for epoch in range(config.epochs):
+        plan = data_lib.epoch_batches(len(train), config.batch_size, config.shuffle, config.seed, epoch)
+        for b in range(len(plan)):
+            if step >= until_step:
+                return captured
+            batches = _step_batches(config, train, plan, b, step)
+            stages = {}
+            for key, runner in runners.items():
+                if key[0] == "jax":
+                    configure_jax(key[1])
+                stages[key] = runner.step(*batches[key[0]], capture=True)
+            captured.append(stages)
+            step += 1
+        for key, runner in runners.items():
+            if key[0] == "torch":
+                runner.end_epoch()
+    return captured
 
 
 def _device(framework: str) -> str:
@@ -323,7 +353,7 @@ def _stage_tolerance(dtype, reference, baseline):
 
 def localise(config, dtype, train, test, failing_step, make_tx=None) -> dict:
     """Replay to `failing_step`; the first (step, stage, tensor) that differs beyond rounding."""
-    captured = lockstep(config, [dtype], train, test, make_tx=make_tx, capture_until=failing_step)
+    captured = capture_stages(config, [dtype], train, test, failing_step, make_tx)
     worst = None
     for index, stages in enumerate(captured):
         jax_s, torch_s = stages[("jax", dtype)], stages[("torch", dtype)]
