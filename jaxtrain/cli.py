@@ -86,6 +86,43 @@ def run_parity(config, args) -> int:
     return 0 if report["passed"] else 1
 
 
+def run_bench(config, args) -> int:
+    import dataclasses
+    import os
+    import sys as _sys
+
+    from jaxtrain import bench
+    from jaxtrain import data as data_lib
+
+    for path in (args.json, args.plot):
+        metrics.check_writable(path)
+    if args.quick:
+        config = dataclasses.replace(config, train_limit=config.train_limit or 6400,
+                                     test_limit=config.test_limit or 1000)
+    data_lib.load_data(config)  # fail on missing data before starting workers
+    log = (lambda *a: None) if config.quiet else (lambda msg: print(msg, file=_sys.stderr, flush=True))
+    result = bench.run_bench(config, repeats=2 if args.quick and args.repeats is None else (args.repeats or 5),
+                             batch_sizes=args.batch_sizes, log=log, xla_flags=os.environ.get("XLA_FLAGS"))
+    print(bench.format_table(result))
+    if args.json:
+        bench.write_json(result, args.json)
+    if args.plot:
+        bench.plot(result, args.plot)
+    return 0
+
+
+def _batch_sizes(text: str) -> tuple[int, ...]:
+    import argparse
+
+    try:
+        sizes = tuple(int(v) for v in text.split(",") if v.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated sizes like 16,64,256, got {text!r}") from None
+    if not sizes or min(sizes) < 1:
+        raise argparse.ArgumentTypeError("batch sizes must be >= 1")
+    return sizes
+
+
 def build_parser() -> config_lib.OneLineParser:
     parser = config_lib.OneLineParser(prog="jaxtrain", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True, parser_class=config_lib.OneLineParser)
@@ -96,6 +133,13 @@ def build_parser() -> config_lib.OneLineParser:
     parity.add_argument("--steps", type=config_lib._positive_int, default=None,
                         help="stop after N training steps (default: all --epochs)")
     parity.add_argument("--report", default=None, metavar="PATH", help="write the parity report JSON here")
+    bench = commands.add_parser("bench", help="time JAX and PyTorch on the same training work")
+    config_lib.add_train_flags(bench)
+    bench.add_argument("--repeats", type=config_lib._positive_int, default=None, help="epochs per variant (5)")
+    bench.add_argument("--batch-sizes", type=_batch_sizes, default=(), help="add a scaling table, e.g. 16,64,256")
+    bench.add_argument("--json", default=None, metavar="PATH")
+    bench.add_argument("--plot", default=None, metavar="PATH.png")
+    bench.add_argument("--quick", action="store_true", help="6400 samples, 2 repeats: a smoke test")
     return parser
 
 
@@ -106,4 +150,6 @@ def main(argv=None) -> int:
         return run_train(config_lib.config_from_args(args))
     if args.command == "parity":
         return run_parity(config_lib.config_from_args(args), args)
+    if args.command == "bench":
+        return run_bench(config_lib.config_from_args(args), args)
     return 2
