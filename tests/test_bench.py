@@ -1,0 +1,48 @@
+"""`jaxtrain bench --quick`: schema and sanity (no timing is asserted)."""
+
+import json
+import subprocess
+import sys
+
+from jaxtrain.bench import epoch_flop
+
+VARIANT_KEYS = ["name", "epoch_seconds", "test_seconds", "compile_seconds", "samples_per_second", "gflops",
+                "peak_rss_mb", "ratio_to_torch_tutorial"]
+
+
+def test_epoch_flop_is_the_exact_matmul_count():
+    # per sample: forward 2*(784*512 + 512*512 + 512*10) = 1,337,344; weight grads the same;
+    # input grads of layers 2 and 3 only: 2*(512*512 + 512*10) = 534,528
+    assert epoch_flop(60000) == 60000 * (1_337_344 * 2 + 534_528) == 192_552_960_000
+
+
+def test_quick_bench_writes_json_and_plot(tmp_path, fashion):
+    out, png = tmp_path / "b.json", tmp_path / "b.png"
+    run = subprocess.run([sys.executable, "-m", "jaxtrain", "bench", "--quick", "--batch-sizes", "128",
+                          "--json", str(out), "--plot", str(png)], capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stderr
+    result = json.loads(out.read_text())
+    assert list(result) == ["device", "matmul_peak_gflops", "epoch_gflop", "flop_floor_seconds", "variants",
+                            "scaling"]
+    assert result["epoch_gflop"] == 6400 * 3_209_216 / 1e9
+    assert result["matmul_peak_gflops"] > 0
+    assert result["flop_floor_seconds"] == result["epoch_gflop"] / result["matmul_peak_gflops"]
+    names = [v["name"] for v in result["variants"]]
+    assert names == ["torch_tutorial", "torch_tuned", "jax_step", "jax_epoch"]
+    for v in result["variants"]:
+        assert list(v) == VARIANT_KEYS
+        e = v["epoch_seconds"]
+        assert 0 < e["min"] <= e["median"] <= e["max"]
+        assert result["flop_floor_seconds"] <= e["min"]
+        assert v["test_seconds"]["median"] > 0 and v["compile_seconds"] >= 0
+        assert v["samples_per_second"] == 6400 / e["median"] and v["peak_rss_mb"] > 50
+    assert result["variants"][0]["ratio_to_torch_tutorial"] == 1.0
+    assert {s["name"] for s in result["scaling"]} == set(names) and {s["batch_size"] for s in result["scaling"]} == {128}
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "jax_epoch" in run.stdout and "FLOP floor" in run.stdout
+
+
+def test_bench_rejects_bad_batch_sizes():
+    run = subprocess.run([sys.executable, "-m", "jaxtrain", "bench", "--batch-sizes", "16,0"],
+                         capture_output=True, text=True, timeout=60)
+    assert run.returncode == 2 and "batch sizes must be >= 1" in run.stderr
