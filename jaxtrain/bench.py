@@ -370,8 +370,13 @@ def plot(result: dict, path: str) -> None:
         for name in VARIANTS:
             points = sorted((s["batch_size"], s["epoch_seconds"]) for s in result["scaling"] if s["name"] == name)
             ax.plot([p[0] for p in points], [p[1] for p in points], marker="o", label=name)
+        from matplotlib.ticker import ScalarFormatter
+
         ax.set_xscale("log", base=2)
         ax.set_yscale("log")
+        ax.set_xticks(sorted({s["batch_size"] for s in result["scaling"]}))
+        for axis in (ax.xaxis, ax.yaxis):
+            axis.set_major_formatter(ScalarFormatter())
         ax.set_xlabel("batch size")
         ax.set_ylabel("training epoch, seconds")
         ax.set_title("Scaling with batch size")
