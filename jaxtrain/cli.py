@@ -53,20 +53,83 @@ class TutorialPrinter:
         self.out.flush()
 
     def _timing(self, compile_seconds: float, out) -> None:
+        if not self.train_seconds:
+            print(f"nothing to train: the checkpoint already holds {self.config.epochs}+ epochs", file=out)
+            return
         steady = self.train_seconds[1:] or self.train_seconds
         compiled = f"compile: {compile_seconds:.2f} s; " if compile_seconds else ""
         print(f"{compiled}train epoch (steady state, median of {len(steady)}): "
               f"{statistics.median(steady):.3f} s", file=out)
 
 
+class Interrupts:
+    """While active, SIGINT/SIGTERM only set `signum`; training stops at the next epoch
+    boundary (a second SIGINT stops at once)."""
+
+    def __enter__(self):
+        import signal
+
+        self.signum, self.previous = None, {}
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            self.previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def _handle(self, signum, frame):
+        import signal
+
+        self.signum = signum
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+
+    def __exit__(self, *exc):
+        import signal
+
+        for sig, handler in self.previous.items():
+            signal.signal(sig, handler)
+        return False
+
+
+def epoch_hook(save, config, interrupts: Interrupts, prog: str):
+    """After each epoch: checkpoint every --checkpoint-every epochs, and on an interrupt
+    checkpoint and stop with a one-line message saying how to resume."""
+    import signal
+
+    from jaxtrain.errors import Interrupted
+
+    def on_epoch_end(epochs_done, state, record):
+        interrupted = interrupts.signum is not None
+        if save is not None and (interrupted or epochs_done % config.checkpoint_every == 0
+                                 or epochs_done == config.epochs):
+            save(epochs_done, state, record)
+        if interrupted:
+            name = signal.Signals(interrupts.signum).name
+            if save is None:
+                raise Interrupted(f"{name} after epoch {epochs_done}; no --checkpoint-dir, nothing saved",
+                                  interrupts.signum)
+            raise Interrupted(f"{name} after epoch {epochs_done}; checkpoint saved in {config.checkpoint_dir}; "
+                              f"resume with: {prog} train <same flags> --resume", interrupts.signum)
+
+    return on_epoch_end
+
+
 def run_train(config) -> int:
+    from jaxtrain import checkpoint
     from jaxtrain import data as data_lib
     from jaxtrain import train as train_lib
 
     metrics.check_writable(config.metrics_out)
+    checkpoint.check_dir(config.checkpoint_dir)
     train_lib.configure_jax(config.dtype)
     train_split, test_split = data_lib.load_data(config)
-    record = train_lib.fit(config, train_split, test_split, report=TutorialPrinter(config))
+    trainer = train_lib.Trainer(config, train_split, test_split)
+    saver = checkpoint.JaxCheckpointer(config.checkpoint_dir, config.keep) if config.checkpoint_dir else None
+    start, record = 0, None
+    if config.resume:
+        trainer.state, record, start = saver.restore(trainer.state, config)
+    with Interrupts() as interrupts:
+        record = train_lib.fit(config, train_split, test_split, report=TutorialPrinter(config), trainer=trainer,
+                               start_epoch=start, record=record,
+                               on_epoch_end=epoch_hook(saver.save if saver else None, config, interrupts, "jaxtrain"))
+    record["config"] = config.to_json()
     if config.metrics_out:
         metrics.write_json(config.metrics_out, record)
     return 0

@@ -64,6 +64,12 @@ class Config:
     data_dir: str | None = None
     train_limit: int | None = None
     test_limit: int | None = None
+    # reliability
+    nan_guard: bool = True
+    checkpoint_dir: str | None = None
+    checkpoint_every: int = 1
+    keep: int = 3
+    resume: bool = False
     # output
     metrics_out: str | None = None
     quiet: bool = False
@@ -141,6 +147,14 @@ def add_train_flags(parser: argparse.ArgumentParser, dtypes=("float32", "float64
     a.add_argument("--data-dir", default=None)
     a.add_argument("--train-limit", type=_positive_int, default=None, metavar="N")
     a.add_argument("--test-limit", type=_positive_int, default=None, metavar="N")
+    r = parser.add_argument_group("checkpoints")
+    r.add_argument("--checkpoint-dir", default=None, metavar="DIR", help="save the full train state here")
+    r.add_argument("--checkpoint-every", type=_positive_int, default=d.checkpoint_every, metavar="N",
+                   help="epochs between checkpoints (default 1)")
+    r.add_argument("--keep", type=_positive_int, default=d.keep, help="checkpoints to keep (default 3)")
+    r.add_argument("--resume", action="store_true", help="continue from the latest checkpoint in --checkpoint-dir")
+    r.add_argument("--no-nan-guard", dest="nan_guard", action="store_false",
+                   help="keep training when the loss becomes NaN/Inf")
     out = parser.add_argument_group("output")
     out.add_argument("--metrics-out", default=None, metavar="PATH")
     out.add_argument("--quiet", action="store_true")
@@ -157,8 +171,8 @@ def config_from_args(args: argparse.Namespace) -> Config:
         values["eps"] = DEFAULT_EPS[opt]
     if values.get("weight_decay") is None:
         values["weight_decay"] = DEFAULT_WEIGHT_DECAY.get(opt, 0.0)
-    if values.get("t_max") is None:
-        values["t_max"] = values["epochs"]
+    if values.get("t_max") is None:  # CosineAnnealingLR's T_max defaults to the run's length
+        values["t_max"] = values["epochs"] if values.get("scheduler") == "cosine" else 0
     values["betas"] = tuple(values["betas"])
     config = Config(**values)
     validate(config)
@@ -195,18 +209,19 @@ def validate(c: Config) -> None:
         check(c.momentum == 0, f"--momentum does not apply to --optimizer {c.optimizer}")
     check(not c.amsgrad or c.optimizer in ("adam", "adamw"), "--amsgrad applies to adam and adamw only")
     check(not c.centered or c.optimizer == "rmsprop", "--centered applies to --optimizer rmsprop only")
+    check(not c.resume or c.checkpoint_dir is not None, "--resume needs --checkpoint-dir")
     if c.scheduler == "multistep":
         check(len(c.milestones) > 0, "--scheduler multistep needs --milestones, e.g. --milestones 3,6")
 
 
 def exit_on_user_error(fn):
     """Run a CLI entry point; a UserError becomes one stderr line and its exit code."""
-    from jaxtrain.errors import DivergedError, UserError
+    from jaxtrain.errors import DivergedError, Interrupted, UserError
 
     def wrapper(argv=None):
         try:
             return fn(argv)
-        except (UserError, DivergedError) as e:
+        except (UserError, DivergedError, Interrupted) as e:
             prog = fn.__module__.split(".")[0]
             print(f"{prog}: error: {e}", file=sys.stderr)
             return e.exit_code

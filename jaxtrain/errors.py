@@ -19,3 +19,11 @@ class DivergedError(Exception):
     """A training loss became NaN or infinite. Printed as one line, exit 3."""
 
     exit_code = 3
+
+
+class Interrupted(Exception):
+    """SIGINT/SIGTERM: stopped at an epoch boundary. Exit 128 + the signal number."""
+
+    def __init__(self, message: str, signum: int):
+        super().__init__(message)
+        self.exit_code = 128 + signum

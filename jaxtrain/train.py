@@ -177,21 +177,25 @@ def check_finite(losses: np.ndarray, epoch: int, steps_before: int) -> None:
             "lower --lr or check the data")
 
 
-def fit(config, train: data_lib.Split, test: data_lib.Split, report=None, trainer: Trainer | None = None) -> dict:
+def fit(config, train: data_lib.Split, test: data_lib.Split, report=None, trainer: Trainer | None = None,
+        start_epoch: int = 0, record: dict | None = None, on_epoch_end=None) -> dict:
     """The tutorial's `for t in range(epochs): train_loop(...); test_loop(...)`, returning
-    the metrics record (jaxtrain.metrics schema). `report` receives progress events."""
+    the metrics record (jaxtrain.metrics schema). `report` receives progress events;
+    `on_epoch_end(epochs_done, state, record)` runs after each epoch (checkpoints, interrupts);
+    `start_epoch`/`record` continue a resumed run."""
     from jaxtrain.metrics import new_record
 
     report = report or (lambda event, **kw: None)
     trainer = trainer or Trainer(config, train, test)
-    record = new_record("jax", config, device_kind())
+    record = record or new_record("jax", config, device_kind())
     report("compiled", seconds=trainer.compile_seconds)
-    for epoch in range(config.epochs):
+    for epoch in range(start_epoch, config.epochs):
         report("epoch_start", epoch=epoch)
         start = time.perf_counter()
         losses = trainer.train_one_epoch(epoch)
         train_seconds = time.perf_counter() - start
-        check_finite(losses, epoch, len(record["steps"]))
+        if config.nan_guard:
+            check_finite(losses, epoch, len(record["steps"]))
         report("train_losses", epoch=epoch, losses=losses, batches=trainer.batches(epoch), size=len(train))
         test_loss, accuracy = trainer.evaluate()
         seconds = time.perf_counter() - start
@@ -201,5 +205,7 @@ def fit(config, train: data_lib.Split, test: data_lib.Split, report=None, traine
                                  "test_loss": test_loss, "test_accuracy": accuracy, "seconds": seconds})
         report("epoch_end", epoch=epoch, test_loss=test_loss, accuracy=accuracy,
                train_seconds=train_seconds, seconds=seconds)
+        if on_epoch_end is not None:
+            on_epoch_end(epoch + 1, trainer.state, record)
     report("done", record=record, compile_seconds=trainer.compile_seconds)
     return record

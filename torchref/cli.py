@@ -9,14 +9,22 @@ from jaxtrain import metrics
 def run_train(config) -> int:
     import torch
 
+    from jaxtrain import checkpoint
     from jaxtrain import data as data_lib
-    from jaxtrain.cli import TutorialPrinter
+    from jaxtrain.cli import Interrupts, TutorialPrinter, epoch_hook
     from torchref import train as train_lib
+    from torchref.checkpoint import TorchCheckpointer
 
     metrics.check_writable(config.metrics_out)
+    checkpoint.check_dir(config.checkpoint_dir)
     torch.backends.cuda.matmul.allow_tf32 = False  # torch's default; stated for parity
     train_split, test_split = data_lib.load_data(config)
-    record = train_lib.fit(config, train_split, test_split, report=TutorialPrinter(config))
+    saver = TorchCheckpointer(config.checkpoint_dir, config.keep) if config.checkpoint_dir else None
+    with Interrupts() as interrupts:
+        record = train_lib.fit(config, train_split, test_split, report=TutorialPrinter(config),
+                               restore=saver.restorer(config) if config.resume else None,
+                               on_epoch_end=epoch_hook(saver.save if saver else None, config, interrupts, "torchref"))
+    record["config"] = config.to_json()
     if config.metrics_out:
         metrics.write_json(config.metrics_out, record)
     return 0

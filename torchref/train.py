@@ -106,8 +106,11 @@ def test_loop(dataloader, model, loss_fn):
     return test_loss, correct
 
 
-def fit(config, train: data_lib.Split, test: data_lib.Split, report=None, model=None) -> dict:
-    """`for t in range(epochs): train_loop(...); test_loop(...)`; returns the metrics record."""
+def fit(config, train: data_lib.Split, test: data_lib.Split, report=None, model=None, restore=None,
+        on_epoch_end=None) -> dict:
+    """`for t in range(epochs): train_loop(...); test_loop(...)`; returns the metrics record.
+    `restore(model, optimizer, scheduler) -> (record, epochs_done)` continues a saved run;
+    `on_epoch_end(epochs_done, (model, optimizer, scheduler), record)` runs after each epoch."""
     from jaxtrain.metrics import new_record
     from jaxtrain.train import check_finite
 
@@ -117,16 +120,19 @@ def fit(config, train: data_lib.Split, test: data_lib.Split, report=None, model=
     optimizer = make_optimizer(config, model.parameters())
     scheduler = make_scheduler(config, optimizer)
     train_dataloader, test_dataloader = make_dataloader(train, config, True), make_dataloader(test, config, False)
-    record = new_record("torch", config, "gpu" if device().type == "cuda" else "cpu")
+    record, start_epoch = new_record("torch", config, "gpu" if device().type == "cuda" else "cpu"), 0
+    if restore is not None:
+        record, start_epoch = restore(model, optimizer, scheduler)
     report("compiled", seconds=0.0)
-    for t in range(config.epochs):
+    for t in range(start_epoch, config.epochs):
         report("epoch_start", epoch=t)
         train_dataloader.batch_sampler.set_epoch(t)
         start = time.perf_counter()
         losses = train_loop(train_dataloader, model, loss_fn, optimizer,
                             lambda loss, current, size: report("train_progress", loss=loss, current=current, size=size))
         train_seconds = time.perf_counter() - start
-        check_finite(losses, t, len(record["steps"]))
+        if config.nan_guard:
+            check_finite(losses, t, len(record["steps"]))
         test_loss, accuracy = test_loop(test_dataloader, model, loss_fn)
         if scheduler is not None:
             scheduler.step()
@@ -137,5 +143,7 @@ def fit(config, train: data_lib.Split, test: data_lib.Split, report=None, model=
                                  "test_accuracy": accuracy, "seconds": seconds})
         report("epoch_end", epoch=t, test_loss=test_loss, accuracy=accuracy, train_seconds=train_seconds,
                seconds=seconds)
+        if on_epoch_end is not None:
+            on_epoch_end(t + 1, (model, optimizer, scheduler), record)
     report("done", record=record, compile_seconds=0.0)
     return record
