@@ -8,16 +8,24 @@
 import argparse
 
 from jaxtrain import data, parity
-from jaxtrain.config import Config
+from jaxtrain.config import Config, exit_on_user_error
 
-parser = argparse.ArgumentParser()
-parser.add_argument("--epochs", type=int, default=4)
-parser.add_argument("--train-limit", type=int, default=6400)
-args = parser.parse_args()
 
-config = Config(epochs=args.epochs, lr=0.01, optimizer="sgd", momentum=0.9, scheduler="step", step_size=2,
-                gamma=0.5, train_limit=args.train_limit)
-train, test = data.load_fashion_mnist()
-report = parity.check_parity(config, ("float32", "float64"), train.take(args.train_limit), test)
-print(parity.format_table(report))
-raise SystemExit(0 if report["passed"] else 1)
+@exit_on_user_error
+def main(argv=None):
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--epochs", type=int, default=4)
+    parser.add_argument("--train-limit", type=int, default=6400)
+    parser.add_argument("--data-dir", default=None)
+    args = parser.parse_args(argv)
+
+    config = Config(epochs=args.epochs, lr=0.01, optimizer="sgd", momentum=0.9, scheduler="step", step_size=2,
+                    gamma=0.5, train_limit=args.train_limit)
+    train, test = data.load_fashion_mnist(args.data_dir)
+    report = parity.check_parity(config, ("float32", "float64"), train.take(args.train_limit), test)
+    print(parity.format_table(report))
+    return 0 if report["passed"] else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -7,17 +7,25 @@
 import argparse
 
 from jaxtrain import data, parity
-from jaxtrain.config import Config
+from jaxtrain.config import Config, exit_on_user_error
 from jaxtrain.train import configure_jax
 
-parser = argparse.ArgumentParser()
-parser.add_argument("--epochs", type=int, default=10)
-parser.add_argument("--dtype", choices=["float32", "float64"], default="float32")
-args = parser.parse_args()
 
-configure_jax(args.dtype)
-config = Config(epochs=args.epochs)  # the tutorial's hyperparameters are Config's defaults
-train, test = data.load_fashion_mnist()
-report = parity.check_parity(config, (args.dtype,), train, test)
-print(parity.format_table(report))
-raise SystemExit(0 if report["passed"] else 1)
+@exit_on_user_error
+def main(argv=None):
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--epochs", type=int, default=10)
+    parser.add_argument("--dtype", choices=["float32", "float64"], default="float32")
+    parser.add_argument("--data-dir", default=None)
+    args = parser.parse_args(argv)
+
+    configure_jax(args.dtype)
+    config = Config(epochs=args.epochs)  # the tutorial's hyperparameters are Config's defaults
+    train, test = data.load_fashion_mnist(args.data_dir)
+    report = parity.check_parity(config, (args.dtype,), train, test)
+    print(parity.format_table(report))
+    return 0 if report["passed"] else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -219,14 +219,18 @@ def exit_on_user_error(fn):
     from jaxtrain.errors import DivergedError, Interrupted, UserError
 
     def wrapper(argv=None):
+        import os
+
+        prog = fn.__module__.split(".")[0]
+        if prog == "__main__":  # an example script
+            prog = os.path.basename(sys.argv[0])
         try:
             return fn(argv)
         except (UserError, DivergedError, Interrupted) as e:
-            prog = fn.__module__.split(".")[0]
             print(f"{prog}: error: {e}", file=sys.stderr)
             return e.exit_code
         except KeyboardInterrupt:
-            print(f"{fn.__module__.split('.')[0]}: interrupted", file=sys.stderr)
+            print(f"{prog}: interrupted", file=sys.stderr)
             return 130
 
     return wrapper
