@@ -139,7 +139,7 @@ def run_parity(config, args) -> int:
     from jaxtrain import data as data_lib
     from jaxtrain import parity
 
-    metrics.check_writable(args.report)
+    metrics.check_writable(args.report, "--report")
     dtypes = ("float32", "float64") if args.dtype == "both" else (args.dtype,)
     train_split, test_split = data_lib.load_data(config)
     report = parity.check_parity(config, dtypes, train_split, test_split, max_steps=args.steps)
@@ -157,8 +157,8 @@ def run_bench(config, args) -> int:
     from jaxtrain import bench
     from jaxtrain import data as data_lib
 
-    for path in (args.json, args.plot):
-        metrics.check_writable(path)
+    metrics.check_writable(args.json, "--json")
+    metrics.check_writable(args.plot, "--plot")
     if args.quick:
         config = dataclasses.replace(config, train_limit=config.train_limit or 6400,
                                      test_limit=config.test_limit or 1000)

@@ -24,17 +24,17 @@ def new_record(framework: str, config, device: str) -> dict:
     return {"framework": framework, "config": config.to_json(), "device": device, "steps": [], "epochs": []}
 
 
-def check_writable(path: str | None) -> None:
-    """Fail before training, not after it, when --metrics-out cannot be written."""
+def check_writable(path: str | None, flag: str = "--metrics-out") -> None:
+    """Fail before training, not after it, when an output file cannot be written."""
     if path is None:
         return
     parent = Path(path).resolve().parent
     if Path(path).is_dir():
-        raise UserError(f"{path}: --metrics-out is a directory; give a file path")
+        raise UserError(f"{path}: {flag} is a directory; give a file path")
     if not parent.is_dir():
-        raise UserError(f"{path}: --metrics-out directory {parent} does not exist; create it first")
+        raise UserError(f"{path}: {flag} directory {parent} does not exist; create it first")
     if not os.access(parent, os.W_OK):
-        raise UserError(f"{path}: --metrics-out directory {parent} is not writable")
+        raise UserError(f"{path}: {flag} directory {parent} is not writable")
 
 
 def write_json(path: str, payload: dict) -> None:
