@@ -7,7 +7,7 @@
 
 import argparse
 
-from jaxtrain import data, parity
+from jaxtrain import parity
 from jaxtrain.config import Config, exit_on_user_error
 
 
@@ -21,10 +21,7 @@ def main(argv=None):
 
     config = Config(epochs=args.epochs, lr=0.01, optimizer="sgd", momentum=0.9, scheduler="step", step_size=2,
                     gamma=0.5, train_limit=args.train_limit)
-    train, test = data.load_fashion_mnist(args.data_dir)
-    report = parity.check_parity(config, ("float32", "float64"), train.take(args.train_limit), test)
-    print(parity.format_table(report))
-    return 0 if report["passed"] else 1
+    return parity.run_and_print(config, ("float32", "float64"), args.data_dir, args.train_limit)
 
 
 if __name__ == "__main__":

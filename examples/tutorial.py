@@ -6,7 +6,7 @@
 
 import argparse
 
-from jaxtrain import data, parity
+from jaxtrain import parity
 from jaxtrain.config import Config, exit_on_user_error
 from jaxtrain.train import configure_jax
 
@@ -21,10 +21,7 @@ def main(argv=None):
 
     configure_jax(args.dtype)
     config = Config(epochs=args.epochs)  # the tutorial's hyperparameters are Config's defaults
-    train, test = data.load_fashion_mnist(args.data_dir)
-    report = parity.check_parity(config, (args.dtype,), train, test)
-    print(parity.format_table(report))
-    return 0 if report["passed"] else 1
+    return parity.run_and_print(config, (args.dtype,), args.data_dir)
 
 
 if __name__ == "__main__":

@@ -1,3 +1,5 @@
+"""Fixtures shared by tests/ and parity_tests/."""
+
 import pytest
 
 from jaxtrain import data as data_lib
