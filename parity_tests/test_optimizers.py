@@ -97,7 +97,7 @@ def test_optimizer_and_scheduler_match_torch_in_float64(case, schedule):
     np.testing.assert_allclose(run_jax(config, p0), run_torch(config, p0), rtol=1e-12, atol=1e-14)
 
 
-@pytest.mark.filterwarnings("ignore:Detected call of `lr_scheduler.step()`")
+@pytest.mark.filterwarnings("ignore::UserWarning")
 @pytest.mark.parametrize("schedule", list(SCHEDULES))
 def test_schedules_give_torchs_lr_for_every_epoch(schedule):
     jax.config.update("jax_enable_x64", True)
