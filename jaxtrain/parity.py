@@ -211,8 +211,6 @@ class Trajectory:
 
 def initial_weights(config) -> dict:
     """torch's seeded init (float32, as `torchref train` does), as numpy."""
-    import torch
-
     from torchref.models import make_model
 
     model = make_model(dataclasses.replace(config, dtype="float32"))

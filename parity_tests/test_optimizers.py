@@ -120,7 +120,7 @@ def test_float32_adam_follows_torch_like_torch_follows_itself():
     steps = 300
 
     def trajectory(tx):
-        param, state, out = jnp.asarray(p0), tx.init(jnp.asarray(p0)), []
+        param, state = jnp.asarray(p0), tx.init(jnp.asarray(p0))
         for _ in range(steps):
             updates, state = tx.update(jnp.asarray(quadratic_grad(np.asarray(param)), jnp.float32), state, param)
             param = optax.apply_updates(param, updates)

@@ -21,9 +21,9 @@ def test_train_prints_the_tutorial_format_and_writes_the_metrics_schema(tmp_path
     lines = run.stdout.splitlines()
     assert lines[:3] == ["Epoch 1", "-------------------------------", lines[2]]
     assert re.fullmatch(r"loss: \d\.\d{6}  \[   64/ 6400\]", lines[2])
-    assert sum(bool(re.fullmatch(r"loss: \d\.\d{6}  \[   64/ 6400\]", l)) for l in lines) == 2
+    assert sum(bool(re.fullmatch(r"loss: \d\.\d{6}  \[   64/ 6400\]", line)) for line in lines) == 2
     assert "Test Error: " in lines and "Done!" in lines
-    assert any(re.fullmatch(r" Accuracy: \d+\.\d%, Avg loss: \d\.\d{6} ", l) for l in lines)
+    assert any(re.fullmatch(r" Accuracy: \d+\.\d%, Avg loss: \d\.\d{6} ", line) for line in lines)
     assert re.search(r"compile: [\d.]+ s; train epoch \(steady state", run.stdout)
     record = json.loads(out.read_text())
     assert list(record) == ["framework", "config", "device", "steps", "epochs"]

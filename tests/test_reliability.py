@@ -72,6 +72,7 @@ def test_sigterm_saves_then_resume_finishes_the_same_run(prog, tmp_path, fashion
     resumed = cli(prog, *args, "--checkpoint-dir", str(ck), "--resume", "--metrics-out", str(tmp_path / "r.json"))
     assert resumed.returncode == 0, resumed.stderr
     straight = cli(prog, *args, "--metrics-out", str(tmp_path / "s.json"))
+    assert straight.returncode == 0, straight.stderr
     assert trajectory(tmp_path / "r.json") == trajectory(tmp_path / "s.json")
 
 
