@@ -159,17 +159,21 @@ def load_fashion_mnist(data_dir: str | os.PathLike | None = None) -> tuple[Split
 def load_tfds(name: str, data_dir: str | None = None) -> tuple[Split, Split]:
     """Load a TFDS image-classification dataset through `tfds.data_source` (no TensorFlow needed).
 
-    The dataset must already be prepared in `data_dir` (tfds downloads need network
-    access). TFDS orders the samples differently from the IDX files.
+    The dataset must already be prepared in `data_dir`: nothing is downloaded
+    (`download=False`), an unprepared dataset is a one-line error. TFDS orders
+    the samples differently from the IDX files.
     """
     try:
+        from absl import logging as absl_logging
+
+        absl_logging.set_verbosity(absl_logging.ERROR)  # tfds warns about missing metadata at length
         import tensorflow_datasets as tfds
     except ImportError:
         raise DataError("--data-source tfds needs tensorflow-datasets: pip install 'jaxtrain[tfds]'") from None
     splits = []
     for split in ("train", "test"):
         try:
-            source = tfds.data_source(name, split=split, data_dir=data_dir)
+            source = tfds.data_source(name, split=split, data_dir=data_dir, download=False)
             records = [source[i] for i in range(len(source))]
         except Exception as e:  # tfds raises many types for a missing/unprepared dataset
             first_line = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__

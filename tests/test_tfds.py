@@ -27,3 +27,10 @@ def test_unknown_tfds_dataset_is_a_clear_error():
     with tfds.testing.mock_data(num_examples=4):
         with pytest.raises(DataError, match="tfds dataset 'no_such_dataset_xyz'"):
             data_lib.load_tfds("no_such_dataset_xyz")
+
+
+def test_unprepared_dataset_is_an_error_not_a_download(tmp_path):
+    """No mock: the dataset is not prepared in tmp_path. One clear error, and nothing fetched."""
+    with pytest.raises(DataError, match="tfds dataset 'fashion_mnist' split 'train' unavailable"):
+        data_lib.load_tfds("fashion_mnist", str(tmp_path))
+    assert not list(tmp_path.rglob("*.gz")) and not (tmp_path / "downloads").exists()
