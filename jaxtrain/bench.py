@@ -62,15 +62,10 @@ class TorchVariant:
         import torch
 
         from torchref import train as torch_train
-        from torchref.losses import make_loss
-        from torchref.models import make_model
-        from torchref.optim import make_optimizer
 
         self.torch, self.tuned = torch, tuned
         self.device = torch_train.device()
-        self.model = make_model(config).to(self.device)
-        self.loss_fn = make_loss(config)
-        self.optimizer = make_optimizer(config, self.model.parameters())
+        self.model, self.loss_fn, self.optimizer, _ = torch_train.setup(config)
         self.train_loader = torch_train.make_dataloader(train, config, train=True)
         self.test_loader = torch_train.make_dataloader(test, config, train=False)
         self.torch_train = torch_train

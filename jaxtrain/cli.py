@@ -177,10 +177,7 @@ def run_bench(config, args) -> int:
 def _batch_sizes(text: str) -> tuple[int, ...]:
     import argparse
 
-    try:
-        sizes = tuple(int(v) for v in text.split(",") if v.strip())
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated sizes like 16,64,256, got {text!r}") from None
+    sizes = config_lib.int_list(text)
     if not sizes or min(sizes) < 1:
         raise argparse.ArgumentTypeError("batch sizes must be >= 1")
     return sizes
@@ -193,12 +190,12 @@ def build_parser() -> config_lib.OneLineParser:
     config_lib.add_train_flags(train)
     parity = commands.add_parser("parity", help="check that JAX and PyTorch follow the same trajectory")
     config_lib.add_train_flags(parity, dtypes=("float32", "float64", "both"), default_dtype="both")
-    parity.add_argument("--steps", type=config_lib._positive_int, default=None,
+    parity.add_argument("--steps", type=config_lib.positive_int, default=None,
                         help="stop after N training steps (default: all --epochs)")
     parity.add_argument("--report", default=None, metavar="PATH", help="write the parity report JSON here")
     bench = commands.add_parser("bench", help="time JAX and PyTorch on the same training work")
     config_lib.add_train_flags(bench)
-    bench.add_argument("--repeats", type=config_lib._positive_int, default=None, help="epochs per variant (5)")
+    bench.add_argument("--repeats", type=config_lib.positive_int, default=None, help="epochs per variant (5)")
     bench.add_argument("--batch-sizes", type=_batch_sizes, default=(), help="add a scaling table, e.g. 16,64,256")
     bench.add_argument("--json", default=None, metavar="PATH")
     bench.add_argument("--plot", default=None, metavar="PATH.png")

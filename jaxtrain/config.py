@@ -88,18 +88,23 @@ class OneLineParser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message}\n")
 
 
-def _positive_int(text: str) -> int:
+def positive_int(text: str) -> int:
     value = int(text)
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
     return value
 
 
-def _milestones(text: str) -> tuple[int, ...]:
+def int_list(text: str) -> tuple[int, ...]:
+    """'3,6' -> (3, 6), for argparse."""
     try:
-        values = tuple(int(v) for v in text.split(",") if v.strip())
+        return tuple(int(v) for v in text.split(",") if v.strip())
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated epochs like 3,6, got {text!r}") from None
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers like 3,6, got {text!r}") from None
+
+
+def _milestones(text: str) -> tuple[int, ...]:
+    values = int_list(text)
     if list(values) != sorted(values):
         raise argparse.ArgumentTypeError("milestones must be increasing")
     return values
@@ -109,8 +114,8 @@ def add_train_flags(parser: argparse.ArgumentParser, dtypes=("float32", "float64
     """The flags of a training run, named as the torch objects name them."""
     d = Config()
     g = parser.add_argument_group("training")
-    g.add_argument("--epochs", type=_positive_int, default=d.epochs)
-    g.add_argument("--batch-size", type=_positive_int, default=d.batch_size)
+    g.add_argument("--epochs", type=positive_int, default=d.epochs)
+    g.add_argument("--batch-size", type=positive_int, default=d.batch_size)
     g.add_argument("--lr", type=float, default=d.lr, help="learning rate (default 1e-3)")
     g.add_argument("--model", choices=MODELS, default=d.model)
     g.add_argument("--dropout", type=float, default=d.dropout, help="drop probability of mlp_bn_dropout")
@@ -136,22 +141,22 @@ def add_train_flags(parser: argparse.ArgumentParser, dtypes=("float32", "float64
     o.add_argument("--initial-accumulator-value", type=float, default=d.initial_accumulator_value)
     s = parser.add_argument_group("scheduler (stepped once per epoch)")
     s.add_argument("--scheduler", choices=SCHEDULERS, default=d.scheduler)
-    s.add_argument("--step-size", type=_positive_int, default=d.step_size, help="StepLR")
+    s.add_argument("--step-size", type=positive_int, default=d.step_size, help="StepLR")
     s.add_argument("--milestones", type=_milestones, default=d.milestones, help="MultiStepLR, e.g. 3,6")
     s.add_argument("--gamma", type=float, default=d.gamma)
-    s.add_argument("--t-max", type=_positive_int, default=None, help="CosineAnnealingLR (default: --epochs)")
+    s.add_argument("--t-max", type=positive_int, default=None, help="CosineAnnealingLR (default: --epochs)")
     s.add_argument("--eta-min", type=float, default=d.eta_min)
     a = parser.add_argument_group("data")
     a.add_argument("--data-source", choices=("idx", "tfds"), default=d.data_source)
     a.add_argument("--tfds-name", default=d.tfds_name)
     a.add_argument("--data-dir", default=None)
-    a.add_argument("--train-limit", type=_positive_int, default=None, metavar="N")
-    a.add_argument("--test-limit", type=_positive_int, default=None, metavar="N")
+    a.add_argument("--train-limit", type=positive_int, default=None, metavar="N")
+    a.add_argument("--test-limit", type=positive_int, default=None, metavar="N")
     r = parser.add_argument_group("checkpoints")
     r.add_argument("--checkpoint-dir", default=None, metavar="DIR", help="save the full train state here")
-    r.add_argument("--checkpoint-every", type=_positive_int, default=d.checkpoint_every, metavar="N",
+    r.add_argument("--checkpoint-every", type=positive_int, default=d.checkpoint_every, metavar="N",
                    help="epochs between checkpoints (default 1)")
-    r.add_argument("--keep", type=_positive_int, default=d.keep, help="checkpoints to keep (default 3)")
+    r.add_argument("--keep", type=positive_int, default=d.keep, help="checkpoints to keep (default 3)")
     r.add_argument("--resume", action="store_true", help="continue from the latest checkpoint in --checkpoint-dir")
     r.add_argument("--no-nan-guard", dest="nan_guard", action="store_false",
                    help="keep training when the loss becomes NaN/Inf")

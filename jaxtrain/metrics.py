@@ -50,6 +50,29 @@ def write_json(path: str, payload: dict) -> None:
         raise UserError(f"{path}: cannot write ({e.strerror})") from None
 
 
+def append_epoch(record: dict, epoch: int, losses, test_loss: float, accuracy: float, seconds: float) -> None:
+    """Add one epoch's step losses and summary to a record."""
+    import numpy as np
+
+    first = len(record["steps"]) + 1
+    record["steps"] += [{"step": first + i, "loss": float(v)} for i, v in enumerate(losses)]
+    record["epochs"].append({"epoch": epoch + 1, "train_loss": float(np.mean(losses)), "test_loss": test_loss,
+                             "test_accuracy": accuracy, "seconds": seconds})
+
+
+def check_finite(losses, epoch: int, steps_before: int) -> None:
+    """Stop on the first NaN/Inf loss, naming its step and epoch."""
+    import numpy as np
+
+    from jaxtrain.errors import DivergedError
+
+    bad = np.flatnonzero(~np.isfinite(losses))
+    if bad.size:
+        step = steps_before + int(bad[0]) + 1
+        raise DivergedError(
+            f"loss became {losses[bad[0]]} at step {step} (epoch {epoch + 1}); lower --lr or check the data")
+
+
 # --------------------------------------------------------------------------- tutorial output
 
 

@@ -26,7 +26,7 @@ from typing import Callable
 import numpy as np
 
 from jaxtrain import data as data_lib
-from jaxtrain.metrics import new_record
+from jaxtrain.metrics import append_epoch, new_record
 
 FLOAT64_REL_TOL = 1e-10
 FLOAT32_GAP_FACTOR, FLOAT32_ABS_TOL = 2.0, 1e-6
@@ -46,29 +46,24 @@ def dropout_masks(config, step: int, batch_size: int) -> list[np.ndarray]:
 
 
 class JaxRunner:
-    """jaxtrain's train_step/eval_step on one dtype, fed batch by batch."""
+    """jaxtrain's Trainer on one dtype: whole scanned epochs, or train_step batch by batch."""
 
-    def __init__(self, config, steps_per_epoch, params, batch_stats, test: data_lib.Split, make_tx=None):
+    def __init__(self, config, params, batch_stats, train: data_lib.Split, test: data_lib.Split, make_tx=None):
         import jax
         import jax.numpy as jnp
 
         from jaxtrain import train as train_lib
 
-        self.config, self.jnp, self.jax = config, jnp, jax
+        self.jnp, self.jax = jnp, jax
         self.dtype = jnp.dtype(config.dtype)
-        self.state = train_lib.create_state(config, steps_per_epoch, params=params, batch_stats=batch_stats)
+        steps_per_epoch = -(-len(train) // config.batch_size)
+        state = train_lib.create_state(config, steps_per_epoch, params=params, batch_stats=batch_stats)
         if make_tx is not None:  # the planted-bug test swaps the optimizer
-            self.state = self.state.replace(tx=make_tx(config, steps_per_epoch))
-            self.state = self.state.replace(opt_state=self.state.tx.init(self.state.params))
+            state = state.replace(tx=make_tx(config, steps_per_epoch))
+            state = state.replace(opt_state=state.tx.init(state.params))
+        self.trainer = train_lib.Trainer(config, train, test, state=state)
         self.step_fn = jax.jit(train_lib.train_step, donate_argnums=0)
         self.diagnose_fn = jax.jit(self._diagnose)
-        self.eval_fn = jax.jit(train_lib.eval_epoch)
-        self.epoch_fn = jax.jit(train_lib.train_epoch, donate_argnums=0)
-        self.train_data = None
-        plan = data_lib.epoch_batches(len(test), config.batch_size)
-        self.test = (jnp.asarray(test.images.reshape(len(test), -1), self.dtype), jnp.asarray(test.labels),
-                     jnp.asarray(plan.index), jnp.asarray(plan.mask))
-        self.test_size = len(test)
         self.losses: list = []
         self.seconds = 0.0
 
@@ -94,34 +89,31 @@ class JaxRunner:
     def step(self, x, y, mask, masks, capture=False):
         start = time.perf_counter()
         batch = self._batch(x, y, mask, masks)
+        trainer = self.trainer
         if capture:
             from jaxtrain.transfer import flax_to_torch
 
-            self.state, out = self.diagnose_fn(self.state, batch)
+            trainer.state, out = self.diagnose_fn(trainer.state, batch)
             out = self.jax.device_get(out)
             size = int(mask.sum())
             return {"logits": out["logits"][:size], "loss": out["loss"],
                     "grads": flax_to_torch(out["grads"]), "updates": flax_to_torch(out["updates"])}
-        self.state, metrics = self.step_fn(self.state, batch)
+        trainer.state, metrics = self.step_fn(trainer.state, batch)
         self.losses.append(metrics["loss"])
         self.seconds += time.perf_counter() - start
         return None
 
-    def scan_epoch(self, train: data_lib.Split, plan: data_lib.EpochBatches):
-        """A whole epoch in one `lax.scan` (jaxtrain's train_epoch), same steps as `step`."""
+    def scan_epoch(self, epoch: int):
+        """A whole epoch in one `lax.scan` (the Trainer's compiled epoch), the same steps as `step`."""
         start = time.perf_counter()
-        if self.train_data is None:
-            self.train_data = (self.jnp.asarray(train.images.reshape(len(train), -1), self.dtype),
-                               self.jnp.asarray(train.labels))
-        self.state, losses = self.epoch_fn(self.state, *self.train_data, plan.index, plan.mask)
-        self.losses.append(losses)
+        self.losses.append(self.trainer.train_one_epoch(epoch))
         self.seconds += time.perf_counter() - start
 
     def evaluate(self) -> tuple[float, float]:
         start = time.perf_counter()
-        out = self.jax.device_get(self.eval_fn(self.state, *self.test))
+        result = self.trainer.evaluate()
         self.seconds += time.perf_counter() - start
-        return float(np.mean(out["loss"], dtype=np.float64)), float(np.sum(out["correct"])) / self.test_size
+        return result
 
     def take_losses(self) -> np.ndarray:
         parts = [np.atleast_1d(np.asarray(x, np.float64)) for x in self.jax.device_get(self.losses)]
@@ -136,19 +128,14 @@ class TorchRunner:
         import torch
 
         from torchref import train as torch_train
-        from torchref.losses import make_loss
         from torchref.models import make_model
-        from torchref.optim import make_optimizer, make_scheduler
 
         self.torch, self.train_lib, self.config = torch, torch_train, config
         self.dtype = torch.float64 if config.dtype == "float64" else torch.float32
         self.device = torch_train.device()
-        self.model = make_model(config)
-        self.model.load_state_dict({k: torch.from_numpy(np.asarray(v)) for k, v in initial_state_dict.items()})
-        self.model.to(self.device)
-        self.loss_fn = make_loss(config)
-        self.optimizer = make_optimizer(config, self.model.parameters())
-        self.scheduler = make_scheduler(config, self.optimizer)
+        model = make_model(config)
+        model.load_state_dict({k: torch.from_numpy(np.asarray(v)) for k, v in initial_state_dict.items()})
+        self.model, self.loss_fn, self.optimizer, self.scheduler = torch_train.setup(config, model)
         self.test_loader = torch_train.make_dataloader(test, config, train=False)
         self.masks: list = []
         dropouts = [m for m in self.model.modules() if isinstance(m, torch.nn.Dropout)]
@@ -199,7 +186,7 @@ class TorchRunner:
         return losses
 
 
-# --------------------------------------------------------------------------- lockstep run
+# --------------------------------------------------------------------------- trajectories
 
 
 @dataclasses.dataclass
@@ -223,7 +210,6 @@ def _runners(config, dtypes, train, test, make_tx):
     from jaxtrain.transfer import torch_to_flax
 
     weights = initial_weights(config)
-    spe = -(-len(train) // config.batch_size)
     wanted = [(fw, d) for d in dtypes for fw in ("jax", "torch")]
     if "float32" in dtypes and "float64" not in dtypes:
         wanted.append(("torch", "float64"))
@@ -234,7 +220,7 @@ def _runners(config, dtypes, train, test, make_tx):
         if framework == "jax":
             configure_jax(dtype)
             params, stats = torch_to_flax(cast)
-            runners[(framework, dtype)] = JaxRunner(cfg, spe, params, stats, test, make_tx)
+            runners[(framework, dtype)] = JaxRunner(cfg, params, stats, train, test, make_tx)
         else:
             runners[(framework, dtype)] = TorchRunner(cfg, cast, test)
     return runners
@@ -250,19 +236,21 @@ def _step_batches(config, train, plan, b, step):
     return {"torch": torch_batch, "jax": jax_batch}
 
 
-def run_epoch(runner, key, config, train, plan, num_steps, first_step):
-    """`num_steps` steps of one epoch on one runner (the JAX side scans the epoch when it can)."""
+def run_epoch(runner, key, config, train, epoch, plan, num_steps, first_step):
+    """`num_steps` steps of one epoch on one runner. The JAX side scans the whole epoch when it can:
+    dropout masks are injected per step, so a model with dropout goes step by step."""
+    from jaxtrain.models import dropout_shapes
     from jaxtrain.train import configure_jax
 
     if key[0] == "jax":
         configure_jax(key[1])
-        if num_steps == len(plan) and not dropout_masks(config, 0, 1):
-            return runner.scan_epoch(train, plan)
+        if num_steps == len(plan) and not dropout_shapes(config, 1):
+            return runner.scan_epoch(epoch)
     for b in range(num_steps):
         runner.step(*_step_batches(config, train, plan, b, first_step + b)[key[0]])
 
 
-def lockstep(config, dtypes, train, test, max_steps=None, make_tx=None):
+def run_trajectories(config, dtypes, train, test, max_steps=None, make_tx=None):
     """Train every (framework, dtype) on the same plan, epoch by epoch; evaluate after each epoch."""
     from jaxtrain.train import configure_jax
 
@@ -277,7 +265,7 @@ def lockstep(config, dtypes, train, test, max_steps=None, make_tx=None):
             break
         for key, runner in runners.items():
             start = runner.seconds
-            run_epoch(runner, key, config, train, plan, num_steps, step)
+            run_epoch(runner, key, config, train, epoch, plan, num_steps, step)
             if key[0] == "jax":
                 configure_jax(key[1])
             losses = runner.take_losses()
@@ -285,11 +273,7 @@ def lockstep(config, dtypes, train, test, max_steps=None, make_tx=None):
             if key[0] == "torch":
                 runner.end_epoch()
             record = records[key]
-            first = len(record["steps"]) + 1
-            record["steps"] += [{"step": first + i, "loss": float(v)} for i, v in enumerate(losses)]
-            record["epochs"].append({"epoch": epoch + 1, "train_loss": float(np.mean(losses)),
-                                     "test_loss": test_loss, "test_accuracy": accuracy,
-                                     "seconds": runner.seconds - start})
+            append_epoch(record, epoch, losses, test_loss, accuracy, runner.seconds - start)
         step += num_steps
     return {key: Trajectory(rec, np.array([s["loss"] for s in rec["steps"]]),
                             [e["test_accuracy"] for e in rec["epochs"]]) for key, rec in records.items()}
@@ -323,11 +307,9 @@ def capture_stages(config, dtypes, train, test, until_step, make_tx=None) -> lis
 def _device(framework: str) -> str:
     if framework == "jax":
         from jaxtrain.train import device_kind
-
-        return device_kind()
-    import torch
-
-    return "gpu" if torch.cuda.is_available() else "cpu"
+    else:
+        from torchref.train import device_kind
+    return device_kind()
 
 
 # --------------------------------------------------------------------------- criteria
@@ -379,8 +361,8 @@ def localise(config, dtype, train, test, failing_step, make_tx=None) -> dict:
 
 def check_parity(config, dtypes=("float32", "float64"), train=None, test=None, max_steps=None,
                  make_tx: Callable | None = None, localise_failures: bool = True) -> dict:
-    """Run the lockstep comparison and return the parity report (schema in README)."""
-    trajectories = lockstep(config, list(dtypes), train, test, max_steps, make_tx)
+    """Run both frameworks on the same plan and return the parity report (schema in README)."""
+    trajectories = run_trajectories(config, list(dtypes), train, test, max_steps, make_tx)
     checks = []
     for dtype in dtypes:
         j, t = trajectories[("jax", dtype)], trajectories[("torch", dtype)]

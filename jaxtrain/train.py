@@ -164,25 +164,13 @@ class Trainer:
         return float(np.mean(out["loss"], dtype=np.float64)), float(np.sum(out["correct"])) / len(self.test_split)
 
 
-def check_finite(losses: np.ndarray, epoch: int, steps_before: int) -> None:
-    """Stop on the first NaN/Inf loss, naming its step and epoch."""
-    from jaxtrain.errors import DivergedError
-
-    bad = np.flatnonzero(~np.isfinite(losses))
-    if bad.size:
-        step = steps_before + int(bad[0]) + 1
-        raise DivergedError(
-            f"loss became {losses[bad[0]]} at step {step} (epoch {epoch + 1}); "
-            "lower --lr or check the data")
-
-
 def fit(config, train: data_lib.Split, test: data_lib.Split, report=None, trainer: Trainer | None = None,
         start_epoch: int = 0, record: dict | None = None, on_epoch_end=None) -> dict:
     """The tutorial's `for t in range(epochs): train_loop(...); test_loop(...)`, returning
     the metrics record (jaxtrain.metrics schema). `report` receives progress events;
     `on_epoch_end(epochs_done, state, record)` runs after each epoch (checkpoints, interrupts);
     `start_epoch`/`record` continue a resumed run."""
-    from jaxtrain.metrics import new_record
+    from jaxtrain.metrics import append_epoch, check_finite, new_record
 
     report = report or (lambda event, **kw: None)
     trainer = trainer or Trainer(config, train, test)
@@ -198,10 +186,7 @@ def fit(config, train: data_lib.Split, test: data_lib.Split, report=None, traine
         report("train_losses", epoch=epoch, losses=losses, batches=trainer.batches(epoch), size=len(train))
         test_loss, accuracy = trainer.evaluate()
         seconds = time.perf_counter() - start
-        first = len(record["steps"]) + 1
-        record["steps"] += [{"step": first + i, "loss": float(v)} for i, v in enumerate(losses)]
-        record["epochs"].append({"epoch": epoch + 1, "train_loss": float(np.mean(losses)),
-                                 "test_loss": test_loss, "test_accuracy": accuracy, "seconds": seconds})
+        append_epoch(record, epoch, losses, test_loss, accuracy, seconds)
         report("epoch_end", epoch=epoch, test_loss=test_loss, accuracy=accuracy,
                train_seconds=train_seconds, seconds=seconds)
         if on_epoch_end is not None:

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import time
 
-import numpy as np
 import torch
 from torch.utils.data import DataLoader, Sampler, TensorDataset
 
@@ -20,6 +19,18 @@ from torchref.optim import make_optimizer, make_scheduler
 
 def device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def device_kind() -> str:
+    """"cpu" or "gpu", as the metrics record names it."""
+    return "gpu" if device().type == "cuda" else "cpu"
+
+
+def setup(config, model=None):
+    """The tutorial's objects for a config: model (on the device), loss_fn, optimizer, scheduler."""
+    model = (model or make_model(config)).to(device())
+    optimizer = make_optimizer(config, model.parameters())
+    return model, make_loss(config), optimizer, make_scheduler(config, optimizer)
 
 
 class SharedBatchSampler(Sampler):
@@ -111,16 +122,12 @@ def fit(config, train: data_lib.Split, test: data_lib.Split, report=None, model=
     """`for t in range(epochs): train_loop(...); test_loop(...)`; returns the metrics record.
     `restore(model, optimizer, scheduler) -> (record, epochs_done)` continues a saved run;
     `on_epoch_end(epochs_done, (model, optimizer, scheduler), record)` runs after each epoch."""
-    from jaxtrain.metrics import new_record
-    from jaxtrain.train import check_finite
+    from jaxtrain.metrics import append_epoch, check_finite, new_record
 
     report = report or (lambda event, **kw: None)
-    model = (model or make_model(config)).to(device())
-    loss_fn = make_loss(config)
-    optimizer = make_optimizer(config, model.parameters())
-    scheduler = make_scheduler(config, optimizer)
+    model, loss_fn, optimizer, scheduler = setup(config, model)
     train_dataloader, test_dataloader = make_dataloader(train, config, True), make_dataloader(test, config, False)
-    record, start_epoch = new_record("torch", config, "gpu" if device().type == "cuda" else "cpu"), 0
+    record, start_epoch = new_record("torch", config, device_kind()), 0
     if restore is not None:
         record, start_epoch = restore(model, optimizer, scheduler)
     report("compiled", seconds=0.0)
@@ -137,10 +144,7 @@ def fit(config, train: data_lib.Split, test: data_lib.Split, report=None, model=
         if scheduler is not None:
             scheduler.step()
         seconds = time.perf_counter() - start
-        first = len(record["steps"]) + 1
-        record["steps"] += [{"step": first + i, "loss": float(v)} for i, v in enumerate(losses)]
-        record["epochs"].append({"epoch": t + 1, "train_loss": float(np.mean(losses)), "test_loss": test_loss,
-                                 "test_accuracy": accuracy, "seconds": seconds})
+        append_epoch(record, t, losses, test_loss, accuracy, seconds)
         report("epoch_end", epoch=t, test_loss=test_loss, accuracy=accuracy, train_seconds=train_seconds,
                seconds=seconds)
         if on_epoch_end is not None:
