@@ -293,7 +293,7 @@ def run_bench(config, repeats=5, batch_sizes=(), scaling_repeats=2, log=print, x
     train, _ = load_data(config)
     peak = matmul_peak_gflops()
     flop = epoch_flop(len(train))
-    floor = flop / (peak * 1e9)
+    floor = (flop / 1e9) / peak  # as the JSON states it: epoch_gflop / matmul_peak_gflops
     log(f"matmul peak {peak:.0f} GFLOP/s; epoch {flop / 1e9:.1f} GFLOP; floor {floor:.3f} s")
     results = measure(config, VARIANTS, repeats, log, xla_flags)
     tutorial = statistics.median(results["torch_tutorial"]["train"])
