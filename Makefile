@@ -1,21 +1,34 @@
 # Two commands set everything up on a fresh machine and run the work:
 #   make train   # set up (first time), then the tutorial's training run in JAX
 #   make test    # set up (first time), then the test suite
+# On a CUDA machine: make setup CUDA=12 (JAX's cuda12 extra and PyPI's CUDA build of torch).
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 ARGS ?=
+CUDA ?=
 
-.PHONY: setup train test parity bench data clean
+.PHONY: setup train test parity bench corpus gpu-report data clean
 
-setup: $(VENV)/.installed data
+ifeq ($(CUDA),)
+# constraints.txt pins torch to the CPU wheel this machine's mirror serves (an open range
+# pulls a multi-GB CUDA build).
+INSTALLED := $(VENV)/.installed
+PIP_INSTALL := $(BIN)/python -m pip install --quiet -c constraints.txt -e ".[tfds,dev]"
+else ifeq ($(CUDA),12)
+# PyPI's Linux torch wheels are CUDA builds; --isolated skips the local find-links (CPU wheel).
+INSTALLED := $(VENV)/.installed-cuda12
+PIP_INSTALL := $(BIN)/python -m pip --isolated install --quiet -c constraints.txt -e ".[tfds,dev]" "jax[cuda12]"
+else
+$(error CUDA=$(CUDA) is not supported; use CUDA=12 or leave it unset for the CPU build)
+endif
 
-# Installs the package with its dependencies. constraints.txt pins torch to the
-# CPU wheel this machine's mirror serves (an open range pulls a multi-GB CUDA build).
-$(VENV)/.installed: pyproject.toml constraints.txt
+setup: $(INSTALLED) data
+
+$(INSTALLED): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -c constraints.txt -e ".[tfds,dev]"
+	$(PIP_INSTALL)
 	touch $@
 
 # FashionMNIST's IDX files from Debian's dataset-fashion-mnist, when this is a
@@ -38,6 +51,14 @@ parity: setup
 
 bench: setup
 	$(BIN)/jaxtrain bench $(ARGS)
+
+# The whole verdict corpus (about 10 minutes on the 2-core AMD machine); writes the README's table.
+corpus: setup
+	$(BIN)/python -m parity_tests.corpus --json results/corpus.json --markdown results/corpus.md $(ARGS)
+
+# On a CUDA machine: tutorial parity, the corpus' short subset and the bench -> results/gpu/<device>.*
+gpu-report: setup
+	$(BIN)/python -m jaxtrain.gpu_report $(ARGS)
 
 clean:
 	rm -rf $(VENV) *.egg-info .pytest_cache

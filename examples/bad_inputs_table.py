@@ -74,6 +74,8 @@ def main():
         ("torchref: --betas 0.9 1.0", [sys.executable, "-m", "torchref", "train", "--optimizer", "adam",
                                         "--betas", "0.9", "1.0"]),
         ("parity: --dtype float16", [sys.executable, "-m", "jaxtrain", "parity", "--dtype", "float16"]),
+        ("a batch of 1 row through BatchNorm", train + ["--model", "mlp_bn_dropout", "--train-limit", "65"]),
+        ("parity: --plot in a missing folder", [sys.executable, "-m", "jaxtrain", "parity", "--plot", "/no/dir/p.png"]),
         ("parity: damaged data", [sys.executable, "-m", "jaxtrain", "parity", "--data-dir", str(data["truncated"])]),
         ("bench: --batch-sizes 16,0", [sys.executable, "-m", "jaxtrain", "bench", "--batch-sizes", "16,0"]),
         ("bench: --plot in a missing folder", [sys.executable, "-m", "jaxtrain", "bench", "--plot", "/no/dir/b.png"]),

@@ -1,20 +1,26 @@
 """`jaxtrain bench`: JAX and PyTorch on the same training work, measured in one run.
 
-Four variants of one training epoch of the tutorial (same data, batch size,
-model, optimizer):
-    torch_tutorial  the tutorial's loop: DataLoader over preloaded tensors, `.item()` every 100 batches
-    torch_tuned     preloaded batches, zero_grad(set_to_none=True), no host syncs in the loop
-    jax_step        jaxtrain's jitted train_step called per batch from Python
-    jax_epoch       jaxtrain's whole epoch in one lax.scan on the device
+Variants of one training epoch of the tutorial (same data, batch size, model, optimizer):
+    torch_tutorial   the tutorial's loop: DataLoader over preloaded tensors, `.item()` every 100 batches
+    torch_tuned      preloaded batches, zero_grad(set_to_none=True), no host syncs in the loop
+    torch_compile    the tuned loop with the model and optimizer.step compiled by torch.compile
+    torch_compile_cudagraphs   the same with mode="reduce-overhead" (CUDA graphs; on a GPU only)
+    jax_step         jaxtrain's jitted train_step called per batch from Python
+    jax_epoch        jaxtrain's whole epoch in one lax.scan on the device
 Each variant lives in its own worker process (so its peak RSS is its own and
 no framework's threads compete with another's); the parent interleaves them,
 A B C D A B C D ..., after one warm-up epoch each. Times are wall-clock around
 a fully synchronised epoch (`block_until_ready`, `.item()`/`cuda.synchronize`).
+Compile time is reported apart: JAX's ahead-of-time compile, torch's first
+epoch minus a steady one.
 
-FLOPs: the matmul work of a training epoch, exactly: forward 2·n·(Σ in·out),
-weight gradients the same again, input gradients for every layer but the first
-(the images need no gradient). The floor is that count over the best float32
-matmul rate measured on this device (2048³, torch and JAX, best of 5).
+Two floors, both at full float32 precision (no TF32):
+- the peak-FLOP floor: the epoch's exact matmul FLOPs (forward 2·n·(Σ in·out),
+  weight gradients the same again, input gradients for every layer but the
+  first) over the best 2048³ matmul rate of torch and JAX here;
+- the shape floor: every GEMM of a training step at the best rate jax, numpy or
+  torch reaches for that very shape here (50 back to back), times the steps.
+  Small GEMMs never reach the 2048³ rate, so only this floor is reachable.
 """
 
 from __future__ import annotations
@@ -25,7 +31,17 @@ import multiprocessing as mp
 import statistics
 import time
 
-VARIANTS = ("torch_tutorial", "torch_tuned", "jax_step", "jax_epoch")
+TORCH_COMPILE_MODES = {"torch_compile": "default", "torch_compile_cudagraphs": "reduce-overhead"}
+
+
+def variants_here() -> tuple[str, ...]:
+    """The variants measured on this machine: CUDA graphs (reduce-overhead) only on a GPU."""
+    import torch
+
+    names = ["torch_tutorial", "torch_tuned", "torch_compile", "jax_step", "jax_epoch"]
+    if torch.cuda.is_available():
+        names.insert(3, "torch_compile_cudagraphs")
+    return tuple(names)
 # OpenMP/XLA worker threads keep spinning briefly after a parallel region; on a 2-core
 # machine they would steal time from whichever variant runs next. Measured: jax_epoch
 # timed right after other variants without a pause was ~20% slower than alone.
@@ -58,7 +74,10 @@ def _peak_rss_mb() -> float:
 
 
 class TorchVariant:
-    def __init__(self, config, train, test, tuned: bool):
+    """torch_tutorial (tuned=False), or the tuned loop, optionally with the model and the
+    optimizer step compiled by torch.compile (`compile_mode`: None, "default", "reduce-overhead")."""
+
+    def __init__(self, config, train, test, tuned: bool, compile_mode: str | None = None):
         import torch
 
         from torchref import train as torch_train
@@ -66,6 +85,10 @@ class TorchVariant:
         self.torch, self.tuned = torch, tuned
         self.device = torch_train.device()
         self.model, self.loss_fn, self.optimizer, _ = torch_train.setup(config)
+        self.forward, self.optimizer_step = self.model, self.optimizer.step
+        if compile_mode is not None:  # compiled on the first (warm-up) epoch
+            self.forward = torch.compile(self.model, mode=compile_mode)
+            self.optimizer_step = torch.compile(self.optimizer.step, mode=compile_mode)
         self.train_loader = torch_train.make_dataloader(train, config, train=True)
         self.test_loader = torch_train.make_dataloader(test, config, train=False)
         self.torch_train = torch_train
@@ -87,9 +110,9 @@ class TorchVariant:
         model.train()
         total = self.torch.zeros((), device=self.device)
         for X, y in self.train_batches:
-            loss = loss_fn(model(X), y)
+            loss = loss_fn(self.forward(X), y)
             loss.backward()
-            optimizer.step()
+            self.optimizer_step()
             optimizer.zero_grad(set_to_none=True)
             total += loss.detach()
         total.item()  # one sync, at the end
@@ -103,7 +126,7 @@ class TorchVariant:
         with torch.no_grad():
             loss, correct = torch.zeros((), device=self.device), torch.zeros((), device=self.device)
             for X, y in self.test_batches:
-                pred = self.model(X)
+                pred = self.forward(X)
                 loss += self.loss_fn(pred, y)
                 correct += (pred.argmax(1) == y).sum()
             (loss / len(self.test_batches)).item(), correct.item()
@@ -154,6 +177,10 @@ def _worker(conn, variant: str, config_json: dict, xla_flags: str | None) -> Non
 
     if xla_flags is not None:
         os.environ["XLA_FLAGS"] = xla_flags
+    from jaxtrain import devices
+
+    devices.share_device()
+    devices.torch_full_precision()
     from jaxtrain import data as data_lib
     from jaxtrain.config import Config
 
@@ -162,7 +189,8 @@ def _worker(conn, variant: str, config_json: dict, xla_flags: str | None) -> Non
     train, test = data_lib.load_data(config)
     start = time.perf_counter()
     if variant.startswith("torch"):
-        runner = TorchVariant(config, train, test, tuned=variant == "torch_tuned")
+        runner = TorchVariant(config, train, test, tuned=variant != "torch_tutorial",
+                              compile_mode=TORCH_COMPILE_MODES.get(variant))
         compile_seconds = None
     else:
         runner = JaxVariant(config, train, test, whole_epoch=variant == "jax_epoch")
@@ -232,12 +260,22 @@ class Worker:
 # --------------------------------------------------------------------------- measurement
 
 
+def _full_precision():
+    """Both frameworks at full float32 matmul precision (no TF32), as the measured variants run."""
+    from jaxtrain import devices
+    from jaxtrain.train import configure_jax
+
+    configure_jax("float32")
+    devices.torch_full_precision()
+
+
 def matmul_peak_gflops(n: int = 2048, repeats: int = 5) -> float:
-    """Best float32 n³ matmul rate of torch and JAX on this device, GFLOP/s."""
+    """Best float32 n³ matmul rate of torch and JAX on this device, GFLOP/s, at full precision."""
     import jax
     import jax.numpy as jnp
     import torch
 
+    _full_precision()
     flop = 2.0 * n ** 3
     best = 0.0
     device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -256,11 +294,85 @@ def matmul_peak_gflops(n: int = 2048, repeats: int = 5) -> float:
     return best
 
 
+def step_gemms(batch: int, layers=LAYERS) -> list[tuple[int, int, int]]:
+    """Every matmul (m, k, n) of one training step: forward x@W per layer, weight gradients
+    x.T@dy per layer, input gradients dy@W.T for every layer but the first."""
+    forward = [(batch, i, o) for i, o in layers]
+    weight_grads = [(i, batch, o) for i, o in layers]
+    input_grads = [(batch, o, i) for i, o in layers[1:]]
+    return forward + weight_grads + input_grads
+
+
+def gemm_seconds(shape: tuple[int, int, int], back_to_back: int = 50, repeats: int = 5) -> dict:
+    """Seconds per product of one (m, k, n) float32 matmul, best of `repeats` runs of
+    `back_to_back` products, for each library on this device (numpy on the CPU only)."""
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+    import torch
+
+    m, k, n = shape
+    rng = np.random.default_rng(0)
+    a, b = rng.random((m, k), np.float32), rng.random((k, n), np.float32)
+    out = {}
+    on_gpu = torch.cuda.is_available()
+    ta, tb = torch.from_numpy(a).to("cuda" if on_gpu else "cpu"), torch.from_numpy(b).to("cuda" if on_gpu else "cpu")
+
+    def torch_run():
+        acc = None
+        for _ in range(back_to_back):
+            acc = ta @ tb
+        acc.sum().item()
+
+    ja, jb = jnp.asarray(a), jnp.asarray(b)
+
+    @jax.jit
+    def jax_run(x, y):  # products that XLA may not merge: each feeds a running sum
+        def body(carry, _):
+            return carry + (x @ y)[0, 0], None
+
+        return jax.lax.scan(body, jnp.zeros((), x.dtype), None, length=back_to_back)[0]
+
+    def numpy_run():
+        for _ in range(back_to_back):
+            a @ b
+
+    runners = {"torch": torch_run, "jax": lambda: jax_run(ja, jb).block_until_ready()}
+    if not on_gpu:
+        runners["numpy"] = numpy_run
+    for name, run in runners.items():
+        run()  # warm-up (and compile)
+        best = float("inf")
+        for _ in range(repeats):
+            start = time.perf_counter()
+            run()
+            best = min(best, time.perf_counter() - start)
+        out[name] = best / back_to_back
+    return out
+
+
+def shape_floor(num_samples: int, batch_size: int, layers=LAYERS) -> dict:
+    """The epoch's GEMMs, each at the best rate any of jax/numpy/torch reaches for its shape here."""
+    _full_precision()
+    full, last = divmod(num_samples, batch_size)
+    sizes = {batch_size: full, **({last: 1} if last else {})}
+    total, shapes = 0.0, []
+    for batch, count in sizes.items():
+        for shape in step_gemms(batch, layers):
+            seconds = gemm_seconds(shape)
+            best = min(seconds, key=seconds.get)
+            total += count * seconds[best]
+            shapes.append({"m": shape[0], "k": shape[1], "n": shape[2], "per_epoch": count,
+                           "seconds": seconds, "best": best,
+                           "gflops": 2 * shape[0] * shape[1] * shape[2] / seconds[best] / 1e9})
+    return {"seconds": total, "shapes": shapes}
+
+
 def _stats(values):
     return {"median": statistics.median(values), "min": min(values), "max": max(values)}
 
 
-def measure(config, variants=VARIANTS, repeats: int = 5, log=print, xla_flags=None) -> dict:
+def measure(config, variants, repeats: int = 5, log=print, xla_flags=None) -> dict:
     """Warm up each variant, then interleave `repeats` rounds of (train epoch, test pass)."""
     workers = {}
     for name in variants:
@@ -294,48 +406,55 @@ def run_bench(config, repeats=5, batch_sizes=(), scaling_repeats=2, log=print, x
     peak = matmul_peak_gflops()
     flop = epoch_flop(len(train))
     floor = (flop / 1e9) / peak  # as the JSON states it: epoch_gflop / matmul_peak_gflops
-    log(f"matmul peak {peak:.0f} GFLOP/s; epoch {flop / 1e9:.1f} GFLOP; floor {floor:.3f} s")
-    results = measure(config, VARIANTS, repeats, log, xla_flags)
+    shapes = shape_floor(len(train), config.batch_size)
+    log(f"matmul peak {peak:.0f} GFLOP/s; epoch {flop / 1e9:.1f} GFLOP; peak floor {floor:.3f} s; "
+        f"shape floor {shapes['seconds']:.3f} s")
+    names = variants_here()
+    results = measure(config, names, repeats, log, xla_flags)
     tutorial = statistics.median(results["torch_tutorial"]["train"])
     variants = []
-    for name in VARIANTS:
+    for name in names:
         r = results[name]
         median = statistics.median(r["train"])
         variants.append({"name": name, "epoch_seconds": _stats(r["train"]), "test_seconds": _stats(r["test"]),
                          "compile_seconds": r["compile"], "samples_per_second": len(train) / median,
                          "gflops": flop / median / 1e9, "peak_rss_mb": r["rss"],
-                         "ratio_to_torch_tutorial": median / tutorial})
+                         "ratio_to_torch_tutorial": median / tutorial,
+                         "ratio_to_shape_floor": median / shapes["seconds"]})
     scaling = []
     for batch_size in batch_sizes:
         log(f"scaling: batch size {batch_size}")
-        scaled = measure(dataclasses.replace(config, batch_size=batch_size), VARIANTS, scaling_repeats, log,
+        scaled = measure(dataclasses.replace(config, batch_size=batch_size), names, scaling_repeats, log,
                          xla_flags)
         base = statistics.median(scaled["torch_tutorial"]["train"])
-        for name in VARIANTS:
+        for name in names:
             median = statistics.median(scaled[name]["train"])
             scaling.append({"batch_size": batch_size, "name": name, "epoch_seconds": median,
                             "ratio_to_torch_tutorial": median / base})
     device = results["jax_epoch"]["device"]
     return {"device": device, "matmul_peak_gflops": peak, "epoch_gflop": flop / 1e9, "flop_floor_seconds": floor,
+            "shape_floor_seconds": shapes["seconds"], "shape_floor_gemms": shapes["shapes"],
             "variants": variants, "scaling": scaling}
 
 
 def format_table(result: dict) -> str:
     lines = [f"device {result['device']}; matmul peak {result['matmul_peak_gflops']:.0f} GFLOP/s; "
-             f"training epoch {result['epoch_gflop']:.1f} GFLOP; FLOP floor {result['flop_floor_seconds']:.3f} s",
-             f"{'variant':<15} {'epoch s (median [min-max])':>27} {'test s':>7} {'compile s':>9} "
-             f"{'samples/s':>10} {'GFLOP/s':>8} {'RSS MB':>7} {'vs tutorial':>11} {'vs floor':>8}"]
+             f"training epoch {result['epoch_gflop']:.1f} GFLOP; peak-FLOP floor {result['flop_floor_seconds']:.3f} s; "
+             f"shape floor {result['shape_floor_seconds']:.3f} s",
+             f"{'variant':<17} {'epoch s (median [min-max])':>27} {'test s':>7} {'compile s':>9} "
+             f"{'samples/s':>10} {'GFLOP/s':>8} {'RSS MB':>7} {'vs tutorial':>11} {'vs peak':>8} {'vs shape':>8}"]
     for v in result["variants"]:
         e = v["epoch_seconds"]
-        lines.append(f"{v['name']:<15} {e['median']:>9.3f} [{e['min']:.3f}-{e['max']:.3f}] "
+        lines.append(f"{v['name']:<17} {e['median']:>9.3f} [{e['min']:.3f}-{e['max']:.3f}] "
                      f"{v['test_seconds']['median']:>7.3f} {v['compile_seconds']:>9.2f} "
                      f"{v['samples_per_second']:>10.0f} {v['gflops']:>8.1f} {v['peak_rss_mb']:>7.0f} "
-                     f"{v['ratio_to_torch_tutorial']:>10.2f}x {e['median'] / result['flop_floor_seconds']:>7.2f}x")
+                     f"{v['ratio_to_torch_tutorial']:>10.2f}x {e['median'] / result['flop_floor_seconds']:>7.2f}x "
+                     f"{v['ratio_to_shape_floor']:>7.2f}x")
     if result["scaling"]:
         sizes = sorted({s["batch_size"] for s in result["scaling"]})
         lines.append("")
         lines.append("epoch seconds by batch size: " + " ".join(f"{b:>8}" for b in sizes))
-        for name in VARIANTS:
+        for name in [v["name"] for v in result["variants"]]:
             row = {s["batch_size"]: s["epoch_seconds"] for s in result["scaling"] if s["name"] == name}
             lines.append(f"{name:<28} " + " ".join(f"{row[b]:>8.3f}" for b in sizes))
     return "\n".join(lines)
@@ -354,15 +473,19 @@ def plot(result: dict, path: str) -> None:
     medians = [v["epoch_seconds"]["median"] for v in result["variants"]]
     low = [m - v["epoch_seconds"]["min"] for m, v in zip(medians, result["variants"])]
     high = [v["epoch_seconds"]["max"] - m for m, v in zip(medians, result["variants"])]
-    ax.bar(names, medians, yerr=[low, high], capsize=6, color=["#c44e52", "#dd8452", "#4c72b0", "#55a868"])
+    ax.bar(names, medians, yerr=[low, high], capsize=6,
+           color=["#c44e52", "#dd8452", "#8172b3", "#937860", "#4c72b0", "#55a868"][: len(names)])
+    ax.tick_params(axis="x", rotation=20)
     ax.axhline(result["flop_floor_seconds"], color="black", linestyle="--",
-               label=f"FLOP floor {result['flop_floor_seconds']:.2f} s")
+               label=f"peak-FLOP floor {result['flop_floor_seconds']:.2f} s")
+    ax.axhline(result["shape_floor_seconds"], color="gray", linestyle=":",
+               label=f"shape floor {result['shape_floor_seconds']:.2f} s")
     ax.set_ylabel("training epoch, seconds (median, min-max)")
     ax.set_title(f"One FashionMNIST epoch on {result['device']}")
     ax.legend()
     if result["scaling"]:
         ax = axes[0][1]
-        for name in VARIANTS:
+        for name in names:
             points = sorted((s["batch_size"], s["epoch_seconds"]) for s in result["scaling"] if s["name"] == name)
             ax.plot([p[0] for p in points], [p[1] for p in points], marker="o", label=name)
         from matplotlib.ticker import ScalarFormatter

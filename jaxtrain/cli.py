@@ -136,17 +136,23 @@ def run_train(config) -> int:
 
 
 def run_parity(config, args) -> int:
+    from jaxtrain import devices
+
+    devices.parity_mode()  # before JAX starts its backend
     from jaxtrain import data as data_lib
     from jaxtrain import parity
 
     metrics.check_writable(args.report, "--report")
+    metrics.check_writable(args.plot, "--plot")
     dtypes = ("float32", "float64") if args.dtype == "both" else (args.dtype,)
     train_split, test_split = data_lib.load_data(config)
     report = parity.check_parity(config, dtypes, train_split, test_split, max_steps=args.steps)
-    print(parity.format_table(report))
+    print(report)
     if args.report:
-        metrics.write_json(args.report, parity.public_report(report))
-    return 0 if report["passed"] else 1
+        metrics.write_json(args.report, report.to_dict())
+    if args.plot:
+        parity.plot(report, args.plot)
+    return 0 if report.passed else 1
 
 
 def run_bench(config, args) -> int:
@@ -154,6 +160,9 @@ def run_bench(config, args) -> int:
     import os
     import sys as _sys
 
+    from jaxtrain import devices
+
+    devices.share_device()  # before JAX starts its backend: the parent measures matmul rates too
     from jaxtrain import bench
     from jaxtrain import data as data_lib
 
@@ -193,6 +202,8 @@ def build_parser() -> config_lib.OneLineParser:
     parity.add_argument("--steps", type=config_lib.positive_int, default=None,
                         help="stop after N training steps (default: all --epochs)")
     parity.add_argument("--report", default=None, metavar="PATH", help="write the parity report JSON here")
+    parity.add_argument("--plot", default=None, metavar="PATH.png",
+                        help="draw both frameworks' step losses and their float32 error envelopes")
     bench = commands.add_parser("bench", help="time JAX and PyTorch on the same training work")
     config_lib.add_train_flags(bench)
     bench.add_argument("--repeats", type=config_lib.positive_int, default=None, help="epochs per variant (5)")

@@ -193,7 +193,9 @@ def load_data(config) -> tuple[Split, Split]:
         train, test = load_tfds(config.tfds_name, config.data_dir)
     else:
         train, test = load_fashion_mnist(config.data_dir)
-    return train.take(config.train_limit), test.take(config.test_limit)
+    train, test = train.take(config.train_limit), test.take(config.test_limit)
+    check_training_batches(config, len(train))
+    return train, test
 
 
 # --------------------------------------------------------------------------- batches
@@ -232,6 +234,20 @@ def epoch_batches(num_samples: int, batch_size: int, shuffle: bool = False, seed
     sizes = np.full(num_batches, batch_size)
     sizes[-1] = num_samples - (num_batches - 1) * batch_size
     return EpochBatches(padded.reshape(num_batches, batch_size), mask.reshape(num_batches, batch_size), sizes)
+
+
+def check_training_batches(config, num_train: int) -> None:
+    """A BatchNorm model cannot train on a batch of one row (torch raises "Expected more than
+    1 value per channel when training"; the running variance would divide by n - 1 = 0)."""
+    from jaxtrain.errors import ConfigError
+
+    if num_train < 1:
+        raise ConfigError("the training set is empty")
+    last = num_train - (-(-num_train // config.batch_size) - 1) * config.batch_size
+    if config.model == "mlp_bn_dropout" and (last == 1 or config.batch_size == 1):
+        raise ConfigError(
+            f"BatchNorm needs more than 1 sample per training batch, but {num_train} training samples in batches of "
+            f"{config.batch_size} leave a last batch of 1; change --batch-size or --train-limit")
 
 
 def iterate(split: Split, batches: EpochBatches, padded: bool = False):

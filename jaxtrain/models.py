@@ -40,10 +40,13 @@ def linear(features: int, fan_in: int, init_style: str, name: str) -> nn.Dense:
 
 class TorchBatchNorm(nn.Module):
     """BatchNorm1d with torch's semantics: normalise by the biased batch variance,
-    update the running variance with the unbiased one, momentum 0.1, eps 1e-5."""
+    update the running variance with the unbiased one, momentum 0.1, eps 1e-5.
+    (`momentum` is torch's: Flax's is 1 - it. `unbiased=False` keeps Flax's biased
+    running variance instead.)"""
 
     momentum: float = 0.1
     eps: float = 1e-5
+    unbiased: bool = True
 
     @nn.compact
     def __call__(self, x, train: bool, mask=None):
@@ -60,7 +63,7 @@ class TorchBatchNorm(nn.Module):
             if not self.is_initializing():
                 m = self.momentum
                 running_mean.value = (1 - m) * running_mean.value + m * mean
-                running_var.value = (1 - m) * running_var.value + m * var * (n / (n - 1))
+                running_var.value = (1 - m) * running_var.value + m * (var * (n / (n - 1)) if self.unbiased else var)
         else:
             mean, var = running_mean.value, running_var.value
         return (x - mean) / jnp.sqrt(var + self.eps) * scale + bias

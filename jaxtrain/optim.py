@@ -44,7 +44,9 @@ def lr_schedule(config, steps_per_epoch: int) -> optax.Schedule:
     if config.scheduler == "step":  # StepLR(step_size, gamma)
         return lambda count: lr * gamma ** (count // (config.step_size * spe))
     if config.scheduler == "multistep":  # MultiStepLR(milestones, gamma)
-        return optax.piecewise_constant_schedule(lr, {m * spe: gamma for m in config.milestones})
+        # a milestone listed k times multiplies by gamma**k, as torch's Counter of milestones does
+        counts = {m: config.milestones.count(m) for m in config.milestones}
+        return optax.piecewise_constant_schedule(lr, {m * spe: gamma ** k for m, k in counts.items()})
     if config.scheduler == "exponential":  # ExponentialLR(gamma)
         return lambda count: lr * gamma ** (count // spe)
     if config.scheduler == "cosine":  # CosineAnnealingLR(T_max, eta_min): periodic past T_max, unlike optax's

@@ -102,14 +102,21 @@ def _gather(images, labels, index, mask) -> dict:
     return {"x": images[index], "y": labels[index], "mask": mask.astype(images.dtype)}
 
 
-def train_epoch(state: TrainState, images, labels, index, mask) -> tuple[TrainState, jax.Array]:
-    """All steps of one epoch in a `lax.scan`; returns every step's loss."""
+def train_epoch(state: TrainState, images, labels, index, mask, dropout=None) -> tuple[TrainState, jax.Array]:
+    """All steps of one epoch in a `lax.scan`; returns every step's loss.
 
-    def body(state, batch_index):
-        state, metrics = train_step(state, _gather(images, labels, *batch_index))
+    `dropout` (optional, one (steps, batch, features) keep-mask array per dropout
+    layer) replaces the random draws: the parity check injects the masks torch uses."""
+
+    def body(state, step_inputs):
+        index_row, mask_row, dropout_row = step_inputs
+        batch = _gather(images, labels, index_row, mask_row)
+        if dropout_row is not None:
+            batch["dropout"] = dropout_row
+        state, metrics = train_step(state, batch)
         return state, metrics["loss"]
 
-    return jax.lax.scan(body, state, (index, mask))
+    return jax.lax.scan(body, state, (index, mask, dropout))
 
 
 def eval_epoch(state: TrainState, images, labels, index, mask) -> dict:
@@ -124,7 +131,8 @@ class Trainer:
     it is not mixed into the first epoch's time).
     """
 
-    def __init__(self, config, train: data_lib.Split, test: data_lib.Split, state: TrainState | None = None):
+    def __init__(self, config, train: data_lib.Split, test: data_lib.Split, state: TrainState | None = None,
+                 precompile: bool = True):
         self.config = config
         dtype = jnp.dtype(config.dtype)
         self.train_split, self.test_split = train, test
@@ -138,23 +146,32 @@ class Trainer:
         self.test_index, self.test_mask = jnp.asarray(test_batches.index), jnp.asarray(test_batches.mask)
         self.test_sizes = test_batches.sizes
 
-        start = time.perf_counter()
-        probe = data_lib.epoch_batches(len(train), config.batch_size)
-        self._train_epoch = jax.jit(train_epoch, donate_argnums=0).lower(
-            self.state, self.train_images, self.train_labels, probe.index, probe.mask).compile()
-        self._eval_epoch = jax.jit(eval_epoch).lower(
-            self.state, self.test_images, self.test_labels, self.test_index, self.test_mask).compile()
-        self.compile_seconds = time.perf_counter() - start
+        self._any_epoch = jax.jit(train_epoch, donate_argnums=0)  # compiled per input shape, on first use
+        self._train_epoch, self._eval_epoch = self._any_epoch, jax.jit(eval_epoch)
+        self.compile_seconds = 0.0
+        if precompile:  # ahead of time, so compilation is not mixed into the first epoch's time
+            start = time.perf_counter()
+            probe = data_lib.epoch_batches(len(train), config.batch_size)
+            self._train_epoch = self._train_epoch.lower(
+                self.state, self.train_images, self.train_labels, probe.index, probe.mask).compile()
+            self._eval_epoch = self._eval_epoch.lower(
+                self.state, self.test_images, self.test_labels, self.test_index, self.test_mask).compile()
+            self.compile_seconds = time.perf_counter() - start
 
     def batches(self, epoch: int) -> data_lib.EpochBatches:
         c = self.config
         return data_lib.epoch_batches(len(self.train_split), c.batch_size, c.shuffle, c.seed, epoch)
 
-    def train_one_epoch(self, epoch: int) -> np.ndarray:
-        """Run epoch `epoch` (0-based); returns the loss of every step, as float64 numpy."""
+    def train_one_epoch(self, epoch: int, num_steps: int | None = None, dropout=None) -> np.ndarray:
+        """Run epoch `epoch` (0-based), or its first `num_steps` steps; returns the loss of every
+        step, as float64 numpy. `dropout`: injected keep-masks (see `train_epoch`)."""
         batches = self.batches(epoch)
-        self.state, losses = self._train_epoch(
-            self.state, self.train_images, self.train_labels, batches.index, batches.mask)
+        if dropout is None and num_steps in (None, len(batches)):
+            self.state, losses = self._train_epoch(
+                self.state, self.train_images, self.train_labels, batches.index, batches.mask)
+        else:
+            self.state, losses = self._any_epoch(self.state, self.train_images, self.train_labels,
+                                                 batches.index[:num_steps], batches.mask[:num_steps], dropout)
         return np.asarray(losses, dtype=np.float64)
 
     def evaluate(self) -> tuple[float, float]:

@@ -16,22 +16,44 @@ def run(*args, timeout=600):
     return subprocess.run([sys.executable, *args], capture_output=True, text=True, timeout=timeout, cwd=ROOT, env=env)
 
 
-def test_parity_cli_prints_the_table_and_writes_the_report(tmp_path, fashion):
-    report_path = tmp_path / "parity.json"
+def test_parity_cli_prints_the_verdict_writes_the_report_and_the_plot(tmp_path, fashion):
+    report_path, plot_path = tmp_path / "parity.json", tmp_path / "parity.png"
     result = run("-m", "jaxtrain", "parity", "--optimizer", "adam", "--epochs", "2", "--train-limit", "640",
-                 "--test-limit", "1000", "--steps", "15", "--report", str(report_path))
+                 "--test-limit", "1000", "--steps", "15", "--report", str(report_path), "--plot", str(plot_path))
     assert result.returncode == 0, result.stdout + result.stderr
     assert "float32: 15 steps" in result.stdout and "float64: 15 steps" in result.stdout
+    for sentence in ("PASS Same math (float64", "PASS Same precision (float32", "PASS Same results (float32"):
+        assert sentence in result.stdout
     assert "PARITY PASSED" in result.stdout
     report = json.loads(report_path.read_text())
-    assert list(report) == ["passed", "config", "checks", "jax", "torch"]
+    assert list(report) == ["passed", "config", "checks", "verdict", "jax", "torch"]
     assert report["passed"] is True and report["config"]["optimizer"] == "adam"
+    assert set(report["verdict"]) == {"same_math", "same_precision", "same_results"}
+    assert all(part["passed"] for part in report["verdict"].values())
     for check, dtype in zip(report["checks"], ["float32", "float64"]):
         assert check["dtype"] == dtype and check["passed"] is True
-        assert {"max_abs_loss_diff", "max_rel_loss_diff", "first_failing_step", "stage", "tensor"} <= set(check)
+        assert {"max_abs_loss_diff", "max_rel_loss_diff", "first_failing_step", "stage", "layer", "tensor"} <= set(check)
         assert check["first_failing_step"] is None
     assert report["jax"]["framework"] == "jax" and report["torch"]["framework"] == "torch"
     assert len(report["jax"]["steps"]) == 15 and len(report["jax"]["epochs"]) == 2
+    assert plot_path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_parity_of_a_bn_model_without_dropout_runs(fashion):
+    """--dropout 0 used to raise IndexError (hooks on nn.Dropout(p=0) looked for masks)."""
+    result = run("-m", "jaxtrain", "parity", "--model", "mlp_bn_dropout", "--dropout", "0", "--epochs", "1",
+                 "--train-limit", "320", "--test-limit", "500", "--dtype", "float64")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "PARITY PASSED" in result.stdout and "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize("command", [["-m", "jaxtrain", "parity"], ["-m", "jaxtrain", "train"],
+                                     ["-m", "torchref", "train"]])
+def test_a_one_row_batch_through_batchnorm_is_refused(command, fashion):
+    result = run(*command, "--model", "mlp_bn_dropout", "--train-limit", "65", "--epochs", "1")
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert "BatchNorm needs more than 1 sample per training batch" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1 and "Traceback" not in result.stderr
 
 
 def test_torchref_train_has_the_same_output_and_schema(tmp_path, fashion):

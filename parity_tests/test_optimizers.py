@@ -41,6 +41,7 @@ SCHEDULES = {
     "none": dict(),
     "step": dict(scheduler="step", step_size=2, gamma=0.5),
     "multistep": dict(scheduler="multistep", milestones=(1, 3), gamma=0.3),
+    "multistep_repeated": dict(scheduler="multistep", milestones=(1, 1, 3), gamma=0.3),  # gamma twice at 1
     "exponential": dict(scheduler="exponential", gamma=0.7),
     "cosine": dict(scheduler="cosine", t_max=2, eta_min=0.001),  # runs past T_max: torch keeps oscillating
 }

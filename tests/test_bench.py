@@ -7,7 +7,7 @@ import sys
 from jaxtrain.bench import epoch_flop
 
 VARIANT_KEYS = ["name", "epoch_seconds", "test_seconds", "compile_seconds", "samples_per_second", "gflops",
-                "peak_rss_mb", "ratio_to_torch_tutorial"]
+                "peak_rss_mb", "ratio_to_torch_tutorial", "ratio_to_shape_floor"]
 
 
 def test_epoch_flop_is_the_exact_matmul_count():
@@ -22,24 +22,31 @@ def test_quick_bench_writes_json_and_plot(tmp_path, fashion):
                           "--json", str(out), "--plot", str(png)], capture_output=True, text=True, timeout=600)
     assert run.returncode == 0, run.stderr
     result = json.loads(out.read_text())
-    assert list(result) == ["device", "matmul_peak_gflops", "epoch_gflop", "flop_floor_seconds", "variants",
-                            "scaling"]
+    assert list(result) == ["device", "matmul_peak_gflops", "epoch_gflop", "flop_floor_seconds",
+                            "shape_floor_seconds", "shape_floor_gemms", "variants", "scaling"]
     assert result["epoch_gflop"] == 6400 * 3_209_216 / 1e9
     assert result["matmul_peak_gflops"] > 0
     assert result["flop_floor_seconds"] == result["epoch_gflop"] / result["matmul_peak_gflops"]
     names = [v["name"] for v in result["variants"]]
-    assert names == ["torch_tutorial", "torch_tuned", "jax_step", "jax_epoch"]
+    assert names == ["torch_tutorial", "torch_tuned", "torch_compile", "jax_step", "jax_epoch"]
+    # the shape floor: 9 GEMMs a step for the full batches (6400 = 100 x 64, no partial batch)
+    assert len(result["shape_floor_gemms"]) == 9
+    assert result["shape_floor_seconds"] == sum(g["per_epoch"] * g["seconds"][g["best"]]
+                                                for g in result["shape_floor_gemms"])
     for v in result["variants"]:
         assert list(v) == VARIANT_KEYS
         e = v["epoch_seconds"]
         assert 0 < e["min"] <= e["median"] <= e["max"]
         assert result["flop_floor_seconds"] <= e["min"]
+        assert result["shape_floor_seconds"] <= e["min"], v["name"]  # no variant may beat the shape floor
         assert v["test_seconds"]["median"] > 0 and v["compile_seconds"] >= 0
         assert v["samples_per_second"] == 6400 / e["median"] and v["peak_rss_mb"] > 50
     assert result["variants"][0]["ratio_to_torch_tutorial"] == 1.0
     assert {s["name"] for s in result["scaling"]} == set(names) and {s["batch_size"] for s in result["scaling"]} == {128}
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    assert "jax_epoch" in run.stdout and "FLOP floor" in run.stdout
+    assert "jax_epoch" in run.stdout and "peak-FLOP floor" in run.stdout and "shape floor" in run.stdout
+    compiled = next(v for v in result["variants"] if v["name"] == "torch_compile")
+    assert compiled["compile_seconds"] > 0  # torch.compile's first epoch, reported apart
 
 
 def test_bench_rejects_bad_batch_sizes():

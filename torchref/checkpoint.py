@@ -2,7 +2,7 @@
 
 A process killed mid-save leaves only a `.tmp` file behind, which is ignored;
 the previous checkpoint stays whole. Holds the model, optimizer and scheduler
-state, torch's RNG state (dropout), the epochs done and the metrics so far.
+state, torch's CPU and CUDA RNG states (dropout), the epochs done and the metrics so far.
 """
 
 from __future__ import annotations
@@ -37,7 +37,8 @@ class TorchCheckpointer:
         payload = {"epochs_done": epochs_done, "config": record["config"], "record": record,
                    "model": model.state_dict(), "optimizer": optimizer.state_dict(),
                    "scheduler": scheduler.state_dict() if scheduler is not None else None,
-                   "rng": torch.get_rng_state()}
+                   "rng": torch.get_rng_state(),
+                   "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}
         fd, tmp = tempfile.mkstemp(prefix=".epoch-", suffix=".tmp", dir=self.directory)
         with os.fdopen(fd, "wb") as f:
             torch.save(payload, f)
@@ -70,6 +71,8 @@ class TorchCheckpointer:
             if scheduler is not None:
                 scheduler.load_state_dict(payload["scheduler"])
             torch.set_rng_state(payload["rng"])
+            if payload.get("cuda_rng") and torch.cuda.is_available():  # dropout on the GPU draws from these
+                torch.cuda.set_rng_state_all(payload["cuda_rng"])
             return payload["record"], payload["epochs_done"]
 
         return restore

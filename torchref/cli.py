@@ -7,17 +7,16 @@ from jaxtrain import metrics
 
 
 def run_train(config) -> int:
-    import torch
-
     from jaxtrain import checkpoint
     from jaxtrain import data as data_lib
+    from jaxtrain import devices
     from jaxtrain.cli import Interrupts, TutorialPrinter, epoch_hook
     from torchref import train as train_lib
     from torchref.checkpoint import TorchCheckpointer
 
     metrics.check_writable(config.metrics_out)
     checkpoint.check_dir(config.checkpoint_dir)
-    torch.backends.cuda.matmul.allow_tf32 = False  # torch's default; stated for parity
+    devices.torch_full_precision()  # torch's defaults; stated for parity
     train_split, test_split = data_lib.load_data(config)
     saver = TorchCheckpointer(config.checkpoint_dir, config.keep) if config.checkpoint_dir else None
     with Interrupts() as interrupts:

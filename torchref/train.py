@@ -34,22 +34,25 @@ def setup(config, model=None):
 
 
 class SharedBatchSampler(Sampler):
-    """Yields the index lists of `jaxtrain.data.epoch_batches`; `set_epoch` picks the epoch."""
+    """Yields the index lists of `jaxtrain.data.epoch_batches`; `set_epoch` picks the epoch
+    (and, for a run cut short by a step budget, how many of its batches)."""
 
     def __init__(self, num_samples, batch_size, shuffle=False, seed=0):
         self.num_samples, self.batch_size, self.shuffle, self.seed, self.epoch = (
             num_samples, batch_size, shuffle, seed, 0)
+        self.num_batches = -(-num_samples // batch_size)
 
-    def set_epoch(self, epoch):
+    def set_epoch(self, epoch, num_batches=None):
         self.epoch = epoch
+        self.num_batches = num_batches or -(-self.num_samples // self.batch_size)
 
     def __iter__(self):
         plan = data_lib.epoch_batches(self.num_samples, self.batch_size, self.shuffle, self.seed, self.epoch)
-        for b in range(len(plan)):
+        for b in range(self.num_batches):
             yield plan.index[b, : plan.sizes[b]].tolist()
 
     def __len__(self):
-        return -(-self.num_samples // self.batch_size)
+        return self.num_batches
 
 
 def make_dataloader(split: data_lib.Split, config, train: bool) -> DataLoader:

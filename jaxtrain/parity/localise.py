@@ -1,0 +1,62 @@
+"""Where a parity check first goes wrong: replay the steps, compare every stage.
+
+A stage is named only when it differs beyond what rounding explains at that
+step: in float64 beyond 1e-10 of the stage's magnitude; in float32 when JAX's
+error against float64 exceeds STAGE_FACTOR x torch's (see criteria). Otherwise
+the report says rounding accumulated (stage `drift`), and from which step.
+"""
+
+from __future__ import annotations
+
+from jaxtrain.parity import criteria
+from jaxtrain.parity.runners import epoch_lengths, replay
+
+JAX64, TORCH64 = ("jax", "float64"), ("torch", "float64")
+JAX32, TORCH32 = ("jax", "float32"), ("torch", "float32")
+
+
+def steps_through_epoch(config, num_train: int, epoch: int, max_steps=None) -> int:
+    """Steps up to the end of `epoch` (1-based)."""
+    return sum(epoch_lengths(config, num_train, max_steps)[:epoch])
+
+
+def localise_math(config, train, test, port, math: dict, max_steps=None) -> dict:
+    """The first (step, stage, tensor) where float64 JAX and torch differ beyond 1e-10 of the
+    stage's magnitude; `eval` when training agrees through the epoch whose evaluation differs;
+    `drift` when no stage of any step differs (rounding amplified by an unstable run)."""
+    inf = float("inf")
+    loss_step = math["first_failing_step"] or inf
+    epoch = math["first_failing_epoch"]
+    epoch_end = steps_through_epoch(config, len(train), epoch, max_steps) if epoch else inf
+    until = int(min(loss_step, epoch_end))
+    params_in = [0.0]  # both start from the same weights
+
+    def visit(step, stages):
+        found = criteria.first_math_difference(step, stages[JAX64], stages[TORCH64], params_in[0])
+        params_in[0] = criteria.params_difference(stages[JAX64]["params"], stages[TORCH64]["params"])
+        return found
+
+    found = replay(config, [JAX64, TORCH64], train, test, until, visit, port)
+    if found is not None:
+        return found
+    if loss_step <= epoch_end:
+        return {"step": int(loss_step), "stage": "drift", "layer": None, "tensor": None,
+                "note": f"no stage differs beyond 1e-10 at any step up to {until}: float64 rounding accumulated"}
+    return {"step": None, "epoch": epoch, "stage": "eval", "layer": None, "tensor": None,
+            "note": f"training agrees (every stage of every step, buffers included) through epoch {epoch}; "
+                    "the evaluation (model.eval(), no gradients) differs"}
+
+
+def precision_findings(config, train, test, port, until_step: int = 1) -> list[dict]:
+    """Replay steps 1..until_step of the float32 runs beside torch float64; every stage
+    tensor's rounding error, JAX's against torch's (step 1 all, later steps up to the first failure)."""
+    found: list = []
+
+    def visit(step, stages):
+        findings = criteria.precision_findings(step, stages[JAX32], stages[TORCH32], stages[TORCH64])
+        bad = [f for f in findings if not f["passed"]]
+        found.extend(findings if step == 1 else bad)
+        return True if bad else None
+
+    replay(config, [JAX32, TORCH32, TORCH64], train, test, max(until_step, 1), visit, port)
+    return found

@@ -1,0 +1,120 @@
+"""The parity report: its JSON, its printed table and verdict, its picture."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+
+PARTS = ("same_math", "same_precision", "same_results")
+
+
+@dataclasses.dataclass
+class ParityReport:
+    """`passed` is all three parts of the verdict that were checked; `checks` one entry per dtype."""
+
+    passed: bool
+    config: dict
+    checks: list
+    verdict: dict  # part -> its result (criteria.same_*), or None when its dtype was not run
+    trajectories: dict  # (framework, dtype) -> runners.Trajectory
+
+    def to_dict(self) -> dict:
+        first = self.checks[0]["dtype"]
+        return {"passed": self.passed, "config": self.config, "checks": self.checks, "verdict": self.verdict,
+                "jax": self.trajectories[("jax", first)].record, "torch": self.trajectories[("torch", first)].record}
+
+    def __str__(self) -> str:
+        return format_report(self)
+
+    def check(self, dtype: str) -> dict:
+        return next(c for c in self.checks if c["dtype"] == dtype)
+
+
+def _where(found: dict | None) -> str:
+    if not found:
+        return ""
+    if found["stage"] == "drift":
+        return f"  localised: step {found['step']}: {found['note']}"
+    if found["stage"] == "eval":
+        return f"  localised: epoch {found.get('epoch')}, stage eval: {found.get('note', '')}"
+    if "jax_error" in found:
+        size = f"JAX float32 error {found['jax_error']:.2e}, torch's {found['torch_error']:.2e}, allowed {found['allowed']:.2e}"
+    else:
+        size = f"relative difference {found['rel_diff']:.2e}, tolerance {found['tolerance']:.0e}"
+    return f"  localised: first difference at step {found['step']}, stage {found['stage']}, {found['tensor']} ({size})"
+
+
+def format_report(report: ParityReport) -> str:
+    """Side-by-side per-epoch table for each dtype, the three-part verdict, the localisation."""
+    lines = []
+    for check in report.checks:
+        dtype = check["dtype"]
+        j, t = report.trajectories[("jax", dtype)].record, report.trajectories[("torch", dtype)].record
+        lines.append(f"{dtype}: {check['steps']} steps")
+        lines.append(f"{'epoch':>5} {'jax loss':>12} {'torch loss':>12} {'|Δ loss|':>9} "
+                     f"{'jax acc':>8} {'torch acc':>9} {'|Δ acc|':>8}")
+        for a, b in zip(j["epochs"], t["epochs"]):
+            lines.append(f"{a['epoch']:>5} {a['test_loss']:>12.6f} {b['test_loss']:>12.6f} "
+                         f"{abs(a['test_loss'] - b['test_loss']):>9.1e} {100 * a['test_accuracy']:>7.2f}% "
+                         f"{100 * b['test_accuracy']:>8.2f}% {100 * abs(a['test_accuracy'] - b['test_accuracy']):>7.2f}")
+        lines.append("")
+    for part in PARTS:
+        result = report.verdict.get(part)
+        if result is None:
+            continue
+        lines.append(("PASS " if result["passed"] else "FAIL ") + result["sentence"])
+        if not result["passed"]:
+            lines.append(_where(result.get("localised")))
+    lines.append("")
+    lines.append("PARITY " + ("PASSED" if report.passed else "FAILED"))
+    return "\n".join(lines)
+
+
+def plot(report: ParityReport, path: str) -> None:
+    """Per-step loss of both frameworks; |float32 - float64| / |float64| of each on a log scale
+    (the two envelopes); the first failing step and the drift onset marked."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from jaxtrain.parity.criteria import EPS32, loss_errors
+
+    runs = report.trajectories
+    has32, has64 = ("jax", "float32") in runs, ("jax", "float64") in runs
+    fig, axes = plt.subplots(2 if has32 else 1, 1, figsize=(9, 7 if has32 else 4), sharex=True, squeeze=False)
+    top = axes[0, 0]
+    styles = {("jax", "float32"): ("tab:blue", "-"), ("torch", "float32"): ("tab:orange", "--"),
+              ("jax", "float64"): ("tab:green", "-"), ("torch", "float64"): ("black", ":")}
+    for key, (color, style) in styles.items():
+        if key in runs:
+            losses = runs[key].losses
+            top.plot(np.arange(1, len(losses) + 1), losses, style, color=color, lw=1, label=f"{key[0]} {key[1]}")
+    top.set_ylabel("training loss")
+    top.set_title(f"parity: {'PASSED' if report.passed else 'FAILED'}")
+    failing = [c["first_failing_step"] for c in report.checks if c.get("first_failing_step")]
+    if has32:
+        bottom = axes[1, 0]
+        ref = runs[("torch", "float64")]
+        for framework, color in (("jax", "tab:blue"), ("torch", "tab:orange")):
+            err = loss_errors(runs[(framework, "float32")], ref)
+            steps = np.arange(1, len(err) + 1)
+            bottom.semilogy(steps, np.maximum(err, EPS32 / 16), color=color, lw=1,
+                            label=f"{framework} float32: |loss32 − loss64| / |loss64|")
+        bottom.axhline(EPS32, color="gray", lw=0.8, ls=":", label="one float32 ulp (relative)")
+        onset = (report.verdict.get("same_precision") or {}).get("drift_onset_step")
+        if onset:
+            bottom.axvline(onset, color="gray", ls="--", lw=0.8, label=f"drift onset (step {onset})")
+        bottom.set_xlabel("step")
+        bottom.set_ylabel("relative float32 error")
+        bottom.legend(fontsize=8, loc="lower right")
+    else:
+        top.set_xlabel("step")
+    for ax in axes[:, 0]:
+        for step in failing:
+            ax.axvline(step, color="red", lw=1.2, label=f"first failing step ({step})" if ax is top else None)
+    top.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)

@@ -1,0 +1,356 @@
+"""The verdict corpus: healthy runs (the verdict must pass them) and planted porting bugs (it must
+fail them, and say where). It measures the parity checker's false-alarm and miss rates.
+
+    python -m parity_tests.corpus                      # everything: table on stdout
+    python -m parity_tests.corpus --json results/corpus.json --markdown results/corpus.md
+
+Every case trains on the first 640 FashionMNIST training images (10 steps an epoch, batch 64)
+and evaluates on the first 2000 test images, on the CPU, in float32 and float64.
+
+Healthy cases include the runs where float32 rounding is amplified: large learning rates,
+Adagrad from a zero accumulator, RMSprop with momentum, AdamW/AMSGrad at lr >= 2e-3,
+BatchNorm+Dropout with Adam over 200 shuffled steps, MSE(sum) with large losses.
+
+Each planted bug is a mistake people make when porting torch training code to JAX, planted
+on the JAX side only (`JaxPort`: another Flax module, optimizer or loss), with where the
+checker must localise it: the verdict part, the step, the stage and the tensor.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import sys
+import time
+from typing import Any, Callable
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from jaxtrain import optim
+from jaxtrain.config import DEFAULT_EPS, DEFAULT_WEIGHT_DECAY, Config, validate
+from jaxtrain.losses import cross_entropy, mse
+from jaxtrain.models import TorchBatchNorm
+from jaxtrain.parity import JaxPort, check_parity
+
+TRAIN_SAMPLES, TEST_SAMPLES = 640, 2000
+
+
+def config_for(**kw) -> Config:
+    opt = kw.get("optimizer", "sgd")
+    kw.setdefault("eps", DEFAULT_EPS[opt])
+    kw.setdefault("weight_decay", DEFAULT_WEIGHT_DECAY.get(opt, 0.0))
+    kw.setdefault("t_max", 5)
+    kw.setdefault("epochs", 20)
+    config = Config(batch_size=kw.pop("batch_size", 64), train_limit=TRAIN_SAMPLES, test_limit=TEST_SAMPLES, **kw)
+    validate(config)
+    return config
+
+
+# --------------------------------------------------------------------------- healthy cases
+
+BN = dict(model="mlp_bn_dropout")
+HEALTHY: dict[str, dict] = {
+    "tutorial_sgd": dict(optimizer="sgd", lr=1e-3),
+    "sgd_large_lr": dict(optimizer="sgd", lr=0.5),
+    "sgd_momentum_steplr": dict(optimizer="sgd", lr=0.05, momentum=0.9, scheduler="step", step_size=2, gamma=0.5),
+    "sgd_nesterov_cosine": dict(optimizer="sgd", lr=0.05, momentum=0.9, nesterov=True, scheduler="cosine", t_max=3),
+    "sgd_dampening_wd": dict(optimizer="sgd", lr=0.05, momentum=0.9, dampening=0.3, weight_decay=1e-3),
+    "sgd_momentum_shuffle_200": dict(optimizer="sgd", lr=0.1, momentum=0.9, shuffle=True, seed=3, steps=200),
+    "sgd_repeated_milestone": dict(optimizer="sgd", lr=0.1, momentum=0.5, scheduler="multistep",
+                                   milestones=(1, 1, 3), gamma=0.5),
+    "adam": dict(optimizer="adam", lr=1e-3),
+    "adam_large_lr": dict(optimizer="adam", lr=1e-2),
+    "adam_exponential_wd": dict(optimizer="adam", lr=1e-3, weight_decay=1e-4, scheduler="exponential", gamma=0.8),
+    "adam_amsgrad": dict(optimizer="adam", lr=1e-3, amsgrad=True),
+    "adamw_multistep": dict(optimizer="adamw", lr=1e-3, scheduler="multistep", milestones=(1, 3)),
+    "adamw_amsgrad_lr2e-3": dict(optimizer="adamw", lr=2e-3, weight_decay=0.05, amsgrad=True),
+    "adamw_lr5e-3_200": dict(optimizer="adamw", lr=5e-3, steps=200),
+    "rmsprop": dict(optimizer="rmsprop", lr=1e-4),
+    "rmsprop_momentum_lr1e-3": dict(optimizer="rmsprop", lr=1e-3, momentum=0.9),
+    "rmsprop_centered_momentum_steplr": dict(optimizer="rmsprop", lr=1e-4, momentum=0.5, centered=True,
+                                             weight_decay=1e-4, scheduler="step", step_size=1, gamma=0.7),
+    "rmsprop_large_lr": dict(optimizer="rmsprop", lr=1e-2),
+    "adagrad": dict(optimizer="adagrad", lr=1e-3),
+    "adagrad_zero_acc_lr1e-2": dict(optimizer="adagrad", lr=1e-2),
+    "adagrad_lr5e-2_200": dict(optimizer="adagrad", lr=5e-2, steps=200),
+    "adagrad_decay": dict(optimizer="adagrad", lr=1e-3, lr_decay=1e-2, initial_accumulator_value=0.1,
+                          weight_decay=1e-4),
+    "nll_adam": dict(loss="nll", optimizer="adam", lr=1e-3),
+    "mse_mean": dict(loss="mse", optimizer="sgd", lr=0.5),
+    "mse_sum_sgd": dict(loss="mse", mse_reduction="sum", optimizer="sgd", lr=1e-3),
+    "mse_sum_adam": dict(loss="mse", mse_reduction="sum", optimizer="adam", lr=1e-3),
+    "flax_init_rmsprop": dict(init="flax", optimizer="rmsprop", lr=1e-5, momentum=0.5),
+    "bn_dropout_sgd": dict(**BN, optimizer="sgd", lr=0.05, momentum=0.9),
+    "bn_dropout_adam_shuffle_200": dict(**BN, optimizer="adam", lr=1e-3, shuffle=True, seed=1, steps=200),
+    "bn_dropout_adamw_shuffle_200": dict(**BN, optimizer="adamw", lr=2e-3, shuffle=True, seed=2, steps=200),
+    "bn_no_dropout_rmsprop": dict(**BN, dropout=0.0, optimizer="rmsprop", lr=1e-3),
+    "batch_48_partial_last": dict(optimizer="adam", lr=1e-3, batch_size=48),
+}
+
+
+# --------------------------------------------------------------------------- planted bugs: ports with a mistake
+
+
+def bf16_dot(lhs, rhs, dimension_numbers, precision=None, preferred_element_type=None, **kw):
+    """A float32 matmul computed from bfloat16 inputs (what TF32/bf16 'fast' matmuls do); float64 untouched."""
+    if lhs.dtype != jnp.float32:
+        return jax.lax.dot_general(lhs, rhs, dimension_numbers, precision=precision)
+    return jax.lax.dot_general(lhs.astype(jnp.bfloat16), rhs.astype(jnp.bfloat16), dimension_numbers,
+                               preferred_element_type=jnp.float32)
+
+
+class PortMLP(nn.Module):
+    """A user's Flax port of the tutorial's models (same parameter names), with switches for the
+    mistakes below. With the defaults it is jaxtrain's own model."""
+
+    batchnorm: bool = False
+    rate: float = 0.0
+    bn_momentum: float = 0.1  # torch's convention; Flax's nn.BatchNorm default 0.99 is torch's 0.01
+    bn_unbiased: bool = True
+    bn_eps: float = 1e-5
+    dropout_scale_rate: float | None = None  # the rate the port divides by (None: `rate`)
+    dropout_in_eval: bool = False
+    dot_general: Callable | None = None
+
+    @nn.compact
+    def __call__(self, x, train: bool = False, mask=None, dropout_masks=None):
+        x = x.reshape(x.shape[0], -1)
+        index, layer = 0, 0
+        step = 4 if self.batchnorm else 2
+        for width in (512, 512):
+            x = nn.Dense(width, dot_general=self.dot_general, name=f"linear_relu_stack_{index}")(x)
+            if self.batchnorm:
+                x = TorchBatchNorm(self.bn_momentum, self.bn_eps, self.bn_unbiased,
+                                   name=f"linear_relu_stack_{index + 1}")(x, train, mask)
+            x = nn.relu(x)
+            if self.rate > 0:
+                scale = 1.0 / (1.0 - (self.dropout_scale_rate if self.dropout_scale_rate is not None else self.rate))
+                if train:
+                    x = x * dropout_masks[layer].astype(x.dtype) * scale
+                elif self.dropout_in_eval:  # nn.Dropout(deterministic=False) hard-coded: random in eval too
+                    keep = jax.random.bernoulli(jax.random.key(layer), 1.0 - self.rate, x.shape)
+                    x = x * keep.astype(x.dtype) * scale
+            index += step
+            layer += 1
+        return nn.Dense(10, dot_general=self.dot_general, name=f"linear_relu_stack_{index}")(x)
+
+
+def bn_port(**kw) -> PortMLP:
+    return PortMLP(batchnorm=True, rate=0.2, **kw)
+
+
+def scheduler_per_batch(c, spe):
+    """StepLR stepped after every batch instead of every epoch."""
+    return optim.make_optimizer(c, 1)
+
+
+def accumulate_gradients(c, spe):
+    """zero_grad forgotten: every step applies the sum of all gradients so far."""
+    return optax.chain(optax.trace(decay=1.0), optim.make_optimizer(c, spe))
+
+
+@dataclasses.dataclass(frozen=True)
+class Bug:
+    settings: dict
+    port: JaxPort
+    part: str  # the verdict part that must fail: same_math (float64) or same_precision (float32)
+    stage: str
+    step: int | None  # None for stage eval
+    tensor: str | None  # the tensor named (prefix), None when the stage has one
+    why: str
+
+
+W0 = "linear_relu_stack.0.weight"
+BUGS: dict[str, Bug] = {
+    "bn_momentum_flax_default": Bug(
+        dict(**BN, optimizer="sgd", lr=0.05), JaxPort(model=bn_port(bn_momentum=0.01)), "same_math", "buffers", 1,
+        "linear_relu_stack.1.running_mean", "nn.BatchNorm(momentum=0.99) kept: torch's momentum 0.1 is Flax's 0.9"),
+    "bn_biased_running_var": Bug(
+        dict(**BN, optimizer="sgd", lr=0.05), JaxPort(model=bn_port(bn_unbiased=False)), "same_math", "buffers", 1,
+        "linear_relu_stack.1.running_var", "Flax keeps the biased running variance, torch the unbiased"),
+    "bn_eps_1e-3": Bug(
+        dict(**BN, optimizer="sgd", lr=0.05), JaxPort(model=bn_port(bn_eps=1e-3)), "same_math", "forward", 1, None,
+        "BatchNorm eps 1e-3 (Keras' default) instead of torch's 1e-5"),
+    "dropout_on_in_eval": Bug(
+        dict(**BN, optimizer="sgd", lr=0.05), JaxPort(model=bn_port(dropout_in_eval=True)), "same_math", "eval",
+        None, None, "dropout left on in evaluation (deterministic=False hard-coded)"),
+    "dropout_keep_prob_as_rate": Bug(
+        dict(**BN, optimizer="sgd", lr=0.05), JaxPort(model=bn_port(dropout_scale_rate=0.8)), "same_math",
+        "forward", 1, None, "dropout scaled by 1/(1-0.8): keep probability passed as the drop rate"),
+    "adam_eps_inside_sqrt": Bug(
+        dict(optimizer="adam", lr=1e-3), JaxPort(make_tx=lambda c, spe: optax.adam(c.lr, eps=0.0, eps_root=c.eps)),
+        "same_math", "updates", 1, W0, "optax.adam(eps=0, eps_root=eps): eps inside the sqrt"),
+    "optax_adamw_default_wd": Bug(
+        dict(optimizer="adamw", lr=1e-3), JaxPort(make_tx=lambda c, spe: optax.adamw(c.lr)), "same_math",
+        "updates", 1, W0, "optax.adamw's default weight_decay 1e-4; torch's AdamW uses 1e-2"),
+    "adamw_as_l2": Bug(
+        dict(optimizer="adamw", lr=1e-3),
+        JaxPort(make_tx=lambda c, spe: optim.adam(optim.lr_schedule(c, spe), c.betas, c.eps, c.weight_decay)),
+        "same_math", "updates", 1, W0, "AdamW ported as Adam with L2 (weight decay added to the gradient)"),
+    "optax_rmsprop_defaults": Bug(
+        dict(optimizer="rmsprop", lr=1e-4), JaxPort(make_tx=lambda c, spe: optax.rmsprop(c.lr)), "same_math",
+        "updates", 1, W0, "optax.rmsprop defaults: decay 0.9 (torch alpha 0.99), eps inside the sqrt"),
+    "nesterov_forgotten": Bug(
+        dict(optimizer="sgd", lr=0.05, momentum=0.9, nesterov=True),
+        JaxPort(make_tx=lambda c, spe: optax.sgd(c.lr, momentum=c.momentum)), "same_math", "updates", 1, W0,
+        "optax.sgd(momentum=0.9) without nesterov=True"),
+    "scheduler_per_batch": Bug(
+        dict(optimizer="sgd", lr=0.05, momentum=0.9, scheduler="step", step_size=1, gamma=0.5),
+        JaxPort(make_tx=scheduler_per_batch), "same_math", "updates", 2, W0,
+        "StepLR's schedule counted in optimizer steps instead of epochs"),
+    "zero_grad_forgotten": Bug(
+        dict(optimizer="sgd", lr=0.01), JaxPort(make_tx=accumulate_gradients), "same_math", "updates", 2, W0,
+        "gradients accumulated across steps (zero_grad forgotten)"),
+    "cross_entropy_on_softmax": Bug(
+        dict(optimizer="sgd", lr=0.05),
+        JaxPort(loss_fn=lambda out, y, w: cross_entropy(jax.nn.softmax(out), y, w)), "same_math", "loss", 1, None,
+        "CrossEntropyLoss applied to softmax outputs (torch's takes logits)"),
+    "mse_sum_as_mean": Bug(
+        dict(loss="mse", mse_reduction="sum", optimizer="sgd", lr=1e-3),
+        JaxPort(loss_fn=lambda out, y, w: mse(out, y, w, "mean")), "same_math", "loss", 1, None,
+        "MSELoss(reduction='sum') ported as a mean"),
+    "optax_adam_float32": Bug(
+        dict(optimizer="adam", lr=1e-3), JaxPort(make_tx=lambda c, spe: optax.adam(c.lr, eps=c.eps)),
+        "same_precision", "updates", 1, W0, "optax.adam computes 1 - 0.999**t in float32 (1.3e-5 relative error)"),
+    "matmul_below_float32": Bug(
+        dict(optimizer="sgd", lr=0.05), JaxPort(model=PortMLP(dot_general=bf16_dot)), "same_precision", "forward", 1,
+        None, "float32 matmuls run on bfloat16 inputs (as TF32/bf16 defaults do on GPUs)"),
+}
+
+
+# --------------------------------------------------------------------------- running a case
+
+
+def _split_steps(settings: dict) -> tuple[dict, int]:
+    settings = dict(settings)
+    return settings, settings.pop("steps", 50)
+
+
+def run_case(name: str, data) -> dict[str, Any]:
+    """One corpus case: its verdict, where it was localised, and whether that is right."""
+    bug = BUGS.get(name)
+    settings, steps = _split_steps(bug.settings if bug else HEALTHY[name])
+    start = time.perf_counter()
+    report = check_parity(config_for(**settings), ("float32", "float64"), *data, max_steps=steps,
+                          port=bug.port if bug else None)
+    v = report.verdict
+    row: dict[str, Any] = {
+        "case": name, "kind": "bug" if bug else "healthy", "steps": steps, "passed": report.passed,
+        "parts": {p: v[p]["passed"] for p in ("same_math", "same_precision", "same_results")},
+        "seconds": round(time.perf_counter() - start, 1),
+        "stats": {
+            "max_rel_step_loss_diff_64": v["same_math"]["max_rel_step_loss_diff"],
+            "max_rel_buffer_diff_64": v["same_math"]["max_rel_buffer_diff"],
+            "step1_worst": v["same_precision"]["step1_worst"],
+            "rms_jax": v["same_precision"]["rms_rel_loss_error_jax"],
+            "rms_torch": v["same_precision"]["rms_rel_loss_error_torch"],
+            "drift_onset_step": v["same_precision"]["drift_onset_step"],
+            "math_localised": v["same_math"].get("localised"),
+            "results_loss_diff": v["same_results"]["max_test_loss_diff"],
+            "results_acc_diff": v["same_results"]["max_accuracy_diff"],
+            "results_needed_factor_loss": v["same_results"]["needed_factor_loss"],
+            "results_needed_factor_accuracy": v["same_results"]["needed_factor_accuracy"],
+        },
+    }
+    found = None
+    if bug:
+        found = v[bug.part].get("localised")
+        row["expected"] = {"part": bug.part, "stage": bug.stage, "step": bug.step, "tensor": bug.tensor}
+        row["why"] = bug.why
+        row["localised"] = found
+        row["caught"] = not report.passed and not v[bug.part]["passed"]
+        row["localised_right"] = bool(
+            found and found.get("stage") == bug.stage and found.get("step") == bug.step
+            and (bug.tensor is None or (found.get("tensor") or "").startswith(bug.tensor)))
+        row["ok"] = row["caught"] and row["localised_right"]
+    else:
+        failed = [p for p in ("same_math", "same_precision", "same_results") if not v[p]["passed"]]
+        row["localised"] = found = next((v[p].get("localised") for p in failed), None)
+        row["ok"] = report.passed
+    row["where"] = describe(found)
+    return row
+
+
+def describe(found: dict | None) -> str:
+    if not found:
+        return ""
+    if found.get("stage") == "eval":
+        return f"eval, epoch {found.get('epoch')}"
+    if found.get("stage") == "drift":
+        return f"drift (step {found.get('step')})"
+    return f"step {found.get('step')}, {found.get('stage')}" + (f", {found['tensor']}" if found.get("tensor") else "")
+
+
+def load_data():
+    from jaxtrain import data as data_lib
+
+    train, test = data_lib.load_fashion_mnist()
+    return train.take(TRAIN_SAMPLES), test.take(TEST_SAMPLES)
+
+
+def markdown(rows: list[dict], machine: str) -> str:
+    healthy = [r for r in rows if r["kind"] == "healthy"]
+    bugs = [r for r in rows if r["kind"] == "bug"]
+    false_alarms = sum(not r["ok"] for r in healthy)
+    missed = sum(not r.get("caught") for r in bugs)
+    misplaced = sum(r.get("caught") and not r.get("localised_right") for r in bugs)
+    lines = [f"Machine: {machine}. Healthy: {len(healthy)}, false alarms: {false_alarms}. "
+             f"Planted bugs: {len(bugs)}, missed: {missed}, caught but localised wrongly: {misplaced}.", "",
+             "| case | kind | steps | math | precision | results | localised | right? |",
+             "| --- | --- | ---: | --- | --- | --- | --- | --- |"]
+    mark = {True: "pass", False: "FAIL"}
+    for r in rows:
+        p = r["parts"]
+        right = ("yes" if r["ok"] else "NO") if r["kind"] == "bug" else ("yes" if r["ok"] else "FALSE ALARM")
+        lines.append(f"| {r['case']} | {r['kind']} | {r['steps']} | {mark[p['same_math']]} | "
+                     f"{mark[p['same_precision']]} | {mark[p['same_results']]} | {r['where'] or '-'} | {right} |")
+    return "\n".join(lines)
+
+
+def machine_name() -> str:
+    import platform
+
+    cpu = platform.processor() or ""
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), cpu)
+    except OSError:
+        pass
+    return f"{cpu or platform.machine()}, jax {jax.__version__}"
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m parity_tests.corpus", description=__doc__.split("\n")[0])
+    parser.add_argument("--only", choices=("healthy", "bugs"), default=None)
+    parser.add_argument("--cases", default=None, help="comma-separated case names")
+    parser.add_argument("--json", default=None, metavar="PATH")
+    parser.add_argument("--markdown", default=None, metavar="PATH")
+    args = parser.parse_args(argv)
+    names = [n for n in HEALTHY if args.only != "bugs"] + [n for n in BUGS if args.only != "healthy"]
+    if args.cases:
+        names = [n for n in args.cases.split(",") if n]
+    data = load_data()
+    rows = []
+    for name in names:
+        row = run_case(name, data)
+        rows.append(row)
+        print(f"{name:36s} {'ok ' if row['ok'] else 'BAD'} {row['seconds']:6.1f}s  {row['where']}", file=sys.stderr,
+              flush=True)
+    table = markdown(rows, machine_name())
+    print(table)
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"machine": machine_name(), "rows": rows}, f, indent=1, default=float)
+    if args.markdown:
+        with open(args.markdown, "w") as f:
+            f.write(table + "\n")
+    return 0 if all(r["ok"] for r in rows) else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

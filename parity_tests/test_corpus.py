@@ -1,0 +1,41 @@
+"""The verdict corpus as tests: healthy runs pass, planted porting bugs fail and are localised.
+
+The default suite runs a subset chosen for difficulty (the most rounding-sensitive healthy
+runs, and bugs of every stage); `pytest -m corpus` (or `make corpus`) runs every case.
+"""
+
+import pytest
+
+from parity_tests.corpus import BUGS, HEALTHY, load_data, run_case
+
+QUICK_HEALTHY = ["adagrad_zero_acc_lr1e-2", "rmsprop_momentum_lr1e-3", "mse_sum_sgd", "bn_dropout_sgd",
+                 "sgd_repeated_milestone"]
+QUICK_BUGS = ["bn_biased_running_var", "adam_eps_inside_sqrt", "optax_adam_float32", "matmul_below_float32",
+              "dropout_on_in_eval", "scheduler_per_batch", "cross_entropy_on_softmax"]
+
+
+def _params(names, quick):
+    return [pytest.param(n, marks=() if n in quick else pytest.mark.corpus) for n in names]
+
+
+@pytest.fixture(scope="module")
+def corpus_data(fashion):
+    return load_data()
+
+
+@pytest.mark.parametrize("case", _params(HEALTHY, QUICK_HEALTHY))
+def test_healthy_run_passes_all_three_parts(case, corpus_data):
+    row = run_case(case, corpus_data)
+    assert row["passed"], (case, row["parts"], row["where"], row["stats"])
+    assert row["stats"]["max_rel_step_loss_diff_64"] <= 1e-10 or row["stats"]["math_localised"]["stage"] == "drift"
+
+
+@pytest.mark.parametrize("case", _params(BUGS, QUICK_BUGS))
+def test_planted_bug_is_caught_and_localised(case, corpus_data):
+    row = run_case(case, corpus_data)
+    assert row["caught"], (case, row["parts"])
+    assert row["localised_right"], (case, row["expected"], row["localised"])
+
+
+def test_corpus_is_large_enough():
+    assert len(HEALTHY) >= 25 and len(BUGS) >= 12

@@ -1,0 +1,41 @@
+"""The GPU report command: its CPU-runnable parts (parity, corpus subset, bench) end to end."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def run(*args, timeout=900):
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}  # as on a GPU machine: the tree, not an installed package
+    return subprocess.run([sys.executable, "-m", "jaxtrain.gpu_report", *args], capture_output=True, text=True,
+                          cwd=ROOT, env=env, timeout=timeout)
+
+
+def test_refuses_without_a_gpu_in_one_line():
+    import torch
+
+    if torch.cuda.is_available():  # on a GPU machine this test has nothing to check
+        return
+    result = run("--out", "/nonexistent")
+    assert result.returncode == 2 and result.stderr.count("\n") == 1
+    assert "no CUDA GPU" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_quick_report_on_the_cpu_writes_json_markdown_and_plots(tmp_path, fashion):
+    result = run("--allow-cpu", "--quick", "--out", str(tmp_path))
+    assert result.returncode == 0, result.stdout + result.stderr[-3000:]
+    files = sorted(p.name for p in tmp_path.iterdir())
+    assert files == ["cpu-parity.png", "cpu.json", "cpu.md", "cpu.png"]
+    report = json.loads((tmp_path / "cpu.json").read_text())
+    assert {"device", "jax_device", "jax", "torch", "quick", "parity", "corpus", "bench"} <= set(report)
+    assert report["parity"]["passed"] and set(report["parity"]["verdict"]) == {"same_math", "same_precision",
+                                                                              "same_results"}
+    assert [r["case"] for r in report["corpus"]] == ["adagrad_zero_acc_lr1e-2", "bn_biased_running_var"]
+    assert all(r["ok"] for r in report["corpus"])
+    assert "shape_floor_seconds" in report["bench"] and "torch_compile" in {v["name"] for v in report["bench"]["variants"]}
+    text = (tmp_path / "cpu.md").read_text()
+    assert "PARITY PASSED" in text and "Verdict corpus" in text and "jax_epoch" in text
