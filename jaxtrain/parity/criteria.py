@@ -28,7 +28,9 @@
   (see `same_results`).
 
 The constants were chosen on the verdict corpus (parity_tests/corpus.py; README,
-"Verdict corpus"); see README for how.
+"Verdict corpus"): over its 32 healthy runs JAX's step-1 stage error was at most
+1.75x torch's (STAGE_FACTOR 4 leaves 2.3x), the optax.adam float32 defect 22x;
+the results statistic needed at most 3.1x the spread (RESULT_FACTOR 10).
 """
 
 from __future__ import annotations
@@ -37,8 +39,8 @@ import numpy as np
 
 EPS32 = float(np.finfo(np.float32).eps)  # 1.19e-7, one float32 ulp at 1.0
 FLOAT64_REL_TOL = 1e-10
-STAGE_FACTOR, STAGE_FLOOR = 4.0, 16.0
-RESULT_FACTOR, RESULT_LOSS_FLOOR = 4.0, 16.0
+STAGE_FACTOR, STAGE_FLOOR = 4.0, 8.0
+RESULT_FACTOR, RESULT_LOSS_FLOOR = 10.0, 16.0
 RUN_DRIFT_LEVEL = 1e-6
 STAGES = ("forward", "loss", "grads", "updates", "buffers")
 ZERO_IN_EXACT_MATH = 1e-6  # a tensor this small against its stage is rounding noise of a zero
