@@ -327,9 +327,11 @@ def gemm_seconds(shape: tuple[int, int, int], back_to_back: int = 50, repeats: i
     ja, jb = jnp.asarray(a), jnp.asarray(b)
 
     @jax.jit
-    def jax_run(x, y):  # products that XLA may not merge: each feeds a running sum
+    def jax_run(x, y):
+        # Each product depends on the one before (a scalar carried into x) and is summed whole,
+        # so XLA can neither hoist it out of the loop nor shrink it to the one element used.
         def body(carry, _):
-            return carry + (x @ y)[0, 0], None
+            return jnp.sum((x + carry) @ y) * 1e-30, None
 
         return jax.lax.scan(body, jnp.zeros((), x.dtype), None, length=back_to_back)[0]
 

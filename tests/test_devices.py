@@ -18,12 +18,12 @@ def test_parity_mode_sets_both_frameworks_for_a_shared_deterministic_gpu():
             "print(os.environ['XLA_PYTHON_CLIENT_PREALLOCATE'], os.environ['XLA_FLAGS'], "
             "os.environ['CUBLAS_WORKSPACE_CONFIG'], torch.are_deterministic_algorithms_enabled(), "
             "torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32, "
-            "torch.get_float32_matmul_precision())")
+            "torch.get_float32_matmul_precision(), sep='|')")
     env = {k: v for k, v in os.environ.items() if k not in ("XLA_FLAGS", "XLA_PYTHON_CLIENT_PREALLOCATE")}
     env["XLA_FLAGS"] = "--xla_dump_to=/nonexistent-keep-me"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, env=env, timeout=120)
     assert out.returncode == 0, out.stderr
-    prealloc, flags, cublas, deterministic, cudnn_tf32, matmul_tf32, precision = out.stdout.split()
+    prealloc, flags, cublas, deterministic, cudnn_tf32, matmul_tf32, precision = out.stdout.strip().split("|")
     assert prealloc == "false"
     assert flags == "--xla_dump_to=/nonexistent-keep-me --xla_gpu_deterministic_ops=true"  # the user's flags kept
     assert cublas == ":4096:8" and deterministic == "True"

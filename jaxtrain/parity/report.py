@@ -98,10 +98,17 @@ def plot(report: ParityReport, path: str) -> None:
         bottom = axes[1, 0]
         ref = runs[("torch", "float64")]
         for framework, color in (("jax", "tab:blue"), ("torch", "tab:orange")):
-            err = loss_errors(runs[(framework, "float32")], ref)
+            err = np.maximum(loss_errors(runs[(framework, "float32")], ref), EPS32 / 16)
             steps = np.arange(1, len(err) + 1)
-            bottom.semilogy(steps, np.maximum(err, EPS32 / 16), color=color, lw=1,
-                            label=f"{framework} float32: |loss32 − loss64| / |loss64|")
+            label = f"{framework} float32: |loss32 − loss64| / |loss64|"
+            window = len(err) // 150
+            if window > 1:  # a long run: the raw errors faintly, their running maximum (the envelope) on top
+                bottom.semilogy(steps, err, color=color, lw=0.5, alpha=0.2)
+                padded = np.concatenate([np.full(window - 1, err[0]), err])
+                envelope = np.lib.stride_tricks.sliding_window_view(padded, window).max(axis=1)
+                bottom.semilogy(steps, envelope, color=color, lw=1.5, label=label + f" (max over {window} steps)")
+            else:
+                bottom.semilogy(steps, err, color=color, lw=1, label=label)
         bottom.axhline(EPS32, color="gray", lw=0.8, ls=":", label="one float32 ulp (relative)")
         onset = (report.verdict.get("same_precision") or {}).get("drift_onset_step")
         if onset:
