@@ -29,8 +29,8 @@ def test_quick_bench_writes_json_and_plot(tmp_path, fashion):
     assert result["flop_floor_seconds"] == result["epoch_gflop"] / result["matmul_peak_gflops"]
     names = [v["name"] for v in result["variants"]]
     assert names == ["torch_tutorial", "torch_tuned", "torch_compile", "jax_step", "jax_epoch"]
-    # the shape floor: 9 GEMMs a step for the full batches (6400 = 100 x 64, no partial batch)
-    assert len(result["shape_floor_gemms"]) == 9
+    # the shape floor: 8 GEMMs a step (3 forward, 3 weight and 2 input gradients), 100 full batches of 64
+    assert len(result["shape_floor_gemms"]) == 8 and {g["per_epoch"] for g in result["shape_floor_gemms"]} == {100}
     assert result["shape_floor_seconds"] == sum(g["per_epoch"] * g["seconds"][g["best"]]
                                                 for g in result["shape_floor_gemms"])
     for v in result["variants"]:

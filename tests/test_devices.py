@@ -62,3 +62,15 @@ def test_torch_checkpoints_carry_the_cuda_rng_states(tmp_path):
     assert payload["cuda_rng"] == ([] if not torch.cuda.is_available() else torch.cuda.get_rng_state_all())
     record, epochs_done = saver.restorer(config)(model, optimizer, scheduler)
     assert epochs_done == 1
+
+
+def test_make_setup_has_an_explicit_cuda_path_and_keeps_the_cpu_default():
+    def dry(*args):
+        return subprocess.run(["make", "-n", "-B", "setup", *args], capture_output=True, text=True, cwd=ROOT,
+                              timeout=60)
+
+    cpu, cuda, bad = dry(), dry("CUDA=12"), dry("CUDA=11")
+    assert cpu.returncode == 0 and "-c constraints.txt" in cpu.stdout and "cuda12" not in cpu.stdout
+    assert cuda.returncode == 0 and '"jax[cuda12]"' in cuda.stdout and "pip --isolated install" in cuda.stdout
+    assert ".installed-cuda12" in cuda.stdout
+    assert bad.returncode != 0 and "CUDA=11 is not supported" in bad.stderr
