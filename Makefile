@@ -52,9 +52,11 @@ parity: setup
 bench: setup
 	$(BIN)/jaxtrain bench $(ARGS)
 
-# The whole verdict corpus (about 10 minutes on the 2-core AMD machine); writes the README's table.
+# The long checks: the whole verdict corpus (writes the README's table; about 8 minutes on the
+# 2-core AMD machine), then the same cases and the 10-epoch tutorial parity as tests (about 16 more).
 corpus: setup
 	$(BIN)/python -m parity_tests.corpus --json results/corpus.json --markdown results/corpus.md $(ARGS)
+	$(BIN)/python -m pytest -q -m corpus
 
 # On a CUDA machine: tutorial parity, the corpus' short subset and the bench -> results/gpu/<device>.*
 gpu-report: setup

@@ -6,6 +6,8 @@ runs may differ by a test sample, e.g. 69.84% vs 69.85%, which can print differe
 the verdict's same-results part judges them.)
 """
 
+import pytest
+
 from jaxtrain import parity
 from jaxtrain.config import Config
 
@@ -14,6 +16,7 @@ def printed(epoch):
     return f"{100 * epoch['test_accuracy']:>0.1f}", f"{epoch['test_loss']:>8f}"
 
 
+@pytest.mark.corpus  # about 8 minutes on the 2-core AMD machine: with the long checks (make corpus)
 def test_tutorial_ten_epochs_match(fashion):
     report = parity.check_parity(Config(), ("float32", "float64"), *fashion)
     assert report.passed, str(report)
