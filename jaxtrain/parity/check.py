@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from jaxtrain import data as data_lib
 from jaxtrain.parity import criteria
-from jaxtrain.parity.localise import JAX32, JAX64, TORCH32, TORCH64, localise_math, precision_findings
+from jaxtrain.parity.localise import JAX32, JAX64, TORCH32, TORCH64, localise_math, step1_precision
 from jaxtrain.parity.report import ParityReport
 from jaxtrain.parity.runners import JaxPort, run_trajectories
 
@@ -33,8 +33,8 @@ def check_parity(config, dtypes=("float32", "float64"), train=None, test=None, m
         checks.append(_check("float64", math["passed"], runs[JAX64], runs[TORCH64], math["localised"] if not
                              math["passed"] else None, math["first_failing_step"], math["first_failing_epoch"]))
     if "float32" in dtypes:
-        findings = precision_findings(config, train, test, port, 1)
-        precision = criteria.same_precision(runs[JAX32], runs[TORCH32], runs[TORCH64], findings)
+        precision = criteria.same_precision(runs[JAX32], runs[TORCH32], runs[TORCH64],
+                                            step1_precision(config, train, test, port))
         results = criteria.same_results(runs[JAX32], runs[TORCH32], runs[TORCH64], len(test))
         if not precision["passed"]:
             precision["localised"] = precision["first_failure"]

@@ -42,7 +42,6 @@ FLOAT64_REL_TOL = 1e-10
 STAGE_FACTOR, STAGE_FLOOR = 4.0, 8.0
 RESULT_FACTOR, RESULT_LOSS_FLOOR = 10.0, 16.0
 RUN_DRIFT_LEVEL = 1e-6
-STAGES = ("forward", "loss", "grads", "updates", "buffers")
 ZERO_IN_EXACT_MATH = 1e-6  # a tensor this small against its stage is rounding noise of a zero
 LOCAL_FACTOR = 1e3  # a float64 stage must differ this much more than the step's starting parameters
 

@@ -47,16 +47,9 @@ def localise_math(config, train, test, port, math: dict, max_steps=None) -> dict
                     "the evaluation (model.eval(), no gradients) differs"}
 
 
-def precision_findings(config, train, test, port, until_step: int = 1) -> list[dict]:
-    """Replay steps 1..until_step of the float32 runs beside torch float64; every stage
-    tensor's rounding error, JAX's against torch's (step 1 all, later steps up to the first failure)."""
-    found: list = []
-
-    def visit(step, stages):
-        findings = criteria.precision_findings(step, stages[JAX32], stages[TORCH32], stages[TORCH64])
-        bad = [f for f in findings if not f["passed"]]
-        found.extend(findings if step == 1 else bad)
-        return True if bad else None
-
-    replay(config, [JAX32, TORCH32, TORCH64], train, test, max(until_step, 1), visit, port)
-    return found
+def step1_precision(config, train, test, port) -> list[dict]:
+    """Step 1 of the float32 runs beside torch float64, from identical weights: every stage
+    tensor's rounding error, JAX's against torch's."""
+    return replay(config, [JAX32, TORCH32, TORCH64], train, test, 1,
+                  lambda step, stages: criteria.precision_findings(step, stages[JAX32], stages[TORCH32],
+                                                                   stages[TORCH64]), port)

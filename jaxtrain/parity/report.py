@@ -27,9 +27,6 @@ class ParityReport:
     def __str__(self) -> str:
         return format_report(self)
 
-    def check(self, dtype: str) -> dict:
-        return next(c for c in self.checks if c["dtype"] == dtype)
-
 
 def _where(found: dict | None) -> str:
     if not found:

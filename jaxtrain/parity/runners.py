@@ -52,17 +52,28 @@ def dropout_masks(config, step: int, batch_size: int) -> list[np.ndarray]:
     return [rng.random(shape) >= config.dropout for shape in dropout_shapes(config, batch_size)]
 
 
+def padded_dropout_masks(config, plan: data_lib.EpochBatches, b: int, step: int) -> list[np.ndarray]:
+    """Step `step`'s masks for batch b of `plan`, padded to the full batch (padded rows kept)."""
+    pad = config.batch_size - int(plan.sizes[b])
+    return [np.pad(m, ((0, pad), (0, 0)), constant_values=True)
+            for m in dropout_masks(config, step, int(plan.sizes[b]))]
+
+
 def epoch_dropout_masks(config, plan: data_lib.EpochBatches, num_steps: int, first_step: int):
-    """The masks of `num_steps` steps, one (steps, batch, features) array per dropout layer,
-    padded rows kept; None for a model without dropout."""
-    per_step = []
-    for b in range(num_steps):
-        masks = dropout_masks(config, first_step + b, int(plan.sizes[b]))
-        pad = config.batch_size - int(plan.sizes[b])
-        per_step.append([np.pad(m, ((0, pad), (0, 0)), constant_values=True) for m in masks])
+    """The masks of `num_steps` steps, one (steps, batch, features) array per dropout layer;
+    None for a model without dropout."""
+    per_step = [padded_dropout_masks(config, plan, b, first_step + b) for b in range(num_steps)]
     if not per_step or not per_step[0]:
         return None
     return tuple(np.stack(layer) for layer in zip(*per_step))
+
+
+def _named_buffers(params, batch_stats) -> dict:
+    """The running statistics of Flax (params, batch_stats), under torch's buffer names."""
+    from jaxtrain.transfer import flax_to_torch
+
+    named = flax_to_torch(params, batch_stats)
+    return {k: np.asarray(v, np.float64) for k, v in named.items() if k.endswith(BUFFER_SUFFIXES)}
 
 
 def initial_weights(config) -> dict:
@@ -122,34 +133,27 @@ class JaxRunner:
         """Nothing to do: the optax schedule follows the step count."""
 
     def buffers(self) -> dict:
-        from jaxtrain.transfer import flax_to_torch
-
         state = self.jax.device_get(self.trainer.state)
-        named = flax_to_torch(state.params, state.batch_stats)
-        return {k: np.asarray(v, np.float64) for k, v in named.items() if k.endswith(BUFFER_SUFFIXES)}
+        return _named_buffers(state.params, state.batch_stats)
 
-    def capture_step(self, epoch: int, b: int, step: int) -> dict:
-        """Step `step` (0-based; batch b of epoch `epoch`) through train_step's parts; every stage."""
+    def capture_step(self, plan: data_lib.EpochBatches, b: int, step: int) -> dict:
+        """Step `step` (0-based; batch b of `plan`) through train_step's parts; every stage."""
         from jaxtrain.transfer import flax_to_torch
 
         self._configure()
-        jnp, c = self.jax.numpy, self.config
-        plan = self.trainer.batches(epoch)
+        jnp, images = self.jax.numpy, self.trainer.train_images
         index = plan.index[b]
-        batch = {"x": self.trainer.train_images[index], "y": self.trainer.train_labels[index],
-                 "mask": jnp.asarray(plan.mask[b], self.trainer.train_images.dtype)}
-        masks = dropout_masks(c, step, int(plan.sizes[b]))
+        batch = {"x": images[index], "y": self.trainer.train_labels[index],
+                 "mask": jnp.asarray(plan.mask[b], images.dtype)}
+        masks = padded_dropout_masks(self.config, plan, b, step)
         if masks:
-            pad = c.batch_size - int(plan.sizes[b])
-            batch["dropout"] = tuple(jnp.asarray(np.pad(m, ((0, pad), (0, 0)), constant_values=True)) for m in masks)
+            batch["dropout"] = tuple(jnp.asarray(m) for m in masks)
         self.trainer.state, out = self._capture(self.trainer.state, batch)
         out = self.jax.device_get(out)
         as64 = lambda tree: {k: np.asarray(v, np.float64) for k, v in flax_to_torch(tree).items()}  # noqa: E731
-        buffers = flax_to_torch(out["params"], out["batch_stats"])
         return {"forward": np.asarray(out["logits"][: plan.sizes[b]], np.float64),
                 "loss": np.float64(out["loss"]), "grads": as64(out["grads"]), "updates": as64(out["updates"]),
-                "buffers": {k: np.asarray(v, np.float64) for k, v in buffers.items() if k.endswith(BUFFER_SUFFIXES)},
-                "params": as64(out["params"])}
+                "buffers": _named_buffers(out["params"], out["batch_stats"]), "params": as64(out["params"])}
 
 
 def _capture_step(state, batch):
@@ -221,23 +225,21 @@ class TorchRunner:
         return {k: np.array(v.detach().cpu().double().numpy(), copy=True) for k, v in self.model.state_dict().items()
                 if k.endswith(BUFFER_SUFFIXES)}  # a copy: a float64 buffer's .double().numpy() is the live tensor
 
-    def capture_step(self, epoch: int, b: int, step: int) -> dict:
-        plan = self.train_loader.batch_sampler
-        plan.set_epoch(epoch)
-        rows = list(iter(plan))[b]
-        X, y = self.train_loader.dataset[rows]
+    def capture_step(self, plan: data_lib.EpochBatches, b: int, step: int) -> dict:
+        """Step `step` (0-based; batch b of `plan`) through train_step, capturing every stage."""
+        X, y = self.train_loader.dataset[plan.index[b, : plan.sizes[b]]]
         device = self.train_lib.device()
         self.step = step
         self.model.train()
         out: dict = {}
         loss = self.train_lib.train_step(self.model, self.loss_fn, self.optimizer, X.to(device), y.to(device),
                                          capture=out)
-        as_np = lambda t: t.double().cpu().numpy()  # noqa: E731
+        as_np = lambda t: np.array(t.detach().cpu().double().numpy(), copy=True)  # noqa: E731  (not the live tensor)
         buffers = self.buffers()
         return {"forward": as_np(out["logits"]), "loss": np.float64(float(loss)),
                 "grads": {k: as_np(v) for k, v in out["grads"].items()},
                 "updates": {k: as_np(v) for k, v in out["updates"].items()}, "buffers": buffers,
-                "params": {k: as_np(p.detach()) for k, p in self.model.named_parameters()}}
+                "params": {k: as_np(p) for k, p in self.model.named_parameters()}}
 
 
 # --------------------------------------------------------------------------- trajectories
@@ -331,8 +333,9 @@ def replay(config, keys, train, test, until_step: int, visit, port: JaxPort | No
     runners = make_runners(config, keys, train, test, port)
     step = 0
     for epoch, num_steps in enumerate(epoch_lengths(config, len(train), until_step)):
+        plan = data_lib.epoch_batches(len(train), config.batch_size, config.shuffle, config.seed, epoch)
         for b in range(num_steps):
-            stages = {key: runner.capture_step(epoch, b, step) for key, runner in runners.items()}
+            stages = {key: runner.capture_step(plan, b, step) for key, runner in runners.items()}
             step += 1
             found = visit(step, stages)
             if found is not None:
