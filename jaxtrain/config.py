@@ -171,14 +171,21 @@ def config_from_args(args: argparse.Namespace) -> Config:
     values = {k: v for k, v in vars(args).items() if k in fields}
     if values.get("dtype") == "both":
         values["dtype"] = "float32"
-    opt = values["optimizer"]
+    values["betas"] = tuple(values["betas"])
+    return make_config(**values)
+
+
+def make_config(**values) -> Config:
+    """A validated Config; what is not given takes torch.optim's default for the chosen optimizer
+    (eps, weight_decay) and CosineAnnealingLR's T_max = the run's epochs."""
+    d = Config()
+    opt = values.get("optimizer", d.optimizer)
     if values.get("eps") is None:
         values["eps"] = DEFAULT_EPS[opt]
     if values.get("weight_decay") is None:
         values["weight_decay"] = DEFAULT_WEIGHT_DECAY.get(opt, 0.0)
     if values.get("t_max") is None:  # CosineAnnealingLR's T_max defaults to the run's length
-        values["t_max"] = values["epochs"] if values.get("scheduler") == "cosine" else 0
-    values["betas"] = tuple(values["betas"])
+        values["t_max"] = values.get("epochs", d.epochs) if values.get("scheduler") == "cosine" else 0
     config = Config(**values)
     validate(config)
     return config

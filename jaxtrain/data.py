@@ -243,8 +243,8 @@ def check_training_batches(config, num_train: int) -> None:
 
     if num_train < 1:
         raise ConfigError("the training set is empty")
-    last = num_train - (-(-num_train // config.batch_size) - 1) * config.batch_size
-    if config.model == "mlp_bn_dropout" and (last == 1 or config.batch_size == 1):
+    last = num_train % config.batch_size or config.batch_size
+    if config.model == "mlp_bn_dropout" and last == 1:
         raise ConfigError(
             f"BatchNorm needs more than 1 sample per training batch, but {num_train} training samples in batches of "
             f"{config.batch_size} leave a last batch of 1; change --batch-size or --train-limit")

@@ -19,10 +19,6 @@ import re
 import sys
 from pathlib import Path
 
-from jaxtrain import devices
-
-devices.parity_mode()  # before JAX starts its backend
-
 
 def _slug(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9]+", "-", name).strip("-").lower() or "device"
@@ -47,9 +43,7 @@ def run(out_dir: Path, data_dir: str | None, quick: bool, log) -> dict:
     report = parity.check_parity(tutorial, ("float32", "float64"), train.take(tutorial.train_limit), test)
     parity.plot(report, f"{stem}-parity.png")
 
-    from parity_tests.test_corpus import QUICK_BUGS, QUICK_HEALTHY
-
-    names = (QUICK_HEALTHY[:1] + QUICK_BUGS[:1]) if quick else (QUICK_HEALTHY + QUICK_BUGS)
+    names = (corpus.QUICK_HEALTHY[:1] + corpus.QUICK_BUGS[:1]) if quick else (corpus.QUICK_HEALTHY + corpus.QUICK_BUGS)
     corpus_data = train.take(corpus.TRAIN_SAMPLES), test.take(corpus.TEST_SAMPLES)
     rows = []
     for name in names:
@@ -91,6 +85,9 @@ def main(argv=None) -> int:
     parser.add_argument("--quick", action="store_true", help="a smoke run: 1 epoch, 2 corpus cases, a short bench")
     parser.add_argument("--allow-cpu", action="store_true", help="run without a GPU (for tests)")
     args = parser.parse_args(argv)
+    from jaxtrain import devices
+
+    devices.parity_mode()  # before JAX starts its backend
     import torch
 
     if not torch.cuda.is_available() and not args.allow_cpu:

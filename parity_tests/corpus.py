@@ -32,7 +32,7 @@ import numpy as np
 import optax
 
 from jaxtrain import optim
-from jaxtrain.config import DEFAULT_EPS, DEFAULT_WEIGHT_DECAY, Config, validate
+from jaxtrain.config import Config, make_config
 from jaxtrain.losses import cross_entropy, mse
 from jaxtrain.models import TorchBatchNorm
 from jaxtrain.parity import JaxPort, check_parity
@@ -41,14 +41,8 @@ TRAIN_SAMPLES, TEST_SAMPLES = 640, 2000
 
 
 def config_for(**kw) -> Config:
-    opt = kw.get("optimizer", "sgd")
-    kw.setdefault("eps", DEFAULT_EPS[opt])
-    kw.setdefault("weight_decay", DEFAULT_WEIGHT_DECAY.get(opt, 0.0))
-    kw.setdefault("t_max", 5)
-    kw.setdefault("epochs", 20)
-    config = Config(batch_size=kw.pop("batch_size", 64), train_limit=TRAIN_SAMPLES, test_limit=TEST_SAMPLES, **kw)
-    validate(config)
-    return config
+    """A case's config: 20 epochs of 10 steps at most (the case's `steps` cut it), torch's defaults."""
+    return make_config(**{"epochs": 20, "train_limit": TRAIN_SAMPLES, "test_limit": TEST_SAMPLES, **kw})
 
 
 # --------------------------------------------------------------------------- healthy cases
@@ -221,6 +215,14 @@ BUGS: dict[str, Bug] = {
         dict(optimizer="sgd", lr=0.05), JaxPort(model=PortMLP(dot_general=bf16_dot)), "same_precision", "forward", 1,
         None, "float32 matmuls run on bfloat16 inputs (as TF32/bf16 defaults do on GPUs)"),
 }
+
+
+# The short subset the default test suite and the GPU report run: the most rounding-sensitive
+# healthy runs, and bugs of every stage.
+QUICK_HEALTHY = ["adagrad_zero_acc_lr1e-2", "rmsprop_momentum_lr1e-3", "mse_sum_sgd", "bn_dropout_sgd",
+                 "sgd_repeated_milestone"]
+QUICK_BUGS = ["bn_biased_running_var", "adam_eps_inside_sqrt", "optax_adam_float32", "matmul_below_float32",
+              "dropout_on_in_eval", "scheduler_per_batch", "cross_entropy_on_softmax"]
 
 
 # --------------------------------------------------------------------------- running a case

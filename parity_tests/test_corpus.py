@@ -6,12 +6,7 @@ runs, and bugs of every stage); `pytest -m corpus` (or `make corpus`) runs every
 
 import pytest
 
-from parity_tests.corpus import BUGS, HEALTHY, load_data, run_case
-
-QUICK_HEALTHY = ["adagrad_zero_acc_lr1e-2", "rmsprop_momentum_lr1e-3", "mse_sum_sgd", "bn_dropout_sgd",
-                 "sgd_repeated_milestone"]
-QUICK_BUGS = ["bn_biased_running_var", "adam_eps_inside_sqrt", "optax_adam_float32", "matmul_below_float32",
-              "dropout_on_in_eval", "scheduler_per_batch", "cross_entropy_on_softmax"]
+from parity_tests.corpus import BUGS, HEALTHY, QUICK_BUGS, QUICK_HEALTHY, load_data, run_case
 
 
 def _params(names, quick):

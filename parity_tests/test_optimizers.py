@@ -14,7 +14,7 @@ import optax
 import pytest
 import torch
 
-from jaxtrain.config import DEFAULT_EPS, DEFAULT_WEIGHT_DECAY, Config, validate
+from jaxtrain import config as config_lib
 from jaxtrain.optim import lr_schedule, make_optimizer
 from torchref.optim import make_optimizer as make_torch_optimizer
 from torchref.optim import make_scheduler
@@ -48,12 +48,7 @@ SCHEDULES = {
 
 
 def make_config(**kw):
-    opt = kw.get("optimizer", "sgd")
-    kw.setdefault("eps", DEFAULT_EPS[opt])
-    kw.setdefault("weight_decay", DEFAULT_WEIGHT_DECAY.get(opt, 0.0))
-    config = Config(dtype="float64", **kw)
-    validate(config)
-    return config
+    return config_lib.make_config(dtype="float64", **kw)
 
 
 def quadratic_grad(p):
