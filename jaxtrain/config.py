@@ -19,6 +19,16 @@ SCHEDULERS = ("none", "step", "multistep", "exponential", "cosine")
 LOSSES = ("cross_entropy", "nll", "mse")
 MODELS = ("mlp", "mlp_bn_dropout")
 
+# each optimizer's and scheduler's arguments, torch's names
+OPTIMIZER_ARGS = {
+    "sgd": ("lr", "momentum", "dampening", "weight_decay", "nesterov"),
+    "adam": ("lr", "betas", "eps", "weight_decay", "amsgrad"),
+    "adamw": ("lr", "betas", "eps", "weight_decay", "amsgrad"),
+    "rmsprop": ("lr", "alpha", "eps", "weight_decay", "momentum", "centered"),
+    "adagrad": ("lr", "lr_decay", "weight_decay", "initial_accumulator_value", "eps"),
+}
+SCHEDULER_ARGS = {"step": ("step_size", "gamma"), "multistep": ("milestones", "gamma"),
+                  "exponential": ("gamma",), "cosine": ("t_max", "eta_min")}
 # torch.optim's defaults where they depend on the optimizer.
 DEFAULT_EPS = {"sgd": 0.0, "adam": 1e-8, "adamw": 1e-8, "rmsprop": 1e-8, "adagrad": 1e-10}
 DEFAULT_WEIGHT_DECAY = {"adamw": 1e-2}
@@ -74,6 +84,14 @@ class Config:
     metrics_out: str | None = None
     quiet: bool = False
     progress: bool = False
+
+    def optimizer_kwargs(self) -> dict:
+        """The torch.optim keyword arguments of this config's optimizer (torch's names)."""
+        return {name: getattr(self, name) for name in OPTIMIZER_ARGS[self.optimizer]}
+
+    def scheduler_kwargs(self) -> dict:
+        """The jaxtrain scheduler arguments of this config's scheduler (T_max spelled t_max)."""
+        return {name: getattr(self, name) for name in SCHEDULER_ARGS.get(self.scheduler, ())}
 
     def to_json(self) -> dict:
         out = dataclasses.asdict(self)

@@ -39,8 +39,8 @@ IMAGES_MAGIC, LABELS_MAGIC = 2051, 2049
 class Split:
     """One split: images as float32 in [0, 1] (what `ToTensor()` gives), labels int32."""
 
-    images: np.ndarray  # (n, 28, 28) float32
-    labels: np.ndarray  # (n,) int32
+    images: np.ndarray  # (n, 28, 28) float32 for FashionMNIST; any (n, ...) inputs for a user's port
+    labels: np.ndarray  # (n,) int32 class labels, or float regression targets
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -203,15 +203,13 @@ def load_data(config) -> tuple[Split, Split]:
 
 @dataclasses.dataclass(frozen=True)
 class EpochBatches:
-    """Which samples each batch of one epoch holds, padded to a fixed shape.
+    """Which samples each batch of one epoch holds.
 
-    `index[b, i]` is the sample in row i of batch b; `mask[b, i]` is 1 for a real
-    sample and 0 for padding (only the last batch can be partial). A fixed shape
-    lets one compiled step serve every batch, the partial one included.
+    `index[b, i]` is the sample in row i of batch b, for i < `sizes[b]` (only the
+    last batch can be partial; its unused rows hold 0 and are never read).
     """
 
     index: np.ndarray  # (num_batches, batch_size) int32
-    mask: np.ndarray  # (num_batches, batch_size) float32
     sizes: np.ndarray  # (num_batches,) real samples per batch
 
     def __len__(self) -> int:
@@ -229,11 +227,14 @@ def epoch_batches(num_samples: int, batch_size: int, shuffle: bool = False, seed
     num_batches = -(-num_samples // batch_size)
     padded = np.zeros(num_batches * batch_size, dtype=np.int32)
     padded[:num_samples] = order
-    mask = np.zeros(num_batches * batch_size, dtype=np.float32)
-    mask[:num_samples] = 1.0
     sizes = np.full(num_batches, batch_size)
     sizes[-1] = num_samples - (num_batches - 1) * batch_size
-    return EpochBatches(padded.reshape(num_batches, batch_size), mask.reshape(num_batches, batch_size), sizes)
+    return EpochBatches(padded.reshape(num_batches, batch_size), sizes)
+
+
+def is_classification(split: Split) -> bool:
+    """Integer targets are class labels (accuracy is measured); float targets are regression's."""
+    return np.issubdtype(split.labels.dtype, np.integer)
 
 
 def check_training_batches(config, num_train: int) -> None:
@@ -250,16 +251,8 @@ def check_training_batches(config, num_train: int) -> None:
             f"{config.batch_size} leave a last batch of 1; change --batch-size or --train-limit")
 
 
-def iterate(split: Split, batches: EpochBatches, padded: bool = False):
-    """Yield (images, labels) numpy batches in the epoch's order.
-
-    `padded=False` yields the real samples only (what a DataLoader yields);
-    `padded=True` yields fixed-shape batches plus their mask.
-    """
+def iterate(split: Split, batches: EpochBatches):
+    """Yield (images, labels) numpy batches in the epoch's order, as a DataLoader yields them."""
     for b in range(len(batches)):
-        if padded:
-            idx = batches.index[b]
-            yield split.images[idx], split.labels[idx], batches.mask[b]
-        else:
-            idx = batches.index[b, : batches.sizes[b]]
-            yield split.images[idx], split.labels[idx]
+        idx = batches.index[b, : batches.sizes[b]]
+        yield split.images[idx], split.labels[idx]

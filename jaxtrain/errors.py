@@ -27,3 +27,8 @@ class Interrupted(Exception):
     def __init__(self, message: str, signum: int):
         super().__init__(message)
         self.exit_code = 128 + signum
+
+
+class PortMappingError(UserError):
+    """A torch model and its Flax port cannot be paired: unmatched tensors, shapes that differ
+    after the layout rule, a model that fails to run, a module path that does not import."""

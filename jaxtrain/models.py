@@ -1,133 +1,66 @@
-"""The tutorial's models as Flax (linen) modules, laid out like their torch twins.
+"""The tutorial's models in Flax NNX, laid out like their torch twins (torchref/models.py).
 
-Layer names follow the torch `nn.Sequential` indices (`linear_relu_stack_0` is
-`linear_relu_stack.0`), so weights move between frameworks by name
-(see `jaxtrain.transfer`).
-
-Two torch behaviours Flax does not have are written out here:
-- `nn.Linear` initialises weights *and biases* from U(±1/sqrt(fan_in)) (`init="torch"`).
-- `nn.BatchNorm1d` keeps the *unbiased* batch variance in its running estimate
-  (momentum 0.1); Flax's BatchNorm keeps the biased one. `TorchBatchNorm` follows torch.
-Every layer takes a per-row `mask` so padded rows of a partial batch change nothing.
+`linear_relu_stack` is an `nnx.Sequential` whose indices are the torch
+`nn.Sequential`'s (`linear_relu_stack.layers.0` is `linear_relu_stack.0`), and
+`model.train()` / `model.eval()` switch BatchNorm and Dropout as torch's do.
+Weights move between the frameworks through `jaxtrain.parity.mapping`, the same
+automatic mapping users' own ports get.
 """
 
 from __future__ import annotations
 
 from typing import Sequence
 
-import flax.linen as nn
-import jax
-import jax.numpy as jnp
+from flax import nnx
+
+from jaxtrain.layers import TorchBatchNorm, torch_linear_init
+
+IMAGE_PIXELS = 28 * 28
 
 
-def torch_linear_init(fan_in: int):
-    """U(-1/sqrt(fan_in), 1/sqrt(fan_in)), nn.Linear's init for weight and bias."""
-    bound = fan_in ** -0.5
-
-    def init(key, shape, dtype=jnp.float32):
-        return jax.random.uniform(key, shape, dtype, -bound, bound)
-
-    return init
-
-
-def linear(features: int, fan_in: int, init_style: str, name: str) -> nn.Dense:
-    """nn.Dense initialised like torch's nn.Linear (`torch`) or with Flax's defaults (`flax`)."""
+def linear(fan_in: int, features: int, init_style: str, rngs: nnx.Rngs) -> nnx.Linear:
+    """nnx.Linear initialised like torch's nn.Linear (`torch`) or with Flax's defaults (`flax`)."""
     if init_style == "torch":
         init = torch_linear_init(fan_in)
-        return nn.Dense(features, kernel_init=init, bias_init=init, name=name)
-    return nn.Dense(features, name=name)
+        return nnx.Linear(fan_in, features, kernel_init=init, bias_init=init, rngs=rngs)
+    return nnx.Linear(fan_in, features, rngs=rngs)
 
 
-class TorchBatchNorm(nn.Module):
-    """BatchNorm1d with torch's semantics: normalise by the biased batch variance,
-    update the running variance with the unbiased one, momentum 0.1, eps 1e-5.
-    (`momentum` is torch's: Flax's is 1 - it. `unbiased=False` keeps Flax's biased
-    running variance instead.)"""
+class MLP(nnx.Module):
+    """Flatten, then Linear(784,512) ReLU Linear(512,512) ReLU Linear(512,10): the tutorial's."""
 
-    momentum: float = 0.1
-    eps: float = 1e-5
-    unbiased: bool = True
+    def __init__(self, hidden: Sequence[int] = (512, 512), num_classes: int = 10, init_style: str = "torch", *,
+                 rngs: nnx.Rngs):
+        layers, fan_in = [], IMAGE_PIXELS
+        for width in hidden:
+            layers += [linear(fan_in, width, init_style, rngs), nnx.relu]
+            fan_in = width
+        self.linear_relu_stack = nnx.Sequential(*layers, linear(fan_in, num_classes, init_style, rngs))
 
-    @nn.compact
-    def __call__(self, x, train: bool, mask=None):
-        features = x.shape[-1]
-        scale = self.param("scale", nn.initializers.ones, (features,))
-        bias = self.param("bias", nn.initializers.zeros, (features,))
-        running_mean = self.variable("batch_stats", "mean", lambda: jnp.zeros((features,), x.dtype))
-        running_var = self.variable("batch_stats", "var", lambda: jnp.ones((features,), x.dtype))
-        if train:
-            weight = jnp.ones(x.shape[:1], x.dtype) if mask is None else mask.astype(x.dtype)
-            n = weight.sum()
-            mean = (weight[:, None] * x).sum(0) / n
-            var = (weight[:, None] * jnp.square(x - mean)).sum(0) / n
-            if not self.is_initializing():
-                m = self.momentum
-                running_mean.value = (1 - m) * running_mean.value + m * mean
-                running_var.value = (1 - m) * running_var.value + m * (var * (n / (n - 1)) if self.unbiased else var)
-        else:
-            mean, var = running_mean.value, running_var.value
-        return (x - mean) / jnp.sqrt(var + self.eps) * scale + bias
-
-
-def dropout(module: nn.Module, x, rate: float, train: bool, mask=None):
-    """Inverted dropout like torch's: zero with probability `rate`, scale the rest by 1/(1-rate).
-
-    `mask` (1 = keep) replaces the random draw; the parity harness passes the same
-    masks to both frameworks because their RNGs cannot be matched.
-    """
-    if not train or rate == 0.0:
-        return x
-    if mask is None:
-        mask = jax.random.bernoulli(module.make_rng("dropout"), 1.0 - rate, x.shape)
-    return x * (mask.astype(x.dtype) / (1.0 - rate))  # torch: input * (bernoulli mask / (1 - p))
-
-
-class MLP(nn.Module):
-    """nn.Flatten, then Linear(784,512) ReLU Linear(512,512) ReLU Linear(512,10): the tutorial's."""
-
-    hidden: Sequence[int] = (512, 512)
-    num_classes: int = 10
-    init_style: str = "torch"
-
-    @nn.compact
-    def __call__(self, x, train: bool = False, mask=None, dropout_masks=None):
+    def __call__(self, x):
         x = x.reshape(x.shape[0], -1)
-        index = 0
-        for width in self.hidden:
-            x = nn.relu(linear(width, x.shape[-1], self.init_style, f"linear_relu_stack_{index}")(x))
-            index += 2
-        return linear(self.num_classes, x.shape[-1], self.init_style, f"linear_relu_stack_{index}")(x)
+        return self.linear_relu_stack(x)
 
 
-class MLPBatchNormDropout(nn.Module):
-    """Linear BatchNorm1d ReLU Dropout, twice, then Linear: train() and eval() differ."""
+class MLPBatchNormDropout(nnx.Module):
+    """Linear BatchNorm1d ReLU Dropout, twice, then Linear: model.train() and model.eval() differ."""
 
-    hidden: Sequence[int] = (512, 512)
-    num_classes: int = 10
-    rate: float = 0.2
-    init_style: str = "torch"
+    def __init__(self, hidden: Sequence[int] = (512, 512), num_classes: int = 10, rate: float = 0.2,
+                 init_style: str = "torch", *, rngs: nnx.Rngs):
+        layers, fan_in = [], IMAGE_PIXELS
+        for width in hidden:
+            layers += [linear(fan_in, width, init_style, rngs), TorchBatchNorm(width), nnx.relu,
+                       nnx.Dropout(rate, rngs=rngs)]
+            fan_in = width
+        self.linear_relu_stack = nnx.Sequential(*layers, linear(fan_in, num_classes, init_style, rngs))
 
-    @nn.compact
-    def __call__(self, x, train: bool = False, mask=None, dropout_masks=None):
+    def __call__(self, x):
         x = x.reshape(x.shape[0], -1)
-        index = 0
-        for layer, width in enumerate(self.hidden):
-            x = linear(width, x.shape[-1], self.init_style, f"linear_relu_stack_{index}")(x)
-            x = TorchBatchNorm(name=f"linear_relu_stack_{index + 1}")(x, train, mask)
-            x = nn.relu(x)
-            x = dropout(self, x, self.rate, train, None if dropout_masks is None else dropout_masks[layer])
-            index += 4
-        return linear(self.num_classes, x.shape[-1], self.init_style, f"linear_relu_stack_{index}")(x)
+        return self.linear_relu_stack(x)
 
 
-def make_model(config) -> nn.Module:
+def make_model(config) -> nnx.Module:
+    rngs = nnx.Rngs(config.seed)
     if config.model == "mlp":
-        return MLP(init_style=config.init)
-    return MLPBatchNormDropout(rate=config.dropout, init_style=config.init)
-
-
-def dropout_shapes(config, batch_size: int) -> list[tuple[int, int]]:
-    """Shapes of the dropout masks one training step of this model draws."""
-    if config.model == "mlp_bn_dropout" and config.dropout > 0:
-        return [(batch_size, 512), (batch_size, 512)]
-    return []
+        return MLP(init_style=config.init, rngs=rngs)
+    return MLPBatchNormDropout(rate=config.dropout, init_style=config.init, rngs=rngs)

@@ -10,8 +10,8 @@ tutorial's `train_loop` (forward, loss, backward, optimizer.step()), and
 - `train_epoch` runs every step of an epoch inside one `lax.scan` over the
   training set kept on the device; the batch order comes in as an index matrix
   from `jaxtrain.data.epoch_batches`, so it is the order torch sees too.
-- Every batch has the same shape: the last partial batch is padded and masked,
-  so neither the step nor the epoch is ever recompiled.
+- The last partial batch of an epoch runs as one `train_step` at its own shape
+  (compiled once), so it is the batch torch sees, row for row.
 """
 
 from __future__ import annotations
@@ -26,16 +26,18 @@ from flax import struct
 from flax.training import train_state
 
 from jaxtrain import data as data_lib
+from jaxtrain.flax_model import PureModel, cast_floats, pure_model
 from jaxtrain.losses import make_loss
 from jaxtrain.models import make_model
 from jaxtrain.optim import make_optimizer
 
 
 class TrainState(train_state.TrainState):
-    """Flax's TrainState (step, params, opt_state, apply_fn, tx) plus what the tutorial's
-    models and loss need: BatchNorm statistics, the dropout RNG, the loss function."""
+    """Flax's TrainState (step, params, opt_state, apply_fn, tx) plus the model's buffers
+    (BatchNorm statistics: what torch calls buffers), the dropout RNG and the loss function.
+    `apply_fn` is a `jaxtrain.flax_model.PureModel`'s `apply`: NNX or linen alike."""
 
-    batch_stats: Any = None
+    buffers: Any = None
     rng: jax.Array | None = None
     loss_fn: Callable = struct.field(pytree_node=False, default=None)
 
@@ -51,84 +53,94 @@ def device_kind() -> str:
     return backend if backend in ("cpu", "gpu", "tpu") else ("gpu" if backend in ("cuda", "rocm") else backend)
 
 
-def create_state(config, steps_per_epoch: int, params=None, batch_stats=None) -> TrainState:
-    """Initialise the model (or take given weights), the optimizer and the RNG."""
-    model = make_model(config)
+def create_state(config, steps_per_epoch: int, model: PureModel | None = None, params=None, buffers=None,
+                 tx=None, loss_fn=None) -> TrainState:
+    """The model (jaxtrain's own for the config unless given), its weights (its own unless
+    given), the optimizer (from the config unless given), the loss and the dropout RNG."""
+    model = model or pure_model(make_model(config))
     dtype = jnp.dtype(config.dtype)
-    init_key, dropout_key = jax.random.split(jax.random.key(config.seed))
-    if params is None:
-        variables = model.init(init_key, jnp.zeros((1, 28 * 28), jnp.float32), train=False)
-        params, batch_stats = variables["params"], variables.get("batch_stats", {})
-    cast = lambda tree: jax.tree.map(lambda a: jnp.asarray(a, dtype), tree)  # noqa: E731
+    params = cast_floats(model.params if params is None else params, dtype)
+    buffers = cast_floats(model.buffers if buffers is None else buffers, dtype)
     return TrainState.create(
-        apply_fn=model.apply, params=cast(params), tx=make_optimizer(config, steps_per_epoch),
-        batch_stats=cast(batch_stats or {}), rng=dropout_key, loss_fn=make_loss(config))
+        apply_fn=model.apply, params=params, tx=tx or make_optimizer(config, steps_per_epoch), buffers=buffers,
+        rng=jax.random.fold_in(jax.random.key(config.seed), 1), loss_fn=loss_fn or make_loss(config))
 
 
-def _variables(state: TrainState, params) -> dict:
-    return {"params": params, "batch_stats": state.batch_stats} if state.batch_stats else {"params": params}
+def forward_and_grad(state: TrainState, batch: dict, record: bool = False):
+    """model.train(); pred = model(X); loss = loss_fn(pred, y); loss.backward().
+    With `record`, also every layer's (input, output) in call order (for the parity check)."""
+    rng = jax.random.fold_in(state.rng, state.step)
 
+    def loss_of(params, buffers):  # buffers an argument too: NNX mutates them at this trace level
+        outputs, buffers, recorded = state.apply_fn(params, buffers, batch["x"], True, batch.get("dropout"), rng,
+                                                    record)
+        return state.loss_fn(outputs, batch["y"]), (outputs, buffers, recorded)
 
-def forward_and_grad(state: TrainState, batch: dict):
-    """model.train(); pred = model(X); loss = loss_fn(pred, y); loss.backward()."""
-
-    def loss_of(params):
-        outputs, mutated = state.apply_fn(
-            _variables(state, params), batch["x"], train=True, mask=batch["mask"],
-            dropout_masks=batch.get("dropout"), rngs={"dropout": jax.random.fold_in(state.rng, state.step)},
-            mutable=["batch_stats"])
-        return state.loss_fn(outputs, batch["y"], batch["mask"]), (outputs, mutated.get("batch_stats", {}))
-
-    (loss, (outputs, batch_stats)), grads = jax.value_and_grad(loss_of, has_aux=True)(state.params)
-    return loss, outputs, batch_stats, grads
+    (loss, (outputs, buffers, recorded)), grads = jax.value_and_grad(loss_of, has_aux=True)(
+        state.params, state.buffers)
+    return loss, outputs, buffers, grads, recorded
 
 
 def train_step(state: TrainState, batch: dict) -> tuple[TrainState, dict]:
     """One step of the tutorial's train_loop: forward, loss, backward, optimizer.step()."""
-    loss, _, batch_stats, grads = forward_and_grad(state, batch)
-    state = state.apply_gradients(grads=grads, batch_stats=batch_stats)
+    loss, _, buffers, grads, _ = forward_and_grad(state, batch)
+    state = state.apply_gradients(grads=grads, buffers=buffers)
     return state, {"loss": loss}
 
 
 def eval_step(state: TrainState, batch: dict) -> dict:
-    """One batch of the tutorial's test_loop (model.eval(), no gradients): batch-mean loss, #correct."""
-    outputs = state.apply_fn(_variables(state, state.params), batch["x"], train=False)
-    loss = state.loss_fn(outputs, batch["y"], batch["mask"])
-    correct = jnp.sum((jnp.argmax(outputs, axis=-1) == batch["y"]) * batch["mask"])
+    """One batch of the tutorial's test_loop (model.eval(), no gradients): batch-mean loss, #correct
+    (for integer class labels; 0 for regression targets)."""
+    outputs, _, _ = state.apply_fn(state.params, state.buffers, batch["x"], False)
+    loss = state.loss_fn(outputs, batch["y"])
+    if jnp.issubdtype(batch["y"].dtype, jnp.integer):
+        correct = jnp.sum(jnp.argmax(outputs, axis=-1) == batch["y"])
+    else:
+        correct = jnp.zeros((), jnp.int32)
     return {"loss": loss, "correct": correct}
 
 
-def _gather(images, labels, index, mask) -> dict:
-    return {"x": images[index], "y": labels[index], "mask": mask.astype(images.dtype)}
+def _gather(inputs, targets, index) -> dict:
+    return {"x": inputs[index], "y": targets[index]}
 
 
-def train_epoch(state: TrainState, images, labels, index, mask, dropout=None) -> tuple[TrainState, jax.Array]:
-    """All steps of one epoch in a `lax.scan`; returns every step's loss.
+def train_epoch(state: TrainState, inputs, targets, index, dropout=None) -> tuple[TrainState, jax.Array]:
+    """Steps over the full batches of an epoch (`index`: one row of sample indices per step)
+    in a `lax.scan`; returns every step's loss.
 
-    `dropout` (optional, one (steps, batch, features) keep-mask array per dropout
-    layer) replaces the random draws: the parity check injects the masks torch uses."""
+    `dropout` (optional, one (steps, *shape) keep-mask array per dropout call of a step)
+    replaces the random draws: the parity check injects the masks torch uses."""
 
     def body(state, step_inputs):
-        index_row, mask_row, dropout_row = step_inputs
-        batch = _gather(images, labels, index_row, mask_row)
+        index_row, dropout_row = step_inputs
+        batch = _gather(inputs, targets, index_row)
         if dropout_row is not None:
             batch["dropout"] = dropout_row
         state, metrics = train_step(state, batch)
         return state, metrics["loss"]
 
-    return jax.lax.scan(body, state, (index, mask, dropout))
+    return jax.lax.scan(body, state, (index, dropout))
 
 
-def eval_epoch(state: TrainState, images, labels, index, mask) -> dict:
-    """eval_step over every test batch in a `lax.scan`; per-batch loss and #correct."""
-    return jax.lax.map(lambda batch_index: eval_step(state, _gather(images, labels, *batch_index)), (index, mask))
+def eval_epoch(state: TrainState, inputs, targets, index) -> dict:
+    """eval_step over the full test batches in a `lax.map`; per-batch loss and #correct."""
+    return jax.lax.map(lambda batch_index: eval_step(state, _gather(inputs, targets, batch_index)), index)
+
+
+def _stack_masks(per_step: list):
+    """Per-step mask tuples -> one stacked array per dropout call; None when there are none."""
+    if not per_step or not per_step[0]:
+        return None
+    return tuple(np.stack(call) for call in zip(*per_step))
 
 
 class Trainer:
     """Keeps the data on the device, compiles the epoch functions once, runs epochs.
 
-    `compile_seconds` is the time spent tracing and compiling (ahead of time, so
-    it is not mixed into the first epoch's time).
+    The full batches of an epoch run in one scanned program; a last partial batch
+    (as `DataLoader(drop_last=False)` yields it) runs as one `train_step` at its own
+    shape, compiled once too. `compile_seconds` is the time spent tracing and
+    compiling (ahead of time, so it is not mixed into the first epoch's time).
     """
 
     def __init__(self, config, train: data_lib.Split, test: data_lib.Split, state: TrainState | None = None,
@@ -136,49 +148,83 @@ class Trainer:
         self.config = config
         dtype = jnp.dtype(config.dtype)
         self.train_split, self.test_split = train, test
-        self.train_images = jnp.asarray(train.images.reshape(len(train), -1), dtype)
-        self.train_labels = jnp.asarray(train.labels)
-        self.test_images = jnp.asarray(test.images.reshape(len(test), -1), dtype)
-        self.test_labels = jnp.asarray(test.labels)
+        self.train_x, self.train_y = _on_device(train, dtype)
+        self.test_x, self.test_y = _on_device(test, dtype)
         self.steps_per_epoch = -(-len(train) // config.batch_size)
         self.state = state if state is not None else create_state(config, self.steps_per_epoch)
-        test_batches = data_lib.epoch_batches(len(test), config.batch_size)
-        self.test_index, self.test_mask = jnp.asarray(test_batches.index), jnp.asarray(test_batches.mask)
-        self.test_sizes = test_batches.sizes
+        self.test_plan = data_lib.epoch_batches(len(test), config.batch_size)
 
-        self._any_epoch = jax.jit(train_epoch, donate_argnums=0)  # compiled per input shape, on first use
-        self._train_epoch, self._eval_epoch = self._any_epoch, jax.jit(eval_epoch)
+        self._epoch = jax.jit(train_epoch, donate_argnums=0)  # compiled per input shape, on first use
+        self._step = jax.jit(train_step, donate_argnums=0)
+        self._eval_epoch, self._eval_step = jax.jit(eval_epoch), jax.jit(eval_step)
         self.compile_seconds = 0.0
         if precompile:  # ahead of time, so compilation is not mixed into the first epoch's time
             start = time.perf_counter()
-            probe = data_lib.epoch_batches(len(train), config.batch_size)
-            self._train_epoch = self._train_epoch.lower(
-                self.state, self.train_images, self.train_labels, probe.index, probe.mask).compile()
-            self._eval_epoch = self._eval_epoch.lower(
-                self.state, self.test_images, self.test_labels, self.test_index, self.test_mask).compile()
+            plan = self.batches(0)
+            full, last = _split_plan(plan, len(plan))
+            if len(full):
+                self._epoch = self._epoch.lower(self.state, self.train_x, self.train_y, full, None).compile()
+            if last is not None:
+                self._step = self._step.lower(self.state, _gather(self.train_x, self.train_y, last)).compile()
+            full, last = _split_plan(self.test_plan, len(self.test_plan))
+            if len(full):
+                self._eval_epoch = self._eval_epoch.lower(self.state, self.test_x, self.test_y, full).compile()
+            if last is not None:
+                self._eval_step = self._eval_step.lower(self.state, _gather(self.test_x, self.test_y, last)).compile()
             self.compile_seconds = time.perf_counter() - start
 
     def batches(self, epoch: int) -> data_lib.EpochBatches:
         c = self.config
         return data_lib.epoch_batches(len(self.train_split), c.batch_size, c.shuffle, c.seed, epoch)
 
-    def train_one_epoch(self, epoch: int, num_steps: int | None = None, dropout=None) -> np.ndarray:
+    def train_one_epoch(self, epoch: int, num_steps: int | None = None, dropout: list | None = None) -> np.ndarray:
         """Run epoch `epoch` (0-based), or its first `num_steps` steps; returns the loss of every
-        step, as float64 numpy. `dropout`: injected keep-masks (see `train_epoch`)."""
-        batches = self.batches(epoch)
-        if dropout is None and num_steps in (None, len(batches)):
-            self.state, losses = self._train_epoch(
-                self.state, self.train_images, self.train_labels, batches.index, batches.mask)
-        else:
-            self.state, losses = self._any_epoch(self.state, self.train_images, self.train_labels,
-                                                 batches.index[:num_steps], batches.mask[:num_steps], dropout)
-        return np.asarray(losses, dtype=np.float64)
+        step, as float64 numpy. `dropout`: injected keep-masks, one tuple per step (see `train_epoch`)."""
+        plan = self.batches(epoch)
+        num_steps = len(plan) if num_steps is None else num_steps
+        full, last = _split_plan(plan, num_steps)
+        losses = []
+        if len(full):
+            masks = None if dropout is None else _stack_masks(dropout[: len(full)])
+            self.state, epoch_losses = self._epoch(self.state, self.train_x, self.train_y, full, masks)
+            losses.append(epoch_losses)
+        if last is not None:
+            batch = _gather(self.train_x, self.train_y, last)
+            if dropout is not None and dropout[-1]:
+                batch["dropout"] = tuple(dropout[-1])
+            self.state, metrics = self._step(self.state, batch)
+            losses.append(metrics["loss"][None])
+        return np.concatenate([np.asarray(x, dtype=np.float64) for x in losses]) if losses else np.zeros(0)
 
     def evaluate(self) -> tuple[float, float]:
-        """(avg test loss as the tutorial computes it: mean of batch means, accuracy in [0, 1])."""
-        out = jax.device_get(self._eval_epoch(
-            self.state, self.test_images, self.test_labels, self.test_index, self.test_mask))
-        return float(np.mean(out["loss"], dtype=np.float64)), float(np.sum(out["correct"])) / len(self.test_split)
+        """(avg test loss as the tutorial computes it: mean of batch means, accuracy in [0, 1]; NaN
+        for targets that are not class labels)."""
+        full, last = _split_plan(self.test_plan, len(self.test_plan))
+        losses, correct = [], 0
+        if len(full):
+            out = jax.device_get(self._eval_epoch(self.state, self.test_x, self.test_y, full))
+            losses += list(out["loss"])
+            correct += int(np.sum(out["correct"]))
+        if last is not None:
+            out = jax.device_get(self._eval_step(self.state, _gather(self.test_x, self.test_y, last)))
+            losses.append(out["loss"])
+            correct += int(out["correct"])
+        accuracy = correct / len(self.test_split) if data_lib.is_classification(self.test_split) else float("nan")
+        return float(np.mean(np.asarray(losses, dtype=np.float64))), accuracy
+
+
+def _on_device(split: data_lib.Split, dtype):
+    """Inputs in the run's dtype; integer class labels kept as integers, float targets cast."""
+    targets = split.labels if data_lib.is_classification(split) else split.labels.astype(dtype)
+    return jnp.asarray(split.images, dtype), jnp.asarray(targets)
+
+
+def _split_plan(plan: data_lib.EpochBatches, num_steps: int):
+    """The first `num_steps` batches of a plan: the full ones (an index matrix) and the
+    partial last one's indices (or None)."""
+    if num_steps and plan.sizes[num_steps - 1] < plan.index.shape[1]:
+        return plan.index[: num_steps - 1], plan.index[num_steps - 1, : plan.sizes[num_steps - 1]]
+    return plan.index[:num_steps], None
 
 
 def fit(config, train: data_lib.Split, test: data_lib.Split, report=None, trainer: Trainer | None = None,

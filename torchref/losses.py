@@ -4,11 +4,18 @@ import torch.nn.functional as F
 from torch import nn
 
 
-def make_loss(config):
-    if config.loss == "cross_entropy":
+def loss_by_name(name: str, mse_reduction: str = "mean"):
+    if name == "cross_entropy":
         return nn.CrossEntropyLoss()
-    if config.loss == "nll":
+    if name == "nll":
         nll = nn.NLLLoss()
         return lambda pred, y: nll(F.log_softmax(pred, dim=1), y)
-    mse = nn.MSELoss(reduction=config.mse_reduction)
-    return lambda pred, y: mse(pred, F.one_hot(y, pred.shape[1]).to(pred.dtype) if not y.is_floating_point() else y)
+    if name == "mse":
+        mse = nn.MSELoss(reduction=mse_reduction)
+        return lambda pred, y: mse(pred, y.reshape(pred.shape) if y.is_floating_point()
+                                   else F.one_hot(y, pred.shape[1]).to(pred.dtype))
+    raise ValueError(f"unknown loss {name!r} (cross_entropy, nll, mse)")
+
+
+def make_loss(config):
+    return loss_by_name(config.loss, config.mse_reduction)

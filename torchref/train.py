@@ -56,11 +56,16 @@ class SharedBatchSampler(Sampler):
 
 
 def make_dataloader(split: data_lib.Split, config, train: bool) -> DataLoader:
+    """The split's samples in the batches of jaxtrain's plan. FashionMNIST's (N, 28, 28) images
+    get the channel axis ToTensor gives them (N, 1, 28, 28); other inputs are taken as they are."""
     dtype = torch.float64 if config.dtype == "float64" else torch.float32
-    dataset = TensorDataset(torch.from_numpy(split.images).to(dtype).unsqueeze(1),  # (N, 1, 28, 28) like ToTensor
-                            torch.from_numpy(split.labels).long())
+    inputs = torch.from_numpy(split.images).to(dtype)
+    if inputs.ndim == 3:
+        inputs = inputs.unsqueeze(1)
+    labels = torch.from_numpy(split.labels)
+    labels = labels.long() if data_lib.is_classification(split) else labels.to(dtype)
     sampler = SharedBatchSampler(len(split), config.batch_size, config.shuffle and train, config.seed)
-    return DataLoader(dataset, batch_sampler=sampler)
+    return DataLoader(TensorDataset(inputs, labels), batch_sampler=sampler)
 
 
 def train_step(model, loss_fn, optimizer, X, y, capture=None):
@@ -113,10 +118,11 @@ def test_loop(dataloader, model, loss_fn):
             X, y = X.to(device()), y.to(device())
             pred = model(X)
             test_loss += loss_fn(pred, y).item()
-            correct += (pred.argmax(1) == y).type(torch.float).sum().item()
+            if not y.is_floating_point():  # class labels (regression targets have no accuracy)
+                correct += (pred.argmax(1) == y).type(torch.float).sum().item()
 
     test_loss /= num_batches
-    correct /= size
+    correct = correct / size if not y.is_floating_point() else float("nan")
     return test_loss, correct
 
 

@@ -1,12 +1,253 @@
-"""`check_parity`: run both frameworks on one plan, judge the runs, localise what failed."""
+"""`check_port`: a user's torch model and its Flax port, trained side by side and judged.
+
+`check_parity` (the tutorial, `jaxtrain parity`) is one call of it: torchref's
+model and jaxtrain's are just one more pair.
+"""
 
 from __future__ import annotations
 
+import copy
+import dataclasses
+import math
+
+import numpy as np
+
 from jaxtrain import data as data_lib
+from jaxtrain.errors import ConfigError, PortMappingError
 from jaxtrain.parity import criteria
+from jaxtrain.parity.diagnose import diagnose
 from jaxtrain.parity.localise import JAX32, JAX64, TORCH32, TORCH64, localise_math, step1_precision
+from jaxtrain.parity.mapping import build_mapping
 from jaxtrain.parity.report import ParityReport
-from jaxtrain.parity.runners import JaxPort, run_trajectories
+from jaxtrain.parity.runners import DropoutCall, Port, run_trajectories
+
+FLAX_INPUTS = {"same": lambda x: x, "nhwc": lambda x: np.moveaxis(x, 1, -1) if x.ndim >= 3 else x}
+SCHEDULER_ARGS = {"T_max": "t_max"}  # torch's argument name -> jaxtrain's config field
+
+
+def check_port(torch_model, flax_model, train, test=None, loss="cross_entropy", mse_reduction="mean",
+               optimizer="sgd", optimizer_kwargs=None, scheduler=None, scheduler_kwargs=None, batch_size=64,
+               steps=None, epochs=1, shuffle=False, seed=0, dtypes=("float32", "float64"), flax_input=None,
+               weight_map=None) -> ParityReport:
+    """Train `torch_model` (a torch.nn.Module) and `flax_model` (its port: a flax.nnx.Module, or a
+    flax.linen.Module the harness initialises) from the same weights on the same batches, in float32
+    and float64, and judge them: the report's `passed`, `checks` (stage/layer/tensor in torch's
+    names, first failing step) and `diagnosis`.
+
+    `train`/`test`: (inputs, targets) numpy arrays, inputs in torch's layout; `test=None` skips the
+    evaluation. `loss`: "cross_entropy" | "nll" | "mse" or a (torch_fn, jax_fn) pair. `optimizer`: a
+    torch.optim name with torch's keyword arguments (mapped through jaxtrain.optim), or a pair
+    (params -> torch optimizer, optax transformation). `scheduler`: jaxtrain's scheduler names,
+    stepped per epoch. `steps`: optimizer steps to run (over as many epochs as that takes), else
+    `epochs` full epochs. `flax_input`: "same", "nhwc" or a callable applied to input arrays
+    before the Flax model. `weight_map`: see `jaxtrain.parity.mapping.build_mapping`.
+    """
+    from jaxtrain import devices
+
+    devices.parity_mode()
+    train_split, test_split = _split(train, "train"), None if test is None else _split(test, "test")
+    config = _config(loss, mse_reduction, optimizer, optimizer_kwargs, scheduler, scheduler_kwargs, batch_size,
+                     steps, epochs, shuffle, seed, len(train_split))
+    port = build_port(torch_model, flax_model, train_split, test_split, config, loss, optimizer, flax_input,
+                      weight_map)
+    return judge(port, config, tuple(dtypes), steps)
+
+
+def check_parity(config, dtypes=("float32", "float64"), train=None, test=None, max_steps=None,
+                 torch_model=None, flax_model=None, flax_input=None) -> ParityReport:
+    """The tutorial's check: torchref's model against jaxtrain's (or the given pair), on FashionMNIST
+    splits, with the config's optimizer, scheduler and loss: one call of `check_port`."""
+    from jaxtrain.models import make_model
+    from torchref.models import make_model as make_torch_model
+
+    data_lib.check_training_batches(config, len(train))
+    return check_port(
+        torch_model if torch_model is not None else make_torch_model(dataclasses.replace(config, dtype="float32")),
+        flax_model if flax_model is not None else make_model(config),
+        train=(_torch_images(train.images), train.labels), test=(_torch_images(test.images), test.labels),
+        loss=config.loss, mse_reduction=config.mse_reduction, optimizer=config.optimizer,
+        optimizer_kwargs=config.optimizer_kwargs(), scheduler=None if config.scheduler == "none" else config.scheduler,
+        scheduler_kwargs=config.scheduler_kwargs(), batch_size=config.batch_size,
+        steps=max_steps, epochs=config.epochs, shuffle=config.shuffle, seed=config.seed, dtypes=dtypes,
+        flax_input=flax_input)
+
+
+def _torch_images(images: np.ndarray) -> np.ndarray:
+    """FashionMNIST's (N, 28, 28) as ToTensor gives them to the model: (N, 1, 28, 28)."""
+    return images[:, None] if images.ndim == 3 else images
+
+
+# --------------------------------------------------------------------------- building the port
+
+
+def _split(arrays, name: str) -> data_lib.Split:
+    try:
+        x, y = arrays
+    except (TypeError, ValueError):
+        raise ConfigError(f"{name} must be a pair (inputs, targets) of numpy arrays") from None
+    x, y = np.asarray(x), np.asarray(y)
+    if len(x) != len(y) or len(x) == 0:
+        raise ConfigError(f"{name}: {len(x)} inputs but {len(y)} targets")
+    if np.issubdtype(x.dtype, np.floating):
+        x = x.astype(np.float32)
+    y = y.astype(np.int64 if np.issubdtype(y.dtype, np.integer) else np.float32)
+    return data_lib.Split(x, y)
+
+
+def _config(loss, mse_reduction, optimizer, optimizer_kwargs, scheduler, scheduler_kwargs, batch_size, steps,
+            epochs, shuffle, seed, num_train):
+    from jaxtrain.config import make_config
+
+    values = {"batch_size": batch_size, "shuffle": shuffle, "seed": seed, "mse_reduction": mse_reduction,
+              "loss": loss if isinstance(loss, str) else "cross_entropy"}
+    values["epochs"] = epochs if steps is None else max(1, math.ceil(steps / math.ceil(num_train / batch_size)))
+    if isinstance(optimizer, str):
+        values["optimizer"] = optimizer
+        values.update({k: (tuple(v) if isinstance(v, list) else v) for k, v in (optimizer_kwargs or {}).items()})
+    elif optimizer_kwargs:
+        raise ConfigError("optimizer_kwargs go with an optimizer name; a (torch, optax) pair carries its own")
+    if scheduler not in (None, "none"):
+        if not isinstance(optimizer, str):
+            raise ConfigError("a scheduler needs a named optimizer; put the schedule in your optax transformation "
+                              "and torch optimizer pair yourself")
+        values["scheduler"] = scheduler
+        values.update({SCHEDULER_ARGS.get(k, k): (tuple(v) if isinstance(v, list) else v)
+                       for k, v in (scheduler_kwargs or {}).items()})
+    try:
+        return make_config(**values)
+    except TypeError as e:
+        raise ConfigError(f"unknown optimizer or scheduler argument: {e}") from None
+
+
+def _losses(loss, config):
+    if isinstance(loss, str):
+        from jaxtrain.losses import loss_by_name
+        from torchref.losses import loss_by_name as torch_loss_by_name
+
+        try:
+            return torch_loss_by_name(loss, config.mse_reduction), loss_by_name(loss, config.mse_reduction)
+        except ValueError as e:
+            raise ConfigError(str(e)) from None
+    torch_loss, jax_loss = loss
+    return torch_loss, jax_loss
+
+
+def _optimizers(optimizer):
+    """(make_torch_optimizer(config, params), make_torch_scheduler(config, opt), make_tx(config, steps))."""
+    from torchref.optim import make_scheduler
+
+    if isinstance(optimizer, str):
+        from jaxtrain.optim import make_optimizer
+        from torchref.optim import make_optimizer as make_torch_optimizer
+
+        return make_torch_optimizer, make_scheduler, make_optimizer
+    torch_factory, tx = optimizer
+    return (lambda config, params: torch_factory(params)), (lambda config, opt: None), (lambda config, steps: tx)
+
+
+def _torch_forward(model, x, train: bool, dropout_log=None):
+    """Run a copy of the torch model once; the layers owning weights in the order they finish,
+    their output shapes; the nn.Dropout calls (rate, input shape) when training."""
+    import torch
+
+    model = copy.deepcopy(model).float()
+    model.train(train)
+    layers = {}  # hooks go on a copy, dropped with it
+    for name, module in model.named_modules():
+        owns = any(True for _ in module.parameters(recurse=False)) or any(
+            k != "num_batches_tracked" for k, _ in module.named_buffers(recurse=False))
+        if owns:
+            module.register_forward_hook(lambda m, i, o, name=name: layers.setdefault(name, tuple(o.shape)) and None)
+        if isinstance(module, torch.nn.Dropout) and dropout_log is not None and train:
+            module.register_forward_hook(lambda m, i, o: dropout_log.append((m.p, tuple(i[0].shape[1:]))))
+    try:
+        with torch.no_grad():
+            out = model(torch.from_numpy(x))
+    except Exception as e:  # the user's model: any error is a mapping problem to report in one line
+        raise PortMappingError(f"the torch model fails on inputs of shape {x.shape}: {type(e).__name__}: {e}") from None
+    return layers, out
+
+
+def _random_beyond_dropout(model, x) -> bool:
+    """Whether the training forward draws random numbers outside nn.Dropout (functional dropout)."""
+    import torch
+
+    model = copy.deepcopy(model).float().train()
+    for module in model.modules():
+        if isinstance(module, torch.nn.Dropout):
+            module.eval()
+    outs = []
+    with torch.no_grad():
+        for seed in (1, 2):
+            torch.manual_seed(seed)
+            outs.append(model(torch.from_numpy(x)).numpy())
+    return not np.array_equal(outs[0], outs[1])
+
+
+def build_port(torch_model, flax_model, train, test, config, loss, optimizer, flax_input, weight_map) -> Port:
+    """Everything both sides need: the mapping, losses, optimizers, dropout calls, layouts."""
+    import torch
+
+    from jaxtrain.flax_model import pure_model
+
+    if not isinstance(torch_model, torch.nn.Module):
+        raise PortMappingError(f"torch_model must be a torch.nn.Module, got {type(torch_model).__name__}")
+    to_flax = FLAX_INPUTS.get(flax_input or "same", flax_input)
+    if not callable(to_flax):
+        raise ConfigError(f"flax_input must be 'same', 'nhwc' or a callable, got {flax_input!r}")
+    sample = train.images[:2]
+    sample_flax = np.asarray(to_flax(sample))
+    try:
+        flax = pure_model(flax_model, sample_flax, config.seed)
+        eval_calls = flax.calls(sample_flax, train=False)
+        train_calls = flax.calls(sample_flax, train=True)
+    except (TypeError, ValueError) as e:
+        raise PortMappingError(f"the Flax model cannot be run on inputs of shape {sample_flax.shape}: "
+                               f"{type(e).__name__}: {str(e).splitlines()[0]}") from None
+    except Exception as e:  # the user's model: report in one line
+        raise PortMappingError(f"the Flax model fails on inputs of shape {sample_flax.shape}: "
+                               f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}") from None
+    torch_shapes, _ = _torch_forward(torch_model, sample, train=False)
+    dropout_log: list = []
+    _torch_forward(torch_model, sample, train=True, dropout_log=dropout_log)
+    if _random_beyond_dropout(torch_model, sample):
+        raise PortMappingError(
+            "the torch model's training forward pass draws random numbers outside nn.Dropout modules (functional "
+            "dropout such as F.dropout?): those draws cannot be matched in JAX, so no step could agree; use "
+            "nn.Dropout modules, or check with that dropout off")
+    flax_layers = list(dict.fromkeys(c.path for c in eval_calls if c.kind != "Dropout"))
+    mapping = build_mapping(list(torch_shapes), flax_layers, torch_model, flax, weight_map)
+    flax_shapes = {c.path: c.out_shape for c in eval_calls if c.kind != "Dropout"}
+    channels_last = {t for t, f, _ in mapping.layers if _is_channels_last(flax_shapes.get(f), torch_shapes[t])}
+    flax_dropout = [c for c in train_calls if c.kind == "Dropout"]
+    if len(flax_dropout) != len(dropout_log):
+        raise PortMappingError(
+            f"dropout cannot be matched: a training step of the torch model calls nn.Dropout {len(dropout_log)} "
+            f"times {[p for p, _ in dropout_log]}, the Flax port calls Dropout {len(flax_dropout)} times "
+            f"{[c.dropout_rate for c in flax_dropout]}")
+    dropout = [DropoutCall(p, c.dropout_rate, shape, _is_channels_last(c.in_shape, (2, *shape)))
+               for (p, shape), c in zip(dropout_log, flax_dropout)]
+    torch_loss, jax_loss = _losses(loss, config)
+    make_torch_optimizer, make_torch_scheduler, make_tx = _optimizers(optimizer)
+    has_batchnorm = any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in torch_model.modules())
+    last = len(train) % config.batch_size or config.batch_size
+    if has_batchnorm and last == 1:
+        raise ConfigError(f"BatchNorm needs more than 1 sample per training batch, but {len(train)} training samples "
+                          f"in batches of {config.batch_size} leave a last batch of 1; change the batch size")
+    weights = {k: v.detach().cpu().numpy().copy() for k, v in torch_model.state_dict().items()}
+    jax_split = lambda s: None if s is None else data_lib.Split(np.asarray(to_flax(s.images)), s.labels)  # noqa: E731
+    return Port(torch_model, weights, flax, mapping, torch_loss, jax_loss, make_torch_optimizer, make_torch_scheduler,
+                make_tx, train, test, jax_split(train), jax_split(test), dropout, channels_last, train_calls,
+                eval_calls)
+
+
+def _is_channels_last(flax_shape, torch_shape) -> bool:
+    if flax_shape is None or torch_shape is None or len(torch_shape) < 3 or tuple(flax_shape) == tuple(torch_shape):
+        return False
+    return tuple(np.moveaxis(np.empty(flax_shape, dtype=np.bool_), -1, 1).shape) == tuple(torch_shape)
+
+
+# --------------------------------------------------------------------------- the verdict
 
 
 def _loss_numbers(jax_run, torch_run) -> dict:
@@ -15,27 +256,24 @@ def _loss_numbers(jax_run, torch_run) -> dict:
             "max_rel_loss_diff": float((diff / abs(torch_run.losses)).max(initial=0.0))}
 
 
-def check_parity(config, dtypes=("float32", "float64"), train=None, test=None, max_steps=None,
-                 port: JaxPort | None = None) -> ParityReport:
-    """Both frameworks from the same weights on the same batches; the three-part verdict."""
-    from jaxtrain import devices
-
-    devices.parity_mode()
-    data_lib.check_training_batches(config, len(train))
-    runs = run_trajectories(config, tuple(dtypes), train, test, max_steps, port)
+def judge(port: Port, config, dtypes, max_steps=None) -> ParityReport:
+    """Both frameworks from the same weights on the same batches; the three-part verdict, where it
+    first fails, and what that looks like."""
+    runs = run_trajectories(port, config, dtypes, max_steps)
     verdict: dict = {part: None for part in ("same_math", "same_precision", "same_results")}
     checks = []
     if "float64" in dtypes:
         differences = criteria.math_differences(runs[JAX64], runs[TORCH64])
         localised = (None if differences["within_tolerance"]
-                     else localise_math(config, train, test, port, differences, max_steps))
-        verdict["same_math"] = math = criteria.same_math(differences, localised)
-        checks.append(_check("float64", math["passed"], runs[JAX64], runs[TORCH64], math["localised"] if not
-                             math["passed"] else None, math["first_failing_step"], math["first_failing_epoch"]))
+                     else localise_math(port, config, differences, max_steps))
+        verdict["same_math"] = math_result = criteria.same_math(differences, localised)
+        checks.append(_check("float64", math_result["passed"], runs[JAX64], runs[TORCH64],
+                             math_result["localised"] if not math_result["passed"] else None,
+                             math_result["first_failing_step"], math_result["first_failing_epoch"]))
     if "float32" in dtypes:
         precision = criteria.same_precision(runs[JAX32], runs[TORCH32], runs[TORCH64],
-                                            step1_precision(config, train, test, port))
-        results = criteria.same_results(runs[JAX32], runs[TORCH32], runs[TORCH64], len(test))
+                                            step1_precision(port, config))
+        results = criteria.same_results(runs[JAX32], runs[TORCH32], runs[TORCH64], len(port.test or port.train))
         if not precision["passed"]:
             precision["localised"] = precision["first_failure"]
         if not results["passed"]:
@@ -47,8 +285,12 @@ def check_parity(config, dtypes=("float32", "float64"), train=None, test=None, m
         checks.insert(0, _check("float32", precision["passed"] and results["passed"], runs[JAX32], runs[TORCH32],
                                 localised, precision["first_failing_step"],
                                 None if localised is None else results["first_failing_epoch"]))
-    return ParityReport(passed=all(c["passed"] for c in checks), config=config.to_json(), checks=checks,
-                        verdict=verdict, trajectories=runs)
+    failed = [c for c in checks if not c["passed"]]
+    diagnosis = diagnose(failed[-1].get("localised"), port, config) if failed else None
+    for check in checks:
+        (check.get("localised") or {}).pop("evidence", None)
+    return ParityReport(passed=not failed, config=config.to_json(), checks=checks, verdict=verdict,
+                        trajectories=runs, diagnosis=diagnosis, layers=[t for t, _, _ in port.mapping.layers])
 
 
 def _check(dtype, passed, jax_run, torch_run, localised, first_step, first_epoch) -> dict:

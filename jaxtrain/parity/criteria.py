@@ -69,7 +69,10 @@ def rounding_error(x32, x64) -> float:
 
 
 def stage_tensors(stages: dict):
-    """(stage, layer, tensor, value) in the order a step computes them, torch's names."""
+    """(stage, layer, tensor, value) in the order a step computes them, torch's names: each
+    layer's output (in call order), the model output, loss, gradients, updates, buffers."""
+    for layer, value in stages.get("layers", {}).items():
+        yield "forward", layer, f"{layer} (output)", value
     yield "forward", None, "output", stages["forward"]
     yield "loss", None, "loss", stages["loss"]
     for stage in ("grads", "updates", "buffers"):
@@ -108,12 +111,13 @@ def first_math_difference(step: int, jax_stages: dict, torch_stages: dict, param
 
     (Relative to the stage, not the tensor: the gradient of a bias right before a
     BatchNorm is zero in exact arithmetic, so its computed value is pure rounding.)"""
-    torch_tensors = {(s, t): v for s, _, t, v in stage_tensors(torch_stages)}
+    jax_tensors = {(s, t): v for s, _, t, v in stage_tensors(jax_stages)}
     scales = _stage_scales(torch_stages)
     tolerance = max(FLOAT64_REL_TOL, LOCAL_FACTOR * params_in)
-    for stage, layer, tensor, value in stage_tensors(jax_stages):
-        ref = np.asarray(torch_tensors[(stage, tensor)], np.float64)
-        value = np.asarray(value, np.float64)
+    for stage, layer, tensor, ref in stage_tensors(torch_stages):
+        if (stage, tensor) not in jax_tensors:
+            continue  # a layer whose output the port does not produce on its own
+        ref, value = np.asarray(ref, np.float64), np.asarray(jax_tensors[(stage, tensor)], np.float64)
         if value.shape != ref.shape:
             rel = float("inf")
         elif ref.size and max(np.max(np.abs(ref)), np.max(np.abs(value))) < ZERO_IN_EXACT_MATH * scales[stage]:
@@ -131,18 +135,37 @@ def precision_findings(step: int, jax32: dict, torch32: dict, ref64: dict) -> li
     """Every stage tensor of one float32 step: JAX's and torch's rounding error against float64.
     Tensors that are zero in exact arithmetic (see ZERO_IN_EXACT_MATH) are left out."""
     t32 = {(s, t): v for s, _, t, v in stage_tensors(torch32)}
-    r64 = {(s, t): v for s, _, t, v in stage_tensors(ref64)}
+    j32 = {(s, t): v for s, _, t, v in stage_tensors(jax32)}
     scales = _stage_scales(ref64)
     out = []
-    for stage, layer, tensor, value in stage_tensors(jax32):
-        ref = r64[(stage, tensor)]
-        if np.size(ref) and float(np.max(np.abs(ref))) < ZERO_IN_EXACT_MATH * scales[stage]:
+    for stage, layer, tensor, ref in stage_tensors(ref64):
+        if (stage, tensor) not in j32 or (
+                np.size(ref) and float(np.max(np.abs(ref))) < ZERO_IN_EXACT_MATH * scales[stage]):
             continue
-        err_jax, err_torch = rounding_error(value, ref), rounding_error(t32[(stage, tensor)], ref)
+        value = j32[(stage, tensor)]
+        if np.shape(value) != np.shape(ref):
+            err_jax = float("inf")
+        else:
+            err_jax = rounding_error(value, ref)
+        err_torch = rounding_error(t32[(stage, tensor)], ref)
         allowed = STAGE_FACTOR * err_torch + STAGE_FLOOR * EPS32
         out.append({"step": step, "stage": stage, "layer": layer, "tensor": tensor, "jax_error": err_jax,
                     "torch_error": err_torch, "allowed": allowed, "passed": err_jax <= allowed})
     return out
+
+
+def first_eval_difference(jax_eval: dict, torch_eval: dict) -> dict | None:
+    """model.eval() on one test batch from the same weights: the first layer output (torch's
+    call order), or the model output, differing beyond 1e-10 of its own magnitude (float64)."""
+    named = [(layer, f"{layer} (output)", value) for layer, value in torch_eval["layers"].items()]
+    for layer, tensor, ref in named + [(None, "output", torch_eval["forward"])]:
+        value = jax_eval["forward"] if layer is None else jax_eval["layers"].get(layer)
+        if value is None:
+            continue
+        rel = rel_max_diff(value, ref)
+        if rel > FLOAT64_REL_TOL:
+            return {"stage": "eval", "layer": layer, "tensor": tensor, "rel_diff": rel}
+    return None
 
 
 # --------------------------------------------------------------------------- the three parts
@@ -153,8 +176,9 @@ def math_differences(jax64, torch64) -> dict:
     lj, lt = jax64.losses, torch64.losses
     step_rel = np.abs(lj - lt) / np.maximum(np.abs(lt), np.finfo(np.float64).tiny)
     bad_steps = np.flatnonzero(step_rel > FLOAT64_REL_TOL)
-    test_rel = np.abs(jax64.test_losses - torch64.test_losses) / np.abs(torch64.test_losses)
-    acc_equal = jax64.accuracies == torch64.accuracies
+    test_rel = abs_diff(jax64.test_losses, torch64.test_losses) / np.where(
+        np.isnan(torch64.test_losses), 1.0, np.abs(torch64.test_losses))
+    acc_equal = abs_diff(jax64.accuracies, torch64.accuracies) == 0
     buffer_rel = [max((rel_max_diff(bj[k], bt[k]) for k in bt), default=0.0)
                   for bj, bt in zip(jax64.buffers, torch64.buffers)]
     bad_epochs = [e for e in range(len(test_rel))
@@ -197,6 +221,15 @@ def same_math(result: dict, localised: dict | None) -> dict:
 def loss_errors(run32, ref64) -> np.ndarray:
     """Per step: |loss32 - loss64| / |loss64|."""
     return np.abs(run32.losses - ref64.losses) / np.maximum(np.abs(ref64.losses), np.finfo(np.float64).tiny)
+
+
+def abs_diff(a, b) -> np.ndarray:
+    """|a - b|, where NaN on both sides (no test set; no accuracy for regression targets) is no
+    difference and NaN on one side is an infinite one."""
+    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    both = np.isnan(a) & np.isnan(b)
+    diff = np.where(both, 0.0, np.abs(np.where(both, 0.0, a) - np.where(both, 0.0, b)))
+    return np.where(np.isnan(diff), np.inf, diff)
 
 
 def _rms(x: np.ndarray) -> float:
@@ -258,8 +291,9 @@ def same_results(jax32, torch32, ref64, num_test: int) -> dict:
     loss64, acc64 = ref64.test_losses, ref64.accuracies
     ends = np.asarray(ref64.epoch_ends) - 1
     drift = np.maximum.accumulate(np.maximum(loss_errors(torch32, ref64), loss_errors(jax32, ref64)))[ends]
-    err_loss_jax, err_loss_torch = (np.abs(r.test_losses - loss64) / np.abs(loss64) for r in (jax32, torch32))
-    err_acc_jax, err_acc_torch = (np.abs(r.accuracies - acc64) for r in (jax32, torch32))
+    scale64 = np.where(np.isnan(loss64), 1.0, np.abs(loss64))
+    err_loss_jax, err_loss_torch = (abs_diff(r.test_losses, loss64) / scale64 for r in (jax32, torch32))
+    err_acc_jax, err_acc_torch = (abs_diff(r.accuracies, acc64) for r in (jax32, torch32))
     spread_loss = max(_rms(err_loss_torch), _rms(drift))
     spread_acc = max(_rms(err_acc_torch), _rms(drift))
     loss_allowed = RESULT_FACTOR * spread_loss + RESULT_LOSS_FLOOR * EPS32
@@ -272,8 +306,8 @@ def same_results(jax32, torch32, ref64, num_test: int) -> dict:
         "rms_accuracy_error_jax": _rms(err_acc_jax), "rms_accuracy_error_torch": _rms(err_acc_torch),
         "rms_training_drift": _rms(drift),
         "test_loss_allowed": loss_allowed, "accuracy_allowed": acc_allowed,
-        "max_test_loss_diff": float(np.abs(jax32.test_losses - torch32.test_losses).max(initial=0.0)),
-        "max_accuracy_diff": float(np.abs(jax32.accuracies - torch32.accuracies).max(initial=0.0)),
+        "max_test_loss_diff": float(abs_diff(jax32.test_losses, torch32.test_losses).max(initial=0.0)),
+        "max_accuracy_diff": float(abs_diff(jax32.accuracies, torch32.accuracies).max(initial=0.0)),
         "needed_factor_loss": max(_rms(err_loss_jax) - RESULT_LOSS_FLOOR * EPS32, 0.0) / max(spread_loss, 1e-300),
         "needed_factor_accuracy": max(_rms(err_acc_jax) - 2.0 / max(num_test, 1), 0.0) / max(spread_acc, 1e-300),
         "first_failing_epoch": (int(per_epoch_bad[0]) + 1 if per_epoch_bad.size else len(loss64))

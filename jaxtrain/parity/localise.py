@@ -20,36 +20,51 @@ def steps_through_epoch(config, num_train: int, epoch: int, max_steps=None) -> i
     return sum(epoch_lengths(config, num_train, max_steps)[:epoch])
 
 
-def localise_math(config, train, test, port, math: dict, max_steps=None) -> dict:
+def localise_math(port, config, math: dict, max_steps=None) -> dict:
     """The first (step, stage, tensor) where float64 JAX and torch differ beyond 1e-10 of the
     stage's magnitude; `eval` when training agrees through the epoch whose evaluation differs;
     `drift` when no stage of any step differs (rounding amplified by an unstable run)."""
     inf = float("inf")
     loss_step = math["first_failing_step"] or inf
     epoch = math["first_failing_epoch"]
-    epoch_end = steps_through_epoch(config, len(train), epoch, max_steps) if epoch else inf
+    epoch_end = steps_through_epoch(config, len(port.train), epoch, max_steps) if epoch else inf
     until = int(min(loss_step, epoch_end))
     params_in = [0.0]  # both start from the same weights
+    buffers_in = [{p.torch_name: port.weights[p.torch_name].astype("float64") for p in port.mapping.tensors if p.buffer}]
 
     def visit(step, stages):
         found = criteria.first_math_difference(step, stages[JAX64], stages[TORCH64], params_in[0])
+        if found is not None:  # what the diagnosis reads (taken out before the report is written)
+            found["evidence"] = {"jax": stages[JAX64], "torch": stages[TORCH64], "buffers_before": buffers_in[0]}
         params_in[0] = criteria.params_difference(stages[JAX64]["params"], stages[TORCH64]["params"])
+        buffers_in[0] = stages[TORCH64]["buffers"]
         return found
 
-    found = replay(config, [JAX64, TORCH64], train, test, until, visit, port)
-    if found is not None:
+    eval_layers = lambda runners: criteria.first_eval_difference(  # noqa: E731
+        *(runners[key].capture_eval(_first_test_batch(port, config)) for key in (JAX64, TORCH64)))
+    found = replay(port, config, [JAX64, TORCH64], until, visit,
+                   after=eval_layers if loss_step > epoch_end else None)
+    if found is not None and found.get("stage") != "eval":
         return found
     if loss_step <= epoch_end:
         return {"step": int(loss_step), "stage": "drift", "layer": None, "tensor": None,
                 "note": f"no stage differs beyond 1e-10 at any step up to {until}: float64 rounding accumulated"}
-    return {"step": None, "epoch": epoch, "stage": "eval", "layer": None, "tensor": None,
+    where = found or {"layer": None, "tensor": None}
+    return {"step": None, "epoch": epoch, "stage": "eval", "layer": where["layer"], "tensor": where["tensor"],
             "note": f"training agrees (every stage of every step, buffers included) through epoch {epoch}; "
-                    "the evaluation (model.eval(), no gradients) differs"}
+                    "the evaluation (model.eval(), no gradients) differs"
+                    + (f", first at {where['tensor']}" if where["tensor"] else "")}
 
 
-def step1_precision(config, train, test, port) -> list[dict]:
+def _first_test_batch(port, config):
+    import numpy as np
+
+    return np.arange(min(config.batch_size, len(port.test or port.train)))
+
+
+def step1_precision(port, config) -> list[dict]:
     """Step 1 of the float32 runs beside torch float64, from identical weights: every stage
     tensor's rounding error, JAX's against torch's."""
-    return replay(config, [JAX32, TORCH32, TORCH64], train, test, 1,
+    return replay(port, config, [JAX32, TORCH32, TORCH64], 1,
                   lambda step, stages: criteria.precision_findings(step, stages[JAX32], stages[TORCH32],
-                                                                   stages[TORCH64]), port)
+                                                                   stages[TORCH64]))

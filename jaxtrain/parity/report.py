@@ -18,10 +18,13 @@ class ParityReport:
     checks: list
     verdict: dict  # part -> its result (criteria.same_*), or None when its dtype was not run
     trajectories: dict  # (framework, dtype) -> runners.Trajectory
+    diagnosis: dict | None = None  # {"trap", "sentence"} for the first failure with a known signature
+    layers: list = dataclasses.field(default_factory=list)  # the torch layers mapped, in call order
 
     def to_dict(self) -> dict:
         first = self.checks[0]["dtype"]
         return {"passed": self.passed, "config": self.config, "checks": self.checks, "verdict": self.verdict,
+                "diagnosis": self.diagnosis, "layers": self.layers,
                 "jax": self.trajectories[("jax", first)].record, "torch": self.trajectories[("torch", first)].record}
 
     def __str__(self) -> str:
@@ -39,7 +42,9 @@ def _where(found: dict | None) -> str:
         size = f"JAX float32 error {found['jax_error']:.2e}, torch's {found['torch_error']:.2e}, allowed {found['allowed']:.2e}"
     else:
         size = f"relative difference {found['rel_diff']:.2e}, tolerance {found['tolerance']:.0e}"
-    return f"  localised: first difference at step {found['step']}, stage {found['stage']}, {found['tensor']} ({size})"
+    layer = f" (layer {found['layer']})" if found.get("layer") else ""
+    return (f"  localised: first difference at step {found['step']}, stage {found['stage']}, {found['tensor']}{layer} "
+            f"({size})")
 
 
 def format_report(report: ParityReport) -> str:
@@ -63,6 +68,8 @@ def format_report(report: ParityReport) -> str:
         lines.append(("PASS " if result["passed"] else "FAIL ") + result["sentence"])
         if not result["passed"]:
             lines.append(_where(result.get("localised")))
+    if report.diagnosis:
+        lines.append(f"DIAGNOSIS ({report.diagnosis['trap']}): {report.diagnosis['sentence']}")
     lines.append("")
     lines.append("PARITY " + ("PASSED" if report.passed else "FAILED"))
     return "\n".join(lines)

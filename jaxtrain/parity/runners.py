@@ -1,23 +1,25 @@
 """The runs a parity check compares: JAX and torch, each in float32 and float64.
 
-Every run starts from the same weights (torch's seeded init, in float32, cast
-up for float64) and takes the same batches from the shared plan. Dropout masks
-cannot come from the two RNGs alike, so they are drawn once in numpy from
-(seed, step) and injected into both sides.
+Every run starts from the same weights (the torch model's, mapped to the Flax
+port by `mapping`; cast up for float64) and takes the same batches from the
+shared plan. Dropout masks cannot come from the two RNGs alike, so one uniform
+draw per step and dropout call, from (seed, step, call), is thresholded by each
+side's own rate and injected into both (torch: forward hooks on `nn.Dropout`;
+Flax: the call interceptor of `jaxtrain.flax_model`).
 
 Each side trains through the code its users run:
 - JAX: `jaxtrain.train.Trainer`'s scanned epoch (`lax.scan` over `train_step`),
   with the dropout masks passed in as scan inputs;
-- torch: `torchref.train.train_loop` / `test_loop` over the DataLoader, with the
-  masks put in place of `nn.Dropout`'s draw by forward hooks.
+- torch: `torchref.train.train_loop` / `test_loop` over the DataLoader.
 
 For localisation both also replay single steps (`capture_step`), returning every
-stage of the step: forward (logits), loss, grads, updates, buffers, and the
-parameters after it, keyed by torch's names.
+stage of the step: each layer's output (in torch's layout), the model output,
+loss, grads, updates, buffers, and the parameters after it, keyed by torch's names.
 """
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 from typing import Any, Callable
 
@@ -26,93 +28,91 @@ import numpy as np
 from jaxtrain import data as data_lib
 from jaxtrain.metrics import append_epoch, new_record
 
-BUFFER_SUFFIXES = (".running_mean", ".running_var")
+
+@dataclasses.dataclass
+class DropoutCall:
+    """One dropout call of a training step, as both sides make it."""
+
+    torch_rate: float
+    flax_rate: float
+    shape: tuple  # per-sample shape, torch's layout
+    channels_last: bool  # the Flax side sees it with the channel axis last
 
 
-@dataclasses.dataclass(frozen=True)
-class JaxPort:
-    """What the JAX side trains when it is not jaxtrain's own port of the config.
+@dataclasses.dataclass
+class Port:
+    """Both sides of one check, built once by `check_port`: each run trains its own copy."""
 
-    The verdict corpus plants porting bugs this way: a Flax module with the
-    interface of `jaxtrain.models` (same parameter names), an optimizer factory
-    `(config, steps_per_epoch) -> optax.GradientTransformation`, or a loss
-    `(outputs, labels, weight) -> scalar`.
-    """
-
-    model: Any = None
-    make_tx: Callable | None = None
-    loss_fn: Callable | None = None
-
-
-def dropout_masks(config, step: int, batch_size: int) -> list[np.ndarray]:
-    """Keep-masks for one step (0-based), drawn from (seed, step): both frameworks apply these."""
-    from jaxtrain.models import dropout_shapes
-
-    rng = np.random.default_rng([config.seed, 7919, step])
-    return [rng.random(shape) >= config.dropout for shape in dropout_shapes(config, batch_size)]
-
-
-def padded_dropout_masks(config, plan: data_lib.EpochBatches, b: int, step: int) -> list[np.ndarray]:
-    """Step `step`'s masks for batch b of `plan`, padded to the full batch (padded rows kept)."""
-    pad = config.batch_size - int(plan.sizes[b])
-    return [np.pad(m, ((0, pad), (0, 0)), constant_values=True)
-            for m in dropout_masks(config, step, int(plan.sizes[b]))]
+    torch_model: Any  # the user's torch.nn.Module (a template)
+    weights: dict  # its initial state_dict, numpy
+    flax: Any  # jaxtrain.flax_model.PureModel
+    mapping: Any  # jaxtrain.parity.mapping.Mapping
+    torch_loss: Callable
+    jax_loss: Callable
+    make_torch_optimizer: Callable  # (config, params) -> torch.optim.Optimizer
+    make_torch_scheduler: Callable  # (config, optimizer) -> scheduler or None
+    make_tx: Callable  # (config, steps_per_epoch) -> optax.GradientTransformation
+    train: data_lib.Split  # inputs in torch's layout
+    test: data_lib.Split | None
+    jax_train: data_lib.Split  # the same, through flax_input
+    jax_test: data_lib.Split | None
+    dropout: list  # [DropoutCall] in call order
+    channels_last: set  # torch layer names whose Flax output has the channel axis last
+    flax_train_calls: list  # jaxtrain.flax_model.Call of a training forward pass, in order
+    flax_eval_calls: list
 
 
-def epoch_dropout_masks(config, plan: data_lib.EpochBatches, num_steps: int, first_step: int):
-    """The masks of `num_steps` steps, one (steps, batch, features) array per dropout layer;
-    None for a model without dropout."""
-    per_step = [padded_dropout_masks(config, plan, b, first_step + b) for b in range(num_steps)]
-    if not per_step or not per_step[0]:
-        return None
-    return tuple(np.stack(layer) for layer in zip(*per_step))
+def step_masks(port: Port, config, step: int, batch_size: int) -> tuple[list, list]:
+    """(torch's, Flax's) keep-masks of step `step` (0-based): one uniform draw per call from
+    (seed, step, call), each side keeping what passes its own rate."""
+    torch_masks, flax_masks = [], []
+    for k, call in enumerate(port.dropout):
+        u = np.random.default_rng([config.seed, 7919, step, k]).random((batch_size, *call.shape))
+        torch_masks.append(u >= call.torch_rate)
+        keep = u >= call.flax_rate
+        flax_masks.append(np.moveaxis(keep, 1, -1) if call.channels_last else keep)
+    return torch_masks, flax_masks
 
 
-def _named_buffers(params, batch_stats) -> dict:
-    """The running statistics of Flax (params, batch_stats), under torch's buffer names."""
-    from jaxtrain.transfer import flax_to_torch
-
-    named = flax_to_torch(params, batch_stats)
-    return {k: np.asarray(v, np.float64) for k, v in named.items() if k.endswith(BUFFER_SUFFIXES)}
-
-
-def initial_weights(config) -> dict:
-    """torch's seeded init (float32, as `torchref train` does), as numpy."""
-    from torchref.models import make_model
-
-    model = make_model(dataclasses.replace(config, dtype="float32"))
-    return {k: v.detach().cpu().numpy() for k, v in model.state_dict().items()}
+def to_torch_layout(value, channels_last: bool) -> np.ndarray:
+    value = np.asarray(value, np.float64)
+    return np.moveaxis(value, -1, 1) if channels_last and value.ndim >= 3 else value
 
 
 def _cast(weights: dict, dtype: str) -> dict:
     return {k: (v.astype(dtype) if v.dtype.kind == "f" else v) for k, v in weights.items()}
 
 
+def _layer_outputs(port: Port, calls: list, recorded: list) -> dict:
+    """{torch layer name: its first output, torch's layout} from the Flax port's recorded calls."""
+    out = {}
+    for call, (_, output) in zip(calls, recorded):
+        name = port.mapping.torch_name_of_layer(call.path)
+        if call.kind != "Dropout" and name is not None and name not in out:
+            out[name] = to_torch_layout(output, name in port.channels_last)
+    return out
+
+
 class JaxRunner:
-    """jaxtrain's Trainer in one dtype."""
+    """jaxtrain's Trainer in one dtype, training the Flax port."""
 
     framework = "jax"
 
-    def __init__(self, config, weights, train: data_lib.Split, test: data_lib.Split, port: JaxPort):
+    def __init__(self, port: Port, config):
         import jax
 
         from jaxtrain import train as train_lib
-        from jaxtrain.transfer import torch_to_flax
 
-        self.config, self.train_split, self.jax = config, train, jax
+        self.port, self.config, self.jax = port, config, jax
         train_lib.configure_jax(config.dtype)
-        params, stats = torch_to_flax(_cast(weights, config.dtype))
-        steps_per_epoch = -(-len(train) // config.batch_size)
-        state = train_lib.create_state(config, steps_per_epoch, params=params, batch_stats=stats)
-        if port.model is not None:
-            state = state.replace(apply_fn=port.model.apply)
-        if port.loss_fn is not None:
-            state = state.replace(loss_fn=port.loss_fn)
-        if port.make_tx is not None:
-            tx = port.make_tx(config, steps_per_epoch)
-            state = state.replace(tx=tx, opt_state=tx.init(state.params))
-        self.trainer = train_lib.Trainer(config, train, test, state=state, precompile=False)
+        params, buffers = port.mapping.to_flax(port.flax, _cast(port.weights, config.dtype))
+        steps_per_epoch = -(-len(port.train) // config.batch_size)
+        state = train_lib.create_state(config, steps_per_epoch, model=port.flax, params=params, buffers=buffers,
+                                       tx=port.make_tx(config, steps_per_epoch), loss_fn=port.jax_loss)
+        self.trainer = train_lib.Trainer(config, port.jax_train, port.jax_test or port.jax_train, state=state,
+                                         precompile=False)
         self._capture = jax.jit(_capture_step)
+        self._capture_eval = jax.jit(_capture_eval)
 
     def _configure(self):
         from jaxtrain.train import configure_jax
@@ -122,7 +122,10 @@ class JaxRunner:
     def train_epoch(self, epoch: int, num_steps: int, first_step: int) -> np.ndarray:
         self._configure()
         plan = self.trainer.batches(epoch)
-        dropout = epoch_dropout_masks(self.config, plan, num_steps, first_step)
+        dropout = None
+        if self.port.dropout:
+            dropout = [step_masks(self.port, self.config, first_step + b, int(plan.sizes[b]))[1]
+                       for b in range(num_steps)]
         return self.trainer.train_one_epoch(epoch, num_steps, dropout)
 
     def evaluate(self) -> tuple[float, float]:
@@ -133,79 +136,98 @@ class JaxRunner:
         """Nothing to do: the optax schedule follows the step count."""
 
     def buffers(self) -> dict:
-        state = self.jax.device_get(self.trainer.state)
-        return _named_buffers(state.params, state.batch_stats)
+        return self.port.mapping.to_torch(self.jax.device_get(self.trainer.state.buffers), buffers=True)
 
     def capture_step(self, plan: data_lib.EpochBatches, b: int, step: int) -> dict:
         """Step `step` (0-based; batch b of `plan`) through train_step's parts; every stage."""
-        from jaxtrain.transfer import flax_to_torch
-
         self._configure()
-        jnp, images = self.jax.numpy, self.trainer.train_images
-        index = plan.index[b]
-        batch = {"x": images[index], "y": self.trainer.train_labels[index],
-                 "mask": jnp.asarray(plan.mask[b], images.dtype)}
-        masks = padded_dropout_masks(self.config, plan, b, step)
-        if masks:
-            batch["dropout"] = tuple(jnp.asarray(m) for m in masks)
+        jnp, index = self.jax.numpy, plan.index[b, : plan.sizes[b]]
+        batch = {"x": self.trainer.train_x[index], "y": self.trainer.train_y[index]}
+        if self.port.dropout:
+            batch["dropout"] = tuple(jnp.asarray(m) for m in step_masks(self.port, self.config, step, len(index))[1])
         self.trainer.state, out = self._capture(self.trainer.state, batch)
         out = self.jax.device_get(out)
-        as64 = lambda tree: {k: np.asarray(v, np.float64) for k, v in flax_to_torch(tree).items()}  # noqa: E731
-        return {"forward": np.asarray(out["logits"][: plan.sizes[b]], np.float64),
-                "loss": np.float64(out["loss"]), "grads": as64(out["grads"]), "updates": as64(out["updates"]),
-                "buffers": _named_buffers(out["params"], out["batch_stats"]), "params": as64(out["params"])}
+        to_torch = self.port.mapping.to_torch
+        return {"layers": _layer_outputs(self.port, self.port.flax_train_calls, out["recorded"]),
+                "forward": np.asarray(out["outputs"], np.float64), "loss": np.float64(out["loss"]),
+                "grads": to_torch(out["grads"]), "updates": to_torch(out["updates"]),
+                "buffers": to_torch(out["buffers"], buffers=True), "params": to_torch(out["params"])}
+
+    def capture_eval(self, index: np.ndarray) -> dict:
+        """model.eval() on test samples `index`: each layer's output and the model output."""
+        self._configure()
+        out = self.jax.device_get(self._capture_eval(self.trainer.state, self.trainer.test_x[index]))
+        return {"layers": _layer_outputs(self.port, self.port.flax_eval_calls, out["recorded"]),
+                "forward": np.asarray(out["outputs"], np.float64)}
 
 
 def _capture_step(state, batch):
-    """train_step, keeping what it computes on the way: logits, loss, gradients, updates."""
+    """train_step, keeping what it computes on the way: layer outputs, outputs, loss, gradients, updates."""
     import jax
 
     from jaxtrain.train import forward_and_grad
 
-    loss, outputs, batch_stats, grads = forward_and_grad(state, batch)
-    new_state = state.apply_gradients(grads=grads, batch_stats=batch_stats)
+    loss, outputs, buffers, grads, recorded = forward_and_grad(state, batch, record=True)
+    new_state = state.apply_gradients(grads=grads, buffers=buffers)
     updates = jax.tree.map(lambda new, old: new - old, new_state.params, state.params)
-    return new_state, {"logits": outputs, "loss": loss, "grads": grads, "updates": updates,
-                       "params": new_state.params, "batch_stats": new_state.batch_stats}
+    return new_state, {"outputs": outputs, "loss": loss, "grads": grads, "updates": updates, "recorded": recorded,
+                       "params": new_state.params, "buffers": new_state.buffers}
+
+
+def _capture_eval(state, x):
+    outputs, _, recorded = state.apply_fn(state.params, state.buffers, x, False, None, None, True)
+    return {"outputs": outputs, "recorded": recorded}
 
 
 class TorchRunner:
-    """torchref's train_loop/test_loop in one dtype, dropout masks injected by forward hooks."""
+    """torchref's train_loop/test_loop in one dtype, training a copy of the user's torch model."""
 
     framework = "torch"
 
-    def __init__(self, config, weights, train: data_lib.Split, test: data_lib.Split):
+    def __init__(self, port: Port, config):
         import torch
 
         from torchref import train as torch_train
-        from torchref.models import make_model
 
-        self.torch, self.train_lib, self.config = torch, torch_train, config
-        model = make_model(config)
-        model.load_state_dict({k: torch.from_numpy(np.asarray(v)) for k, v in _cast(weights, config.dtype).items()})
-        self.model, self.loss_fn, self.optimizer, self.scheduler = torch_train.setup(config, model)
-        self.train_loader = torch_train.make_dataloader(train, config, train=True)
-        self.test_loader = torch_train.make_dataloader(test, config, train=False)
-        self.step, self._masks = 0, (None, [])
+        self.torch, self.train_lib, self.config, self.port = torch, torch_train, config, port
+        dtype = torch.float64 if config.dtype == "float64" else torch.float32
+        model = copy.deepcopy(port.torch_model).to(dtype)
+        model.load_state_dict({k: torch.from_numpy(np.asarray(v)) for k, v in _cast(port.weights, config.dtype).items()})
+        self.model = model.to(torch_train.device())
+        self.loss_fn = port.torch_loss
+        self.optimizer = port.make_torch_optimizer(config, self.model.parameters())
+        self.scheduler = port.make_torch_scheduler(config, self.optimizer)
+        self.train_loader = torch_train.make_dataloader(port.train, config, train=True)
+        self.test_loader = torch_train.make_dataloader(port.test or port.train, config, train=False)
+        self.step, self._masks, self._dropout_call = 0, (None, []), 0
+        self._recording: dict | None = None
         self.model.register_forward_pre_hook(self._count_step)
-        dropouts = [m for m in self.model.modules() if isinstance(m, torch.nn.Dropout)]
-        for k, module in enumerate(dropouts):
-            module.register_forward_hook(self._inject_mask(k))
+        modules = dict(self.model.named_modules())
+        for module in modules.values():
+            if isinstance(module, torch.nn.Dropout):
+                module.register_forward_hook(self._inject_mask)
+        for name, _, _ in port.mapping.layers:
+            modules[name].register_forward_hook(self._record(name))
 
     def _count_step(self, module, inputs):
+        self._dropout_call = 0
         if module.training:
             self.step += 1
 
-    def _inject_mask(self, k):
+    def _inject_mask(self, module, inputs, output):
+        if not module.training or module.p == 0:
+            return output
+        x, step, k = inputs[0], self.step - 1, self._dropout_call
+        self._dropout_call += 1
+        if self._masks[0] != step:
+            self._masks = (step, step_masks(self.port, self.config, step, x.shape[0])[0])
+        keep = self.torch.as_tensor(self._masks[1][k], device=x.device).to(x.dtype)
+        return x * (keep / (1 - module.p))  # what F.dropout computes, with our mask
+
+    def _record(self, name):
         def hook(module, inputs, output):
-            if not module.training or module.p == 0:
-                return output
-            x = inputs[0]
-            step = self.step - 1
-            if self._masks[0] != step:
-                self._masks = (step, dropout_masks(self.config, step, x.shape[0]))
-            keep = self.torch.as_tensor(self._masks[1][k], device=x.device).to(x.dtype)
-            return x * (keep / (1 - module.p))  # what F.dropout computes, with our mask
+            if self._recording is not None and name not in self._recording:
+                self._recording[name] = np.array(output.detach().cpu().double().numpy(), copy=True)
 
         return hook
 
@@ -222,8 +244,9 @@ class TorchRunner:
             self.scheduler.step()
 
     def buffers(self) -> dict:
+        names = {p.torch_name for p in self.port.mapping.tensors if p.buffer}
         return {k: np.array(v.detach().cpu().double().numpy(), copy=True) for k, v in self.model.state_dict().items()
-                if k.endswith(BUFFER_SUFFIXES)}  # a copy: a float64 buffer's .double().numpy() is the live tensor
+                if k in names}  # a copy: a float64 buffer's .double().numpy() is the live tensor
 
     def capture_step(self, plan: data_lib.EpochBatches, b: int, step: int) -> dict:
         """Step `step` (0-based; batch b of `plan`) through train_step, capturing every stage."""
@@ -232,14 +255,24 @@ class TorchRunner:
         self.step = step
         self.model.train()
         out: dict = {}
+        self._recording = {}
         loss = self.train_lib.train_step(self.model, self.loss_fn, self.optimizer, X.to(device), y.to(device),
                                          capture=out)
+        layers, self._recording = self._recording, None
         as_np = lambda t: np.array(t.detach().cpu().double().numpy(), copy=True)  # noqa: E731  (not the live tensor)
-        buffers = self.buffers()
-        return {"forward": as_np(out["logits"]), "loss": np.float64(float(loss)),
+        return {"layers": layers, "forward": as_np(out["logits"]), "loss": np.float64(float(loss)),
                 "grads": {k: as_np(v) for k, v in out["grads"].items()},
-                "updates": {k: as_np(v) for k, v in out["updates"].items()}, "buffers": buffers,
+                "updates": {k: as_np(v) for k, v in out["updates"].items()}, "buffers": self.buffers(),
                 "params": {k: as_np(p) for k, p in self.model.named_parameters()}}
+
+    def capture_eval(self, index: np.ndarray) -> dict:
+        X, _ = self.test_loader.dataset[index]
+        self.model.eval()
+        self._recording = {}
+        with self.torch.no_grad():
+            out = self.model(X.to(self.train_lib.device()))
+        layers, self._recording = self._recording, None
+        return {"layers": layers, "forward": np.array(out.detach().cpu().double().numpy(), copy=True)}
 
 
 # --------------------------------------------------------------------------- trajectories
@@ -274,14 +307,9 @@ def runs_for(dtypes) -> list[tuple[str, str]]:
     return wanted
 
 
-def make_runners(config, keys, train, test, port: JaxPort | None = None) -> dict:
-    weights = initial_weights(config)
-    runners = {}
-    for framework, dtype in keys:
-        cfg = dataclasses.replace(config, dtype=dtype)
-        runners[(framework, dtype)] = (JaxRunner(cfg, weights, train, test, port or JaxPort()) if framework == "jax"
-                                       else TorchRunner(cfg, weights, train, test))
-    return runners
+def make_runners(port: Port, config, keys) -> dict:
+    return {(framework, dtype): (JaxRunner if framework == "jax" else TorchRunner)(
+        port, dataclasses.replace(config, dtype=dtype)) for framework, dtype in keys}
 
 
 def _device(framework: str) -> str:
@@ -305,16 +333,16 @@ def epoch_lengths(config, num_train: int, max_steps: int | None) -> list[int]:
     return lengths
 
 
-def run_trajectories(config, dtypes, train, test, max_steps=None, port: JaxPort | None = None) -> dict:
+def run_trajectories(port: Port, config, dtypes, max_steps=None) -> dict:
     """Train every run on the same plan, epoch by epoch; evaluate and read buffers after each epoch."""
     import time
 
-    runners = make_runners(config, runs_for(dtypes), train, test, port)
+    runners = make_runners(port, config, runs_for(dtypes))
     out = {}
     for key, runner in runners.items():
         record = new_record(key[0], dataclasses.replace(config, dtype=key[1]), _device(key[0]))
         buffers, ends, step = [], [], 0
-        for epoch, num_steps in enumerate(epoch_lengths(config, len(train), max_steps)):
+        for epoch, num_steps in enumerate(epoch_lengths(config, len(port.train), max_steps)):
             start = time.perf_counter()
             losses = runner.train_epoch(epoch, num_steps, step)
             test_loss, accuracy = runner.evaluate()
@@ -327,13 +355,14 @@ def run_trajectories(config, dtypes, train, test, max_steps=None, port: JaxPort 
     return out
 
 
-def replay(config, keys, train, test, until_step: int, visit, port: JaxPort | None = None):
+def replay(port: Port, config, keys, until_step: int, visit, after=None):
     """Replay steps 1..until_step on fresh runners in lockstep. After each step,
-    `visit(step, {key: stages})` may return a finding, which stops the replay and is returned."""
-    runners = make_runners(config, keys, train, test, port)
-    step = 0
-    for epoch, num_steps in enumerate(epoch_lengths(config, len(train), until_step)):
-        plan = data_lib.epoch_batches(len(train), config.batch_size, config.shuffle, config.seed, epoch)
+    `visit(step, {key: stages})` may return a finding, which stops the replay and is returned.
+    `after(runners)`, when given, is called once all steps ran and its result returned."""
+    runners = make_runners(port, config, keys)
+    step, num_train = 0, len(port.train)
+    for epoch, num_steps in enumerate(epoch_lengths(config, num_train, until_step)):
+        plan = data_lib.epoch_batches(num_train, config.batch_size, config.shuffle, config.seed, epoch)
         for b in range(num_steps):
             stages = {key: runner.capture_step(plan, b, step) for key, runner in runners.items()}
             step += 1
@@ -342,4 +371,4 @@ def replay(config, keys, train, test, until_step: int, visit, port: JaxPort | No
                 return found
         for runner in runners.values():
             runner.end_epoch()
-    return None
+    return None if after is None else after(runners)

@@ -1,0 +1,245 @@
+"""A Flax module, NNX or linen, as one pure function of its state: what `jax.jit` compiles.
+
+NNX (Flax's recommended API) is split once into a graph definition, its
+parameters (`nnx.Param`) and everything else it keeps (BatchNorm statistics,
+RNG counters: the "buffers"); `apply` merges them, switches the model with
+`model.train()` / `model.eval()` as torch does, calls it and splits the
+buffers back out (Flax's performance guide: split once, jit a pure function).
+A linen module is called with the keyword `train: bool` (the Flax examples'
+convention) and its non-`params` collections are the buffers.
+
+Every call of a submodule goes through one interceptor (linen's
+`nn.intercept_methods`; for NNX the same, done by wrapping the `__call__` of
+the model's own module classes while it is traced). It does two things:
+- dropout (`nnx.Dropout`, `nn.Dropout`): the keep-mask comes from `dropout`
+  (given, in call order: the parity check injects the masks torch uses) or is
+  drawn from `rng`, one fold per call;
+- recording: the input and output of every module that holds parameters of its
+  own, in call order, when asked (`calls`): the weight mapping pairs layers by it
+  and the parity check compares layer outputs with it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+
+@dataclasses.dataclass(frozen=True)
+class Call:
+    """One recorded module call: its path (dotted), the module's class name, and for dropout the rate."""
+
+    path: str
+    kind: str
+    dropout_rate: float | None = None
+    in_shape: tuple | None = None
+    out_shape: tuple | None = None
+
+
+def path_str(path) -> str:
+    """('stack', 'layers', 0) or a jax key path -> 'stack.layers.0'."""
+    names = []
+    for key in path:
+        key = getattr(key, "key", getattr(key, "name", key))
+        if key != "value":
+            names.append(str(key))
+    return ".".join(names)
+
+
+def leaves_by_path(tree) -> dict:
+    """{'stack.layers.0.kernel': array} for a params/buffers tree (nnx.State or nested dicts)."""
+    return {path_str(p): leaf for p, leaf in jax.tree_util.tree_leaves_with_path(tree)}
+
+
+def replace_leaves(tree, values: dict):
+    """`tree` with the leaves named in `values` (dotted paths) replaced."""
+    paths, treedef = jax.tree_util.tree_flatten_with_path(tree)
+    return jax.tree_util.tree_unflatten(treedef, [values.get(path_str(p), leaf) for p, leaf in paths])
+
+
+def _dropout(x, rate: float, keep, rng, index: int):
+    """torch's inverted dropout: input * (keep mask / (1 - p))."""
+    if keep is None:
+        keep = jax.random.bernoulli(jax.random.fold_in(rng, index), 1.0 - rate, x.shape)
+    return x * (jnp.asarray(keep).astype(x.dtype) / (1.0 - rate))
+
+
+class _Interceptor:
+    """What happens at every submodule call during one traced `apply`."""
+
+    def __init__(self, dropout, rng, record: bool):
+        self.dropout, self.rng, self.record = dropout, rng, record
+        self.calls: list[Call] = []  # in completion order, as torch's forward hooks fire
+        self.tensors: list[tuple] = []  # (input, output) of each recorded call
+        self.dropout_calls = 0
+
+    def on_dropout(self, path: str, x, rate: float, deterministic: bool):
+        if deterministic or rate == 0.0:
+            return x
+        keep = None if self.dropout is None else self.dropout[self.dropout_calls]
+        out = _dropout(x, rate, keep, self.rng, self.dropout_calls)
+        self.dropout_calls += 1
+        if self.record:
+            self.calls.append(Call(path, "Dropout", rate))
+            self.tensors.append((x, out))
+        return out
+
+    def on_layer(self, path: str, kind: str, x, out):
+        if self.record:
+            self.calls.append(Call(path, kind))
+            self.tensors.append((x, out))
+
+
+# --------------------------------------------------------------------------- NNX
+
+
+def _owns_params(module) -> bool:
+    return any(isinstance(v, nnx.Param) for v in vars(module).values())
+
+
+@contextlib.contextmanager
+def _nnx_intercepted(model: nnx.Module, hooks: _Interceptor):
+    """Route every `__call__` of `model`'s submodules through `hooks` while tracing."""
+    paths = {id(m): path_str(p) for p, m in nnx.iter_modules(model)}
+    active: set = set()
+    patched = {}
+    for cls in {type(m) for _, m in nnx.iter_modules(model)}:
+        for klass in cls.__mro__:
+            if "__call__" in vars(klass) and klass not in patched and klass is not object:
+                patched[klass] = vars(klass)["__call__"]
+
+    def wrap(original):
+        def __call__(self, *args, **kwargs):
+            key = id(self)
+            if key not in paths or key in active:
+                return original(self, *args, **kwargs)
+            active.add(key)
+            try:
+                if isinstance(self, nnx.Dropout):
+                    deterministic = kwargs.get("deterministic")
+                    deterministic = self.deterministic if deterministic is None else deterministic
+                    return hooks.on_dropout(paths[key], args[0], self.rate, bool(deterministic))
+                out = original(self, *args, **kwargs)
+                if _owns_params(self):
+                    hooks.on_layer(paths[key], type(self).__name__, args[0] if args else None, out)
+                return out
+            finally:
+                active.discard(key)
+
+        return __call__
+
+    try:
+        for klass, original in patched.items():
+            setattr(klass, "__call__", wrap(original))
+        yield
+    finally:
+        for klass, original in patched.items():
+            setattr(klass, "__call__", original)
+
+
+# --------------------------------------------------------------------------- linen
+
+
+def _linen_interceptor(hooks: _Interceptor):
+    def intercept(next_fun, args, kwargs, context):
+        module = context.module
+        if context.method_name != "__call__":
+            return next_fun(*args, **kwargs)
+        path = ".".join(module.path)
+        if isinstance(module, nn.Dropout):
+            deterministic = kwargs.get("deterministic", args[1] if len(args) > 1 else None)
+            deterministic = module.deterministic if deterministic is None else deterministic
+            return hooks.on_dropout(path, args[0], module.rate, bool(deterministic))
+        out = next_fun(*args, **kwargs)
+        own = module.variables.get("params", {}) if module.scope is not None else {}
+        if any(not isinstance(v, dict) and not hasattr(v, "items") for v in own.values()):
+            hooks.on_layer(path, type(module).__name__, args[0] if args else None, out)
+        return out
+
+    return intercept
+
+
+# --------------------------------------------------------------------------- the pure function
+
+
+@dataclasses.dataclass(frozen=True, eq=False)  # hashed by identity: jit keys on apply
+class PureModel:
+    """`apply(params, buffers, x, train, dropout=None, rng=None, record=False)` ->
+    `(outputs, buffers, recorded)`: pure, jit-able. `params` and `buffers` are the
+    initial state; `recorded` is a list of (input, output) per call of `calls(...)`."""
+
+    kind: str  # "nnx" | "linen"
+    module: Any = dataclasses.field(repr=False)
+    params: Any = dataclasses.field(repr=False)
+    buffers: Any = dataclasses.field(repr=False)
+    graphdef: Any = dataclasses.field(default=None, repr=False)
+
+    def apply(self, params, buffers, x, train: bool, dropout=None, rng=None, record: bool = False):
+        return self._run(params, buffers, x, train, dropout, rng, record)[:3]
+
+    def calls(self, x, train: bool, params=None, buffers=None) -> list[Call]:
+        """The recorded calls (layers with parameters, and dropout) of one forward pass, by tracing only."""
+        params = self.params if params is None else params
+        buffers = self.buffers if buffers is None else buffers
+        box: list = []
+
+        def run(p, b, x):
+            _, _, tensors, calls = self._run(p, b, x, train, None, jax.random.key(0), True)
+            box.append(calls)
+            return tensors
+
+        shapes = jax.eval_shape(run, params, buffers, x)
+        shape = lambda t: None if getattr(t, "shape", None) is None else tuple(t.shape)  # noqa: E731
+        return [dataclasses.replace(c, in_shape=shape(i), out_shape=shape(o)) for c, (i, o) in zip(box[0], shapes)]
+
+    def _run(self, params, buffers, x, train, dropout, rng, record):
+        hooks = _Interceptor(dropout, jax.random.key(0) if rng is None else rng, record)
+        if self.kind == "nnx":
+            model = nnx.merge(self.graphdef, params, buffers, copy=True)  # fresh Variables at this trace level
+            model.train() if train else model.eval()
+            with _nnx_intercepted(model, hooks):
+                out = model(x)
+            _, _, buffers = nnx.split(model, nnx.Param, ...)
+        else:
+            variables = {"params": params, **buffers}
+            with nn.intercept_methods(_linen_interceptor(hooks)):
+                if train and buffers:
+                    out, buffers = self.module.apply(variables, x, train=True, mutable=list(buffers))
+                    buffers = dict(buffers)
+                else:
+                    out = self.module.apply(variables, x, train=train)
+        return out, buffers, hooks.tensors, hooks.calls
+
+
+def pure_model(module, sample_input=None, seed: int = 0) -> PureModel:
+    """Split an `nnx.Module` (already built), or initialise a `flax.linen.Module` on `sample_input`."""
+    if isinstance(module, nnx.Module):
+        graphdef, params, buffers = nnx.split(module, nnx.Param, ...)
+        return PureModel("nnx", module, params, buffers, graphdef)
+    if isinstance(module, nn.Module):
+        if sample_input is None:
+            raise ValueError("a linen module needs a sample input to be initialised")
+        key = jax.random.key(seed)
+        variables = module.init({"params": key, "dropout": key}, jnp.asarray(sample_input), train=False)
+        variables = dict(variables)
+        params = variables.pop("params", {})
+        return PureModel("linen", module, params, variables)
+    raise TypeError(f"expected a flax.nnx.Module or a flax.linen.Module, got {type(module).__name__}")
+
+
+def cast_floats(tree, dtype):
+    """A copy of `tree` with its floating leaves in `dtype` (integer counters and PRNG keys keep
+    theirs). A copy: the training state is donated to XLA, the model's own arrays must survive."""
+    def cast(leaf):
+        if hasattr(leaf, "dtype") and jnp.issubdtype(leaf.dtype, jnp.floating):
+            return jnp.array(leaf, dtype)
+        return leaf.copy() if hasattr(leaf, "copy") else leaf
+
+    return jax.tree.map(cast, tree)
+

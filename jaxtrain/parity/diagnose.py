@@ -1,0 +1,171 @@
+"""A named diagnosis of the first difference: the porting traps and what they look like.
+
+`diagnose(finding, port, config)` reads the localised finding (and, for float64,
+the stage tensors of the failing step it carries as `evidence`) and returns one
+sentence, or a general pointer when no known signature fits. The traps:
+
+| trap                                   | signature                                                      |
+|----------------------------------------|----------------------------------------------------------------|
+| flatten order (NCHW vs NHWC)           | the first Linear after a conv/4-D layer differs, all before agree |
+| weights in the wrong layout            | a layer's mapped weights are torch's values in another order    |
+| biased vs unbiased running variance    | running_var update is (n-1)/n of torch's                       |
+| BatchNorm momentum convention          | running statistics move a constant factor faster/slower        |
+| weight-decay default / convention      | the update differs by c * theta (c / lr = the decay difference) |
+| loss function                          | the loss differs while the model output agrees                 |
+| eval-mode behaviour (dropout, BN)      | training agrees, model.eval() differs at a layer               |
+| matmul precision below float32         | float32 forward error ~1e-3 relative (TF32/bfloat16)           |
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+LOW_PRECISION_ERROR = 1e-5  # float32 rounding is ~1e-7; TF32 ~1e-3, bfloat16 ~1e-2
+
+
+def diagnose(finding: dict | None, port, config) -> dict | None:
+    """{"trap": short name, "sentence": one sentence} for a failing check's finding, or None."""
+    if not finding:
+        return None
+    evidence = finding.pop("evidence", None)
+    stage, layer = finding.get("stage"), finding.get("layer")
+    if "jax_error" in finding:  # float32 precision finding
+        return _precision(finding)
+    if stage == "forward" and layer is not None:
+        return _layer_forward(finding, port, evidence)
+    if stage == "eval":
+        where = f"at {layer}" if layer else "at the model output"
+        return {"trap": "eval-mode behaviour",
+                "sentence": f"training agrees but model.eval() differs {where}: a layer behaves differently in eval "
+                            "mode (dropout left on, or BatchNorm normalising with batch statistics instead of the "
+                            "running ones: model.eval() / use_running_average)."}
+    if stage == "buffers" and evidence is not None:
+        return _buffers(finding, port, evidence)
+    if stage == "updates" and evidence is not None:
+        return _updates(finding, config, evidence)
+    if stage == "loss":
+        return {"trap": "loss function",
+                "sentence": "the loss differs while the model output agrees: the loss is computed differently "
+                            "(cross-entropy on softmax outputs, i.e. softmax applied twice; sum vs mean reduction; "
+                            "one-hot vs class-index targets)."}
+    if stage == "grads":
+        return {"trap": "backward pass",
+                "sentence": f"the gradient of {finding.get('tensor')} differs while the loss agrees: the backward "
+                            "pass (a stop_gradient, or a loss returned differently from the one differentiated)."}
+    if stage == "forward":
+        return {"trap": "model output",
+                "sentence": "the model output differs while every mapped layer agrees: look at what the port does "
+                            "after its last layer with weights (activation, softmax, reshaping)."}
+    return None
+
+
+def _precision(finding: dict) -> dict:
+    if finding["jax_error"] > LOW_PRECISION_ERROR and finding["stage"] in ("forward", "grads", "loss"):
+        return {"trap": "matmul precision below float32",
+                "sentence": f"JAX's float32 {finding['tensor']} is off by {finding['jax_error']:.1e} relative "
+                            f"(torch's by {finding['torch_error']:.1e}): matrix products below float32 precision "
+                            "(TF32 or bfloat16); use jax_default_matmul_precision='highest' and float32 params."}
+    return {"trap": "float32 rounding",
+            "sentence": f"JAX's float32 {finding['tensor']} carries {finding['jax_error'] / max(finding['torch_error'], 1e-300):.1f}x "
+                        "torch's rounding error: part of the step is computed in lower precision or with a less stable "
+                        "formula (float32 where torch keeps a scalar in float64, eps inside a sqrt, log of a softmax)."}
+
+
+def _layer_forward(finding: dict, port, evidence) -> dict:
+    layer = finding["layer"]
+    mapping = port.mapping
+    rule = mapping.rule_of(layer)
+    names = [t for t, _, _ in mapping.layers]
+    before = names[: names.index(layer)] if layer in names else []
+    if mapping.weight_map is not None:
+        for pair in mapping.tensors:
+            if pair.torch_name.rpartition(".")[0] != layer or pair.buffer:
+                continue
+            given = mapping.weight_map(pair.torch_name, np.asarray(port.weights[pair.torch_name]))
+            expected = pair.to_flax(port.weights[pair.torch_name])
+            if given is not None and not np.array_equal(np.asarray(given[1]).reshape(-1), expected.reshape(-1)) \
+                    and np.array_equal(np.sort(np.asarray(given[1]), axis=None), np.sort(expected, axis=None)):
+                return {"trap": "weights in the wrong layout",
+                        "sentence": f"{layer} differs from step 1 and the weight_map gives {pair.torch_name} to the "
+                                    f"port as torch's values in another order: a {rule} weight must be laid out as "
+                                    f"Flax expects ({_layout(rule)})."}
+    four_d_before = any(t in port.channels_last for t in before) or (
+        evidence is not None and any(np.ndim(evidence["torch"]["layers"].get(t, 0)) >= 3 for t in before))
+    if rule == "Linear" and four_d_before:
+        return {"trap": "flatten order (NCHW vs NHWC)",
+                "sentence": f"{layer} is the first Linear after a convolutional layer and differs while every layer "
+                            "before it agrees: the port flattens its NHWC activations as (H, W, C) where torch "
+                            "flattens (C, H, W); transpose to NCHW before the reshape "
+                            "(x.transpose(0, 3, 1, 2).reshape(n, -1)) or permute the Linear's input rows."}
+    if rule in ("BatchNorm", "LayerNorm", "GroupNorm"):
+        return {"trap": f"{rule} computation",
+                "sentence": f"{layer} ({rule}) is the first layer whose output differs, every layer before it agrees: "
+                            f"compare eps (torch 1e-5; Flax's LayerNorm defaults to 1e-6), the normalised axes and, "
+                            f"in training, which variance normalises the batch (biased, as torch)."}
+    return {"trap": "layer computation",
+            "sentence": f"{layer} ({mapping.torch_types.get(layer, rule)}) is the first layer whose output differs, "
+                        "every layer before it agrees: compare how the port computes it (padding, stride, dilation, "
+                        "groups, the activation right after it, what feeds it)."}
+
+
+def _layout(rule: str) -> str:
+    return {"Conv": "torch (O, I, kH, kW) -> Flax (kH, kW, I, O): w.transpose(2, 3, 1, 0)",
+            "Linear": "torch (out, in) -> Flax (in, out): w.T"}.get(rule, "see the mapping table")
+
+
+def _buffers(finding: dict, port, evidence) -> dict | None:
+    name = finding["tensor"]
+    jax_value = np.asarray(evidence["jax"]["buffers"][name])
+    torch_value = np.asarray(evidence["torch"]["buffers"][name])
+    old = np.asarray(evidence["buffers_before"][name])
+    layer = finding["layer"]
+    module = dict(port.torch_model.named_modules()).get(layer)
+    momentum = getattr(module, "momentum", 0.1) or 0.1
+    moved_jax, moved_torch = jax_value - old, torch_value - old
+    ok = np.abs(moved_torch) > 1e-12 * max(np.max(np.abs(torch_value)), 1e-300)
+    speed = float(np.median(moved_jax[ok] / moved_torch[ok])) if ok.any() else float("nan")
+    if name.endswith("running_var"):
+        batch_var_jax = (jax_value - (1 - momentum) * old) / momentum
+        batch_var_torch = (torch_value - (1 - momentum) * old) / momentum
+        ratio = float(np.median(batch_var_jax / batch_var_torch))
+        n = _elements_per_channel(evidence, layer)
+        if n and abs(ratio - (n - 1) / n) < 0.1 / n:
+            return {"trap": "biased vs unbiased running variance",
+                    "sentence": f"{name} first differs at step {finding['step']}: the port updates it with the batch "
+                                f"variance times {ratio:.4f} = (n-1)/n for n = {n}, the biased variance; torch keeps the "
+                                "unbiased one (jaxtrain.layers.TorchBatchNorm does, or multiply by n/(n-1))."}
+    if np.isfinite(speed) and abs(speed - 1) > 0.2:
+        return {"trap": "BatchNorm momentum convention",
+                "sentence": f"{name} first differs at step {finding['step']}: the port's running statistics move "
+                            f"{speed:.3g}x as far per step as torch's (momentum {momentum:g}): torch's momentum m is "
+                            f"Flax's 1 - m (torch 0.1 = Flax momentum=0.9)."}
+    return {"trap": "running statistics",
+            "sentence": f"{name} first differs at step {finding['step']} while the layer outputs agree: the port "
+                        "updates its running statistics differently (momentum, variance estimator, which batch rows)."}
+
+
+def _elements_per_channel(evidence, layer) -> int | None:
+    """Values per feature the layer normalised in the step: batch size (x spatial size for conv features)."""
+    output = evidence["torch"]["layers"].get(layer)
+    if output is None or np.ndim(output) < 2:
+        return None
+    return int(np.size(output) // np.shape(output)[1])
+
+
+def _updates(finding: dict, config, evidence) -> dict:
+    name = finding["tensor"]
+    ju, tu = (np.asarray(evidence[k]["updates"][name]).ravel() for k in ("jax", "torch"))
+    theta = np.asarray(evidence["torch"]["params"][name]).ravel() - tu  # the parameter before the step
+    diff = ju - tu
+    c = float(diff @ theta / max(theta @ theta, 1e-300))
+    residual = np.linalg.norm(diff - c * theta) / max(np.linalg.norm(diff), 1e-300)
+    if residual < 1e-3:
+        return {"trap": "weight-decay default",
+                "sentence": f"the step-{finding['step']} update of {name} differs from torch's by {c:.3g} x the "
+                            f"parameter itself: a weight decay {-c / config.lr:.3g} apart (lr {config.lr:g}), e.g. "
+                            "optax.adamw's default weight_decay=1e-4 against torch.optim.AdamW's 1e-2, or L2 "
+                            "added to the gradient where AdamW decays the weights."}
+    return {"trap": "optimizer",
+            "sentence": f"the update of {name} differs while its gradient agrees: the optimizer differs (its "
+                        "hyperparameters and defaults: eps and where it enters, momentum/nesterov, bias correction, "
+                        "when the schedule steps)."}
