@@ -7,6 +7,7 @@ import sys
 
 from jaxtrain import config as config_lib
 from jaxtrain import metrics
+from jaxtrain.errors import ConfigError
 
 
 class TutorialPrinter:
@@ -145,14 +146,51 @@ def run_parity(config, args) -> int:
     metrics.check_writable(args.report, "--report")
     metrics.check_writable(args.plot, "--plot")
     dtypes = ("float32", "float64") if args.dtype == "both" else (args.dtype,)
+    if (args.torch_model is None) != (args.flax_model is None):
+        raise ConfigError("--torch-model and --flax-model go together (a torch model and its Flax port)")
+    torch_model = flax_model = None
+    if args.torch_model:
+        import torch
+
+        torch.manual_seed(config.seed)  # the user's torch init, reproducibly
+        torch_model = load_model(args.torch_model, "--torch-model")
+        flax_model = load_model(args.flax_model, "--flax-model")
     train_split, test_split = data_lib.load_data(config)
-    report = parity.check_parity(config, dtypes, train_split, test_split, max_steps=args.steps)
+    report = parity.check_parity(config, dtypes, train_split, test_split, max_steps=args.steps,
+                                 torch_model=torch_model, flax_model=flax_model, flax_input=args.flax_input)
     print(report)
     if args.report:
         metrics.write_json(args.report, report.to_dict())
     if args.plot:
         parity.plot(report, args.plot)
     return 0 if report.passed else 1
+
+
+def load_model(spec: str, flag: str):
+    """MODULE:ATTR -> the model ATTR builds (a class or a zero-argument factory), importable from
+    the current directory or PYTHONPATH; anything wrong is a one-line PortMappingError."""
+    import importlib
+    import os
+
+    from jaxtrain.errors import PortMappingError
+
+    module_name, _, attr = spec.partition(":")
+    if not module_name or not attr:
+        raise PortMappingError(f"{flag} {spec!r}: expected MODULE:ATTR, e.g. examples.cnn:TorchCNN")
+    if os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())
+    try:
+        module = importlib.import_module(module_name)
+    except Exception as e:  # ImportError, or the user's module failing on import
+        raise PortMappingError(f"{flag}: cannot import {module_name!r}: {type(e).__name__}: {e}") from None
+    factory = getattr(module, attr, None)
+    if factory is None or not callable(factory):
+        raise PortMappingError(f"{flag}: {module_name!r} has no class or factory named {attr!r}")
+    try:
+        return factory()
+    except Exception as e:  # the user's constructor
+        raise PortMappingError(f"{flag}: {spec} could not be built with no arguments: {type(e).__name__}: {e}; "
+                               "give a zero-argument factory") from None
 
 
 def run_bench(config, args) -> int:
@@ -204,6 +242,13 @@ def build_parser() -> config_lib.OneLineParser:
     parity.add_argument("--report", default=None, metavar="PATH", help="write the parity report JSON here")
     parity.add_argument("--plot", default=None, metavar="PATH.png",
                         help="draw both frameworks' step losses and their float32 error envelopes")
+    port = parity.add_argument_group("your own port (default: the tutorial's models)")
+    port.add_argument("--torch-model", default=None, metavar="MODULE:ATTR",
+                      help="a torch.nn.Module class or zero-argument factory")
+    port.add_argument("--flax-model", default=None, metavar="MODULE:ATTR",
+                      help="its Flax port: an nnx.Module or linen.Module class or zero-argument factory")
+    port.add_argument("--flax-input", choices=("same", "nhwc"), default="same",
+                      help="the inputs the Flax model takes: torch's layout, or channels last (NCHW -> NHWC)")
     bench = commands.add_parser("bench", help="time JAX and PyTorch on the same training work")
     config_lib.add_train_flags(bench)
     bench.add_argument("--repeats", type=config_lib.positive_int, default=None, help="epochs per variant (5)")

@@ -12,7 +12,8 @@ Adagrad from a zero accumulator, RMSprop with momentum, AdamW/AMSGrad at lr >= 2
 BatchNorm+Dropout with Adam over 200 shuffled steps, MSE(sum) with large losses.
 
 Each planted bug is a mistake people make when porting torch training code to JAX, planted
-on the JAX side only (`JaxPort`: another Flax module, optimizer or loss), with where the
+on the JAX side only (another Flax module, a (torch, optax) optimizer pair or a loss pair, as a
+user passes them to `check_port`), with where the
 checker must localise it: the verdict part, the step, the stage and the tensor.
 """
 
@@ -25,7 +26,6 @@ import sys
 import time
 from typing import Any, Callable
 
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -33,9 +33,11 @@ import optax
 
 from jaxtrain import optim
 from jaxtrain.config import Config, make_config
+from flax import nnx
+
+from jaxtrain.layers import TorchBatchNorm
 from jaxtrain.losses import cross_entropy, mse
-from jaxtrain.models import TorchBatchNorm
-from jaxtrain.parity import JaxPort, check_parity
+from jaxtrain.parity import check_parity
 
 TRAIN_SAMPLES, TEST_SAMPLES = 640, 2000
 
@@ -98,44 +100,62 @@ def bf16_dot(lhs, rhs, dimension_numbers, precision=None, preferred_element_type
                                preferred_element_type=jnp.float32)
 
 
-class PortMLP(nn.Module):
-    """A user's Flax port of the tutorial's models (same parameter names), with switches for the
-    mistakes below. With the defaults it is jaxtrain's own model."""
+class PortMLP(nnx.Module):
+    """A user's Flax NNX port of the tutorial's models, with switches for the mistakes below.
+    With the defaults it computes what jaxtrain's own models do."""
 
-    batchnorm: bool = False
-    rate: float = 0.0
-    bn_momentum: float = 0.1  # torch's convention; Flax's nn.BatchNorm default 0.99 is torch's 0.01
-    bn_unbiased: bool = True
-    bn_eps: float = 1e-5
-    dropout_scale_rate: float | None = None  # the rate the port divides by (None: `rate`)
-    dropout_in_eval: bool = False
-    dot_general: Callable | None = None
-
-    @nn.compact
-    def __call__(self, x, train: bool = False, mask=None, dropout_masks=None):
-        x = x.reshape(x.shape[0], -1)
-        index, layer = 0, 0
-        step = 4 if self.batchnorm else 2
+    def __init__(self, batchnorm=False, rate=0.0, bn_momentum=0.1, bn_unbiased=True, bn_eps=1e-5,
+                 dropout_in_eval=False, dot_general=jax.lax.dot_general):
+        rngs = nnx.Rngs(0)
+        layers, fan_in = [], 784
         for width in (512, 512):
-            x = nn.Dense(width, dot_general=self.dot_general, name=f"linear_relu_stack_{index}")(x)
-            if self.batchnorm:
-                x = TorchBatchNorm(self.bn_momentum, self.bn_eps, self.bn_unbiased,
-                                   name=f"linear_relu_stack_{index + 1}")(x, train, mask)
-            x = nn.relu(x)
-            if self.rate > 0:
-                scale = 1.0 / (1.0 - (self.dropout_scale_rate if self.dropout_scale_rate is not None else self.rate))
-                if train:
-                    x = x * dropout_masks[layer].astype(x.dtype) * scale
-                elif self.dropout_in_eval:  # nn.Dropout(deterministic=False) hard-coded: random in eval too
-                    keep = jax.random.bernoulli(jax.random.key(layer), 1.0 - self.rate, x.shape)
-                    x = x * keep.astype(x.dtype) * scale
-            index += step
-            layer += 1
-        return nn.Dense(10, dot_general=self.dot_general, name=f"linear_relu_stack_{index}")(x)
+            layers.append(nnx.Linear(fan_in, width, dot_general=dot_general, rngs=rngs))
+            if batchnorm:
+                layers.append(TorchBatchNorm(width, bn_momentum, bn_eps, bn_unbiased))
+            layers.append(nnx.relu)
+            if rate > 0:
+                layers.append(nnx.Dropout(rate, rngs=rngs))
+            fan_in = width
+        self.linear_relu_stack = nnx.Sequential(*layers, nnx.Linear(fan_in, 10, dot_general=dot_general, rngs=rngs))
+        self.dropout_in_eval = dropout_in_eval
+
+    def __call__(self, x):
+        x = x.reshape(x.shape[0], -1)
+        for layer in self.linear_relu_stack.layers:
+            if isinstance(layer, nnx.Dropout) and self.dropout_in_eval:
+                x = layer(x, deterministic=False)  # nn.Dropout(deterministic=False) hard-coded: random in eval too
+            else:
+                x = layer(x)
+        return x
 
 
-def bn_port(**kw) -> PortMLP:
-    return PortMLP(batchnorm=True, rate=0.2, **kw)
+def bn_port(rate=0.2, **kw) -> PortMLP:
+    return PortMLP(batchnorm=True, rate=rate, **kw)
+
+
+def with_tx(make_tx: Callable) -> Callable:
+    """A port whose optax transformation is `make_tx(config, steps_per_epoch)`, against torch.optim's
+    optimizer for the same config: the user's own (torch, optax) pair."""
+    def port(config):
+        from torchref.optim import make_optimizer
+
+        steps_per_epoch = -(-TRAIN_SAMPLES // config.batch_size)
+        return {"optimizer": (lambda params: make_optimizer(config, params), make_tx(config, steps_per_epoch))}
+
+    return port
+
+
+def with_model(make: Callable) -> Callable:
+    return lambda config: {"flax_model": make()}
+
+
+def with_loss(jax_loss: Callable) -> Callable:
+    def port(config):
+        from torchref.losses import make_loss
+
+        return {"loss": (make_loss(config), jax_loss)}
+
+    return port
 
 
 def scheduler_per_batch(c, spe):
@@ -151,7 +171,7 @@ def accumulate_gradients(c, spe):
 @dataclasses.dataclass(frozen=True)
 class Bug:
     settings: dict
-    port: JaxPort
+    port: Callable  # config -> check_port arguments replacing the healthy port's
     part: str  # the verdict part that must fail: same_math (float64) or same_precision (float32)
     stage: str
     step: int | None  # None for stage eval
@@ -162,58 +182,58 @@ class Bug:
 W0 = "linear_relu_stack.0.weight"
 BUGS: dict[str, Bug] = {
     "bn_momentum_flax_default": Bug(
-        dict(**BN, optimizer="sgd", lr=0.05), JaxPort(model=bn_port(bn_momentum=0.01)), "same_math", "buffers", 1,
-        "linear_relu_stack.1.running_mean", "nn.BatchNorm(momentum=0.99) kept: torch's momentum 0.1 is Flax's 0.9"),
+        dict(**BN, optimizer="sgd", lr=0.05), with_model(lambda: bn_port(bn_momentum=0.01)), "same_math", "buffers",
+        1, "linear_relu_stack.1.running_mean", "nn.BatchNorm(momentum=0.99) kept: torch's momentum 0.1 is Flax's 0.9"),
     "bn_biased_running_var": Bug(
-        dict(**BN, optimizer="sgd", lr=0.05), JaxPort(model=bn_port(bn_unbiased=False)), "same_math", "buffers", 1,
-        "linear_relu_stack.1.running_var", "Flax keeps the biased running variance, torch the unbiased"),
+        dict(**BN, optimizer="sgd", lr=0.05), with_model(lambda: bn_port(bn_unbiased=False)), "same_math", "buffers",
+        1, "linear_relu_stack.1.running_var", "Flax keeps the biased running variance, torch the unbiased"),
     "bn_eps_1e-3": Bug(
-        dict(**BN, optimizer="sgd", lr=0.05), JaxPort(model=bn_port(bn_eps=1e-3)), "same_math", "forward", 1, None,
-        "BatchNorm eps 1e-3 (Keras' default) instead of torch's 1e-5"),
+        dict(**BN, optimizer="sgd", lr=0.05), with_model(lambda: bn_port(bn_eps=1e-3)), "same_math", "forward", 1,
+        "linear_relu_stack.1 (output)", "BatchNorm eps 1e-3 (Keras' default) instead of torch's 1e-5"),
     "dropout_on_in_eval": Bug(
-        dict(**BN, optimizer="sgd", lr=0.05), JaxPort(model=bn_port(dropout_in_eval=True)), "same_math", "eval",
-        None, None, "dropout left on in evaluation (deterministic=False hard-coded)"),
+        dict(**BN, optimizer="sgd", lr=0.05), with_model(lambda: bn_port(dropout_in_eval=True)), "same_math", "eval",
+        None, "linear_relu_stack.4 (output)", "dropout left on in evaluation (deterministic=False hard-coded)"),
     "dropout_keep_prob_as_rate": Bug(
-        dict(**BN, optimizer="sgd", lr=0.05), JaxPort(model=bn_port(dropout_scale_rate=0.8)), "same_math",
-        "forward", 1, None, "dropout scaled by 1/(1-0.8): keep probability passed as the drop rate"),
+        dict(**BN, optimizer="sgd", lr=0.05), with_model(lambda: bn_port(rate=0.8)), "same_math",
+        "forward", 1, "linear_relu_stack.4 (output)", "nnx.Dropout(0.8): the keep probability passed as the drop rate"),
     "adam_eps_inside_sqrt": Bug(
-        dict(optimizer="adam", lr=1e-3), JaxPort(make_tx=lambda c, spe: optax.adam(c.lr, eps=0.0, eps_root=c.eps)),
+        dict(optimizer="adam", lr=1e-3), with_tx(lambda c, spe: optax.adam(c.lr, eps=0.0, eps_root=c.eps)),
         "same_math", "updates", 1, W0, "optax.adam(eps=0, eps_root=eps): eps inside the sqrt"),
     "optax_adamw_default_wd": Bug(
-        dict(optimizer="adamw", lr=1e-3), JaxPort(make_tx=lambda c, spe: optax.adamw(c.lr)), "same_math",
+        dict(optimizer="adamw", lr=1e-3), with_tx(lambda c, spe: optax.adamw(c.lr)), "same_math",
         "updates", 1, W0, "optax.adamw's default weight_decay 1e-4; torch's AdamW uses 1e-2"),
     "adamw_as_l2": Bug(
         dict(optimizer="adamw", lr=1e-3),
-        JaxPort(make_tx=lambda c, spe: optim.adam(optim.lr_schedule(c, spe), c.betas, c.eps, c.weight_decay)),
+        with_tx(lambda c, spe: optim.adam(optim.lr_schedule(c, spe), c.betas, c.eps, c.weight_decay)),
         "same_math", "updates", 1, W0, "AdamW ported as Adam with L2 (weight decay added to the gradient)"),
     "optax_rmsprop_defaults": Bug(
-        dict(optimizer="rmsprop", lr=1e-4), JaxPort(make_tx=lambda c, spe: optax.rmsprop(c.lr)), "same_math",
+        dict(optimizer="rmsprop", lr=1e-4), with_tx(lambda c, spe: optax.rmsprop(c.lr)), "same_math",
         "updates", 1, W0, "optax.rmsprop defaults: decay 0.9 (torch alpha 0.99), eps inside the sqrt"),
     "nesterov_forgotten": Bug(
         dict(optimizer="sgd", lr=0.05, momentum=0.9, nesterov=True),
-        JaxPort(make_tx=lambda c, spe: optax.sgd(c.lr, momentum=c.momentum)), "same_math", "updates", 1, W0,
+        with_tx(lambda c, spe: optax.sgd(c.lr, momentum=c.momentum)), "same_math", "updates", 1, W0,
         "optax.sgd(momentum=0.9) without nesterov=True"),
     "scheduler_per_batch": Bug(
         dict(optimizer="sgd", lr=0.05, momentum=0.9, scheduler="step", step_size=1, gamma=0.5),
-        JaxPort(make_tx=scheduler_per_batch), "same_math", "updates", 2, W0,
+        with_tx(scheduler_per_batch), "same_math", "updates", 2, W0,
         "StepLR's schedule counted in optimizer steps instead of epochs"),
     "zero_grad_forgotten": Bug(
-        dict(optimizer="sgd", lr=0.01), JaxPort(make_tx=accumulate_gradients), "same_math", "updates", 2, W0,
+        dict(optimizer="sgd", lr=0.01), with_tx(accumulate_gradients), "same_math", "updates", 2, W0,
         "gradients accumulated across steps (zero_grad forgotten)"),
     "cross_entropy_on_softmax": Bug(
         dict(optimizer="sgd", lr=0.05),
-        JaxPort(loss_fn=lambda out, y, w: cross_entropy(jax.nn.softmax(out), y, w)), "same_math", "loss", 1, None,
+        with_loss(lambda out, y: cross_entropy(jax.nn.softmax(out), y)), "same_math", "loss", 1, None,
         "CrossEntropyLoss applied to softmax outputs (torch's takes logits)"),
     "mse_sum_as_mean": Bug(
         dict(loss="mse", mse_reduction="sum", optimizer="sgd", lr=1e-3),
-        JaxPort(loss_fn=lambda out, y, w: mse(out, y, w, "mean")), "same_math", "loss", 1, None,
+        with_loss(lambda out, y: mse(out, y, "mean")), "same_math", "loss", 1, None,
         "MSELoss(reduction='sum') ported as a mean"),
     "optax_adam_float32": Bug(
-        dict(optimizer="adam", lr=1e-3), JaxPort(make_tx=lambda c, spe: optax.adam(c.lr, eps=c.eps)),
+        dict(optimizer="adam", lr=1e-3), with_tx(lambda c, spe: optax.adam(c.lr, eps=c.eps)),
         "same_precision", "updates", 1, W0, "optax.adam computes 1 - 0.999**t in float32 (1.3e-5 relative error)"),
     "matmul_below_float32": Bug(
-        dict(optimizer="sgd", lr=0.05), JaxPort(model=PortMLP(dot_general=bf16_dot)), "same_precision", "forward", 1,
-        None, "float32 matmuls run on bfloat16 inputs (as TF32/bf16 defaults do on GPUs)"),
+        dict(optimizer="sgd", lr=0.05), with_model(lambda: PortMLP(dot_general=bf16_dot)), "same_precision",
+        "forward", 1, None, "float32 matmuls run on bfloat16 inputs (as TF32/bf16 defaults do on GPUs)"),
 }
 
 
@@ -238,8 +258,9 @@ def run_case(name: str, data) -> dict[str, Any]:
     bug = BUGS.get(name)
     settings, steps = _split_steps(bug.settings if bug else HEALTHY[name])
     start = time.perf_counter()
-    report = check_parity(config_for(**settings), ("float32", "float64"), *data, max_steps=steps,
-                          port=bug.port if bug else None)
+    config = config_for(**settings)
+    report = check_parity(config, ("float32", "float64"), *data, max_steps=steps,
+                          **(bug.port(config) if bug else {}))
     v = report.verdict
     row: dict[str, Any] = {
         "case": name, "kind": "bug" if bug else "healthy", "steps": steps, "passed": report.passed,

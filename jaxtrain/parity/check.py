@@ -54,9 +54,9 @@ def check_port(torch_model, flax_model, train, test=None, loss="cross_entropy", 
 
 
 def check_parity(config, dtypes=("float32", "float64"), train=None, test=None, max_steps=None,
-                 torch_model=None, flax_model=None, flax_input=None) -> ParityReport:
+                 torch_model=None, flax_model=None, flax_input=None, optimizer=None, loss=None) -> ParityReport:
     """The tutorial's check: torchref's model against jaxtrain's (or the given pair), on FashionMNIST
-    splits, with the config's optimizer, scheduler and loss: one call of `check_port`."""
+    splits, with the config's optimizer, scheduler and loss (or the given pairs): one call of `check_port`."""
     from jaxtrain.models import make_model
     from torchref.models import make_model as make_torch_model
 
@@ -65,9 +65,10 @@ def check_parity(config, dtypes=("float32", "float64"), train=None, test=None, m
         torch_model if torch_model is not None else make_torch_model(dataclasses.replace(config, dtype="float32")),
         flax_model if flax_model is not None else make_model(config),
         train=(_torch_images(train.images), train.labels), test=(_torch_images(test.images), test.labels),
-        loss=config.loss, mse_reduction=config.mse_reduction, optimizer=config.optimizer,
-        optimizer_kwargs=config.optimizer_kwargs(), scheduler=None if config.scheduler == "none" else config.scheduler,
-        scheduler_kwargs=config.scheduler_kwargs(), batch_size=config.batch_size,
+        loss=loss or config.loss, mse_reduction=config.mse_reduction, optimizer=optimizer or config.optimizer,
+        optimizer_kwargs=None if optimizer else config.optimizer_kwargs(),
+        scheduler=None if config.scheduler == "none" or optimizer else config.scheduler,
+        scheduler_kwargs=None if optimizer else config.scheduler_kwargs(), batch_size=config.batch_size,
         steps=max_steps, epochs=config.epochs, shuffle=config.shuffle, seed=config.seed, dtypes=dtypes,
         flax_input=flax_input)
 
