@@ -147,13 +147,15 @@ class JaxVariant:
         self.compile_seconds = self.trainer.compile_seconds
         if not whole_epoch:
             plan = data_lib.epoch_batches(len(train), config.batch_size)
-            images = self.trainer.train_images
-            self.batches = [{"x": images[plan.index[b]], "y": self.trainer.train_labels[plan.index[b]],
-                             "mask": jnp.asarray(plan.mask[b], images.dtype)} for b in range(len(plan))]
+            images = self.trainer.train_x
+            self.batches = [{"x": images[plan.index[b, : plan.sizes[b]]],
+                             "y": self.trainer.train_y[plan.index[b, : plan.sizes[b]]]} for b in range(len(plan))]
             jax.block_until_ready(self.batches)
             step = jax.jit(train_lib.train_step, donate_argnums=0)
             compile_start = time.perf_counter()
-            self.step = step.lower(self.trainer.state, self.batches[0]).compile()
+            self.step = step  # compiled on first use per batch shape; warm it up on the first and the last batch
+            for batch in (self.batches[0], self.batches[-1]):
+                self.trainer.state, _ = step(self.trainer.state, batch)
             self.compile_seconds = time.perf_counter() - compile_start
         self.setup_seconds = time.perf_counter() - start
 

@@ -68,7 +68,7 @@ class JaxCheckpointer:
     def _tree(state) -> dict:
         import jax
 
-        return {"params": state.params, "opt_state": state.opt_state, "batch_stats": state.batch_stats,
+        return {"params": state.params, "opt_state": state.opt_state, "buffers": jax.tree.map(_key_data, state.buffers),
                 "step": state.step, "rng": jax.random.key_data(state.rng)}
 
     def save(self, epochs_done: int, state, record: dict) -> None:
@@ -102,6 +102,21 @@ class JaxCheckpointer:
                             "use another --checkpoint-dir") from None
         leaves = jax.tree.leaves(restored.state)
         tree = jax.tree.unflatten(jax.tree.structure(target), leaves)
-        state = state.replace(params=tree["params"], opt_state=tree["opt_state"], batch_stats=tree["batch_stats"],
+        buffers = jax.tree.map(lambda saved, now: jax.random.wrap_key_data(saved) if _is_key(now) else saved,
+                               tree["buffers"], state.buffers)
+        state = state.replace(params=tree["params"], opt_state=tree["opt_state"], buffers=buffers,
                               step=tree["step"], rng=jax.random.wrap_key_data(tree["rng"]))
         return state, meta["record"], meta["epochs_done"]
+
+
+def _is_key(leaf) -> bool:
+    import jax
+
+    return hasattr(leaf, "dtype") and jax.dtypes.issubdtype(leaf.dtype, jax.dtypes.prng_key)
+
+
+def _key_data(leaf):
+    """PRNG keys (an NNX Dropout's RNG stream) are saved as their raw data."""
+    import jax
+
+    return jax.random.key_data(leaf) if _is_key(leaf) else leaf

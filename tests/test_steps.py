@@ -8,6 +8,7 @@ import pytest
 from jaxtrain import data as data_lib
 from jaxtrain import train as train_lib
 from jaxtrain.config import Config
+from jaxtrain.flax_model import leaves_by_path, pure_model
 from jaxtrain.models import make_model
 
 
@@ -32,8 +33,10 @@ def numpy_mlp_step(params, x, y, lr):
 
 
 def as_numpy_params(params):
-    names = ["linear_relu_stack_0", "linear_relu_stack_2", "linear_relu_stack_4"]
-    return [(np.asarray(params[n]["kernel"], np.float64), np.asarray(params[n]["bias"], np.float64)) for n in names]
+    """(kernel, bias) of the NNX MLP's three Linear layers (linear_relu_stack.layers.{0,2,4})."""
+    leaves = leaves_by_path(params)
+    return [(np.asarray(leaves[f"linear_relu_stack.layers.{i}.kernel"], np.float64),
+             np.asarray(leaves[f"linear_relu_stack.layers.{i}.bias"], np.float64)) for i in (0, 2, 4)]
 
 
 @pytest.fixture
@@ -50,7 +53,7 @@ def test_train_step_matches_hand_computed_sgd(tiny_batch):
     x, y = tiny_batch
     state = train_lib.create_state(config, steps_per_epoch=1)
     expected_loss, _, expected_params = numpy_mlp_step(as_numpy_params(state.params), x, y, 0.1)
-    batch = {"x": jnp.asarray(x), "y": jnp.asarray(y), "mask": jnp.ones(3)}
+    batch = {"x": jnp.asarray(x), "y": jnp.asarray(y)}
     state, metrics = jax.jit(train_lib.train_step, donate_argnums=0)(state, batch)
     assert float(metrics["loss"]) == pytest.approx(expected_loss, rel=1e-12)
     for (w, b), (ew, eb) in zip(as_numpy_params(state.params), expected_params):
@@ -59,21 +62,26 @@ def test_train_step_matches_hand_computed_sgd(tiny_batch):
     assert int(state.step) == 1
 
 
-def test_padding_rows_change_nothing(tiny_batch):
-    """A batch padded with masked rows trains exactly like the smaller real batch."""
+def test_partial_last_batch_is_the_batch_torch_sees(fashion):
+    """100 samples in batches of 64: the epoch runs one scanned full batch and the last 36 rows at
+    their own shape; the same as stepping through the two DataLoader batches."""
     train_lib.configure_jax("float64")
-    config = Config(dtype="float64", lr=0.1, optimizer="adam", eps=1e-8)
-    x, y = tiny_batch
-    real = {"x": jnp.asarray(x), "y": jnp.asarray(y), "mask": jnp.ones(3)}
-    padded = {"x": jnp.asarray(np.vstack([x, np.ones((5, 784))])), "y": jnp.asarray(np.r_[y, [0] * 5]),
-              "mask": jnp.asarray(np.r_[np.ones(3), np.zeros(5)])}
-    a, ma = train_lib.train_step(train_lib.create_state(config, 1), real)
-    b, mb = train_lib.train_step(train_lib.create_state(config, 1), padded)
-    assert float(ma["loss"]) == pytest.approx(float(mb["loss"]), rel=1e-13)
-    jax.tree.map(lambda p, q: np.testing.assert_allclose(p, q, rtol=1e-11, atol=1e-15), a.params, b.params)
-    ea, eb = train_lib.eval_step(a, real), train_lib.eval_step(a, padded)
-    assert float(ea["correct"]) == float(eb["correct"])
-    assert float(ea["loss"]) == pytest.approx(float(eb["loss"]), rel=1e-13)
+    train, test = fashion[0].take(100), fashion[1].take(70)
+    config = Config(dtype="float64", lr=0.1, optimizer="adam", eps=1e-8, batch_size=64)
+    trainer = train_lib.Trainer(config, train, test)
+    state = train_lib.create_state(config, trainer.steps_per_epoch)
+    stepwise = []
+    for images, labels in data_lib.iterate(train, trainer.batches(0)):
+        assert len(images) in (64, 36)
+        state, m = train_lib.train_step(state, {"x": jnp.asarray(images, jnp.float64), "y": jnp.asarray(labels)})
+        stepwise.append(float(m["loss"]))
+    np.testing.assert_allclose(trainer.train_one_epoch(0), stepwise, rtol=1e-13)
+    jax.tree.map(lambda p, q: np.testing.assert_allclose(p, q, rtol=1e-12, atol=1e-15), trainer.state.params, state.params)
+    loss, accuracy = trainer.evaluate()  # test batches of 64 and 6: the mean of the two batch means
+    batches = [train_lib.eval_step(state, {"x": jnp.asarray(test.images[a:b], jnp.float64),
+                                           "y": jnp.asarray(test.labels[a:b])}) for a, b in ((0, 64), (64, 70))]
+    assert loss == pytest.approx(np.mean([float(b["loss"]) for b in batches]), rel=1e-13)
+    assert accuracy == sum(int(b["correct"]) for b in batches) / 70
 
 
 def test_eval_step_loss_and_correct_count(tiny_batch):
@@ -82,7 +90,7 @@ def test_eval_step_loss_and_correct_count(tiny_batch):
     x, y = tiny_batch
     state = train_lib.create_state(config, 1)
     _, logits, _ = numpy_mlp_step(as_numpy_params(state.params), x, y, 0.0)
-    out = train_lib.eval_step(state, {"x": jnp.asarray(x), "y": jnp.asarray(y), "mask": jnp.ones(3)})
+    out = train_lib.eval_step(state, {"x": jnp.asarray(x), "y": jnp.asarray(y)})
     shifted = logits - logits.max(1, keepdims=True)
     log_probs = shifted - np.log(np.exp(shifted).sum(1, keepdims=True))
     assert float(out["loss"]) == pytest.approx(-log_probs[np.arange(3), y].mean(), rel=1e-12)
@@ -90,16 +98,16 @@ def test_eval_step_loss_and_correct_count(tiny_batch):
 
 
 def test_torch_init_is_uniform_within_one_over_sqrt_fan_in():
-    params = make_model(Config()).init(jax.random.key(0), jnp.zeros((1, 784)))["params"]
-    for name, fan_in in (("linear_relu_stack_0", 784), ("linear_relu_stack_2", 512), ("linear_relu_stack_4", 512)):
+    params = leaves_by_path(pure_model(make_model(Config())).params)
+    for index, fan_in in ((0, 784), (2, 512), (4, 512)):
         bound = fan_in ** -0.5
-        for leaf in (params[name]["kernel"], params[name]["bias"]):
+        for leaf in (params[f"linear_relu_stack.layers.{index}.kernel"], params[f"linear_relu_stack.layers.{index}.bias"]):
             leaf = np.asarray(leaf)
             assert np.abs(leaf).max() <= bound
             if leaf.size > 1000:
                 assert leaf.std() == pytest.approx(bound / np.sqrt(3), rel=0.02)
-    flax_params = make_model(Config(init="flax")).init(jax.random.key(0), jnp.zeros((1, 784)))["params"]
-    assert not np.asarray(flax_params["linear_relu_stack_0"]["bias"]).any()  # Flax: zero biases
+    flax_params = leaves_by_path(pure_model(make_model(Config(init="flax"))).params)
+    assert not np.asarray(flax_params["linear_relu_stack.layers.0.bias"]).any()  # Flax: zero biases
 
 
 def test_scan_epoch_equals_step_by_step_and_loss_falls(fashion):
@@ -109,9 +117,8 @@ def test_scan_epoch_equals_step_by_step_and_loss_falls(fashion):
     state = train_lib.create_state(config, trainer.steps_per_epoch)
     step = jax.jit(train_lib.train_step)
     stepwise = []
-    for images, labels, mask in data_lib.iterate(train, trainer.batches(0), padded=True):
-        state, m = step(state, {"x": jnp.asarray(images.reshape(len(images), -1)), "y": jnp.asarray(labels),
-                                "mask": jnp.asarray(mask)})
+    for images, labels in data_lib.iterate(train, trainer.batches(0)):
+        state, m = step(state, {"x": jnp.asarray(images), "y": jnp.asarray(labels)})
         stepwise.append(float(m["loss"]))
     record = train_lib.fit(config, train, test, trainer=trainer)
     scanned = [s["loss"] for s in record["steps"][:10]]

@@ -160,7 +160,7 @@ def _torch_forward(model, x, train: bool, dropout_log=None):
         if owns:
             module.register_forward_hook(lambda m, i, o, name=name: layers.setdefault(name, tuple(o.shape)) and None)
         if isinstance(module, torch.nn.Dropout) and dropout_log is not None and train:
-            module.register_forward_hook(lambda m, i, o: dropout_log.append((m.p, tuple(i[0].shape[1:]))))
+            module.register_forward_hook(lambda m, i, o: dropout_log.append((m.p, tuple(i[0].shape[1:]))) if m.p else None)
     try:
         with torch.no_grad():
             out = model(torch.from_numpy(x))

@@ -42,7 +42,7 @@ def diagnose(finding: dict | None, port, config) -> dict | None:
     if stage == "buffers" and evidence is not None:
         return _buffers(finding, port, evidence)
     if stage == "updates" and evidence is not None:
-        return _updates(finding, config, evidence)
+        return _updates(finding, _learning_rate(port, config), evidence)
     if stage == "loss":
         return {"trap": "loss function",
                 "sentence": "the loss differs while the model output agrees: the loss is computed differently "
@@ -152,7 +152,15 @@ def _elements_per_channel(evidence, layer) -> int | None:
     return int(np.size(output) // np.shape(output)[1])
 
 
-def _updates(finding: dict, config, evidence) -> dict:
+def _learning_rate(port, config) -> float:
+    """The torch optimizer's learning rate at step 1 (the user's own pair carries it, not the config)."""
+    import torch
+
+    probe = torch.zeros(1, requires_grad=True)
+    return float(port.make_torch_optimizer(config, [probe]).param_groups[0]["lr"])
+
+
+def _updates(finding: dict, lr: float, evidence) -> dict:
     name = finding["tensor"]
     ju, tu = (np.asarray(evidence[k]["updates"][name]).ravel() for k in ("jax", "torch"))
     theta = np.asarray(evidence["torch"]["params"][name]).ravel() - tu  # the parameter before the step
@@ -162,7 +170,7 @@ def _updates(finding: dict, config, evidence) -> dict:
     if residual < 1e-3:
         return {"trap": "weight-decay default",
                 "sentence": f"the step-{finding['step']} update of {name} differs from torch's by {c:.3g} x the "
-                            f"parameter itself: a weight decay {-c / config.lr:.3g} apart (lr {config.lr:g}), e.g. "
+                            f"parameter itself: the port's weight decay is {-c / lr:+.3g} off torch's (lr {lr:g}), e.g. "
                             "optax.adamw's default weight_decay=1e-4 against torch.optim.AdamW's 1e-2, or L2 "
                             "added to the gradient where AdamW decays the weights."}
     return {"trap": "optimizer",

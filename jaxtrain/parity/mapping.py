@@ -157,7 +157,10 @@ def build_mapping(torch_layers: list, flax_layers: list, torch_model, model: Pur
     modules = dict(torch_model.named_modules())
     overrides = weight_map if isinstance(weight_map, dict) else {}
     params, buffers = leaves_by_path(model.params), leaves_by_path(model.buffers)
-    flax_state = {**params, **{k: v for k, v in buffers.items() if _is_state(v)}}
+    buffers = {k: v for k, v in buffers.items() if _is_state(v)}
+    # a linen buffer's path starts with its collection ("batch_stats.bn.mean"): its layer is "bn"
+    real_path = {**{k: k for k in params}, **{(k.split(".", 1)[1] if model.kind == "linen" else k): k for k in buffers}}
+    flax_state = {**params, **{(k.split(".", 1)[1] if model.kind == "linen" else k): v for k, v in buffers.items()}}
     flax_owned = _group(flax_state, flax_layers)
     torch_owned = {name: {**dict(modules[name].named_parameters(recurse=False)),
                           **{k: v for k, v in modules[name].named_buffers(recurse=False) if k not in DROPPED}}
@@ -201,7 +204,7 @@ def build_mapping(torch_layers: list, flax_layers: list, torch_model, model: Pur
             used.add(flax_name)
             is_buffer = tensor_name not in dict(modules[torch_name].named_parameters(recurse=False))
             tensors.append(TensorPair(f"{torch_name}.{tensor_name}" if torch_name else tensor_name,
-                                      f"{flax_path}.{flax_name}" if flax_path else flax_name,
+                                      real_path[f"{flax_path}.{flax_name}" if flax_path else flax_name],
                                       to_flax, to_torch, is_buffer))
         left = set(flax_tensors) - used
         if left:
