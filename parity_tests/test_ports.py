@@ -31,7 +31,7 @@ def cnn_check(flax_model, small, steps=12, **kw):
 def test_healthy_cnn_ports_pass_in_float32_and_float64(make, small):
     report = cnn_check(make(), small)
     assert report.passed, str(report)
-    assert report.verdict["same_math"]["max_rel_step_loss_diff"] < 1e-12
+    assert report.verdict["same_math"]["max_rel_step_loss_diff"] <= 1e-10  # float64: summation order only
     assert report.layers == ["features.0", "features.1", "fc"]
 
 
@@ -117,7 +117,7 @@ def test_cli_checks_the_example_files_and_names_the_flatten_bug(fashion):
     (["--torch-model", "examples.cnn", "--flax-model", "examples.cnn:NnxCNN"], "expected MODULE:ATTR"),
     (["--torch-model", "examples.cnn:TorchCNN"], "go together"),
     (["--torch-model", "examples.cnn:TorchCNN", "--flax-model", "examples.layernorm_mlp:NnxLayerNormMLP"],
-     "different numbers of layers"),
+     "has no match in Flax layer hidden"),
 ])
 def test_cli_bad_model_paths_and_shapes_give_one_line_and_exit_2(args, message, fashion):
     result = _parity_cli(*args, "--train-limit", "128", "--steps", "1")

@@ -302,7 +302,7 @@ def _check(dtype, passed, jax_run, torch_run, localised, first_step, first_epoch
              "stage": None, "layer": None, "tensor": None}
     if localised is not None:
         check.update({k: localised.get(k) for k in ("stage", "layer", "tensor")}, localised=localised)
-        if localised.get("step") and check["first_failing_step"] is None:
+        if localised.get("step"):  # the step where the cause is, which may precede the first differing loss
             check["first_failing_step"] = localised["step"]
     return check
 
