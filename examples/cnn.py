@@ -11,7 +11,6 @@ Also what `jaxtrain parity --torch-model examples.cnn:TorchCNN --flax-model exam
 import argparse
 
 import flax.linen as nn
-import jax.numpy as jnp
 import torch
 from flax import nnx
 from torch import nn as tnn

@@ -135,7 +135,6 @@ class TorchVariant:
 class JaxVariant:
     def __init__(self, config, train, test, whole_epoch: bool):
         import jax
-        import jax.numpy as jnp
 
         from jaxtrain import data as data_lib
         from jaxtrain import train as train_lib

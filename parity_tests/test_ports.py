@@ -4,7 +4,6 @@ right stage and layer with the right diagnosis; the CLI's --torch-model/--flax-m
 import subprocess
 import sys
 
-import numpy as np
 import pytest
 import torch
 
