@@ -194,7 +194,7 @@ def load_data(config) -> tuple[Split, Split]:
     else:
         train, test = load_fashion_mnist(config.data_dir)
     train, test = train.take(config.train_limit), test.take(config.test_limit)
-    check_training_batches(config, len(train))
+    check_training_batches(len(train), config.batch_size, config.model == "mlp_bn_dropout")
     return train, test
 
 
@@ -237,18 +237,18 @@ def is_classification(split: Split) -> bool:
     return np.issubdtype(split.labels.dtype, np.integer)
 
 
-def check_training_batches(config, num_train: int) -> None:
+def check_training_batches(num_train: int, batch_size: int, has_batchnorm: bool) -> None:
     """A BatchNorm model cannot train on a batch of one row (torch raises "Expected more than
     1 value per channel when training"; the running variance would divide by n - 1 = 0)."""
     from jaxtrain.errors import ConfigError
 
     if num_train < 1:
         raise ConfigError("the training set is empty")
-    last = num_train % config.batch_size or config.batch_size
-    if config.model == "mlp_bn_dropout" and last == 1:
+    last = num_train % batch_size or batch_size
+    if has_batchnorm and last == 1:
         raise ConfigError(
             f"BatchNorm needs more than 1 sample per training batch, but {num_train} training samples in batches of "
-            f"{config.batch_size} leave a last batch of 1; change --batch-size or --train-limit")
+            f"{batch_size} leave a last batch of 1; change --batch-size or --train-limit")
 
 
 def iterate(split: Split, batches: EpochBatches):

@@ -106,10 +106,11 @@ def _owns_params(module) -> bool:
 @contextlib.contextmanager
 def _nnx_intercepted(model: nnx.Module, hooks: _Interceptor):
     """Route every `__call__` of `model`'s submodules through `hooks` while tracing."""
-    paths = {id(m): path_str(p) for p, m in nnx.iter_modules(model)}
+    modules = list(nnx.iter_modules(model))
+    paths = {id(m): path_str(p) for p, m in modules}
     active: set = set()
     patched = {}
-    for cls in {type(m) for _, m in nnx.iter_modules(model)}:
+    for cls in {type(m) for _, m in modules}:
         for klass in cls.__mro__:
             if "__call__" in vars(klass) and klass not in patched and klass is not object:
                 patched[klass] = vars(klass)["__call__"]

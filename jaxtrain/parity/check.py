@@ -60,7 +60,6 @@ def check_parity(config, dtypes=("float32", "float64"), train=None, test=None, m
     from jaxtrain.models import make_model
     from torchref.models import make_model as make_torch_model
 
-    data_lib.check_training_batches(config, len(train))
     return check_port(
         torch_model if torch_model is not None else make_torch_model(dataclasses.replace(config, dtype="float32")),
         flax_model if flax_model is not None else make_model(config),
@@ -230,11 +229,8 @@ def build_port(torch_model, flax_model, train, test, config, loss, optimizer, fl
                for (p, shape), c in zip(dropout_log, flax_dropout)]
     torch_loss, jax_loss = _losses(loss, config)
     make_torch_optimizer, make_torch_scheduler, make_tx = _optimizers(optimizer)
-    has_batchnorm = any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in torch_model.modules())
-    last = len(train) % config.batch_size or config.batch_size
-    if has_batchnorm and last == 1:
-        raise ConfigError(f"BatchNorm needs more than 1 sample per training batch, but {len(train)} training samples "
-                          f"in batches of {config.batch_size} leave a last batch of 1; change the batch size")
+    data_lib.check_training_batches(len(train), config.batch_size, any(
+        isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in torch_model.modules()))
     weights = {k: v.detach().cpu().numpy().copy() for k, v in torch_model.state_dict().items()}
     jax_split = lambda s: None if s is None else data_lib.Split(np.asarray(to_flax(s.images)), s.labels)  # noqa: E731
     return Port(torch_model, weights, flax, mapping, torch_loss, jax_loss, make_torch_optimizer, make_torch_scheduler,
