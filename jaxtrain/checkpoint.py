@@ -18,11 +18,13 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from jaxtrain.distributed import is_key
 from jaxtrain.errors import UserError
 
 # Flags that change the trajectory: a checkpoint made under other values cannot be resumed.
+# How many devices and processes share the work is not among them: only summation order differs.
 OUTPUT_ONLY = {"epochs", "metrics_out", "quiet", "progress", "data_dir", "checkpoint_dir", "checkpoint_every",
-               "keep", "resume"}
+               "keep", "resume", "devices", "coordinator", "num_processes", "process_id"}
 
 
 def check_dir(path: str | None) -> None:
@@ -102,21 +104,15 @@ class JaxCheckpointer:
                             "use another --checkpoint-dir") from None
         leaves = jax.tree.leaves(restored.state)
         tree = jax.tree.unflatten(jax.tree.structure(target), leaves)
-        buffers = jax.tree.map(lambda saved, now: jax.random.wrap_key_data(saved) if _is_key(now) else saved,
+        buffers = jax.tree.map(lambda saved, now: jax.random.wrap_key_data(saved) if is_key(now) else saved,
                                tree["buffers"], state.buffers)
         state = state.replace(params=tree["params"], opt_state=tree["opt_state"], buffers=buffers,
                               step=tree["step"], rng=jax.random.wrap_key_data(tree["rng"]))
         return state, meta["record"], meta["epochs_done"]
 
 
-def _is_key(leaf) -> bool:
-    import jax
-
-    return hasattr(leaf, "dtype") and jax.dtypes.issubdtype(leaf.dtype, jax.dtypes.prng_key)
-
-
 def _key_data(leaf):
     """PRNG keys (an NNX Dropout's RNG stream) are saved as their raw data."""
     import jax
 
-    return jax.random.key_data(leaf) if _is_key(leaf) else leaf
+    return jax.random.key_data(leaf) if is_key(leaf) else leaf

@@ -1,7 +1,8 @@
-"""`jaxtrain train | parity | bench`: the command line. I/O and printing live here."""
+"""`jaxtrain train | launch | parity | bench`: the command line. I/O and printing live here."""
 
 from __future__ import annotations
 
+import argparse
 import statistics
 import sys
 
@@ -89,15 +90,18 @@ class Interrupts:
         return False
 
 
-def epoch_hook(save, config, interrupts: Interrupts, prog: str):
+def epoch_hook(save, config, interrupts: Interrupts, prog: str, any_process=lambda flag: flag):
     """After each epoch: checkpoint every --checkpoint-every epochs, and on an interrupt
-    checkpoint and stop with a one-line message saying how to resume."""
+    checkpoint and stop with a one-line message saying how to resume. `any_process` makes
+    every process of a data-parallel run see an interrupt any of them got."""
     import signal
 
     from jaxtrain.errors import Interrupted
 
     def on_epoch_end(epochs_done, state, record):
-        interrupted = interrupts.signum is not None
+        interrupted = any_process(interrupts.signum is not None)
+        if interrupted and interrupts.signum is None:
+            interrupts.signum = signal.SIGTERM  # another process was told to stop
         if save is not None and (interrupted or epochs_done % config.checkpoint_every == 0
                                  or epochs_done == config.epochs):
             save(epochs_done, state, record)
@@ -115,23 +119,27 @@ def epoch_hook(save, config, interrupts: Interrupts, prog: str):
 def run_train(config) -> int:
     from jaxtrain import checkpoint
     from jaxtrain import data as data_lib
+    from jaxtrain import distributed
     from jaxtrain import train as train_lib
 
     metrics.check_writable(config.metrics_out)
     checkpoint.check_dir(config.checkpoint_dir)
+    distributed.start(config.devices, config.coordinator, config.num_processes, config.process_id)
     train_lib.configure_jax(config.dtype)
     train_split, test_split = data_lib.load_data(config)
     trainer = train_lib.Trainer(config, train_split, test_split)
+    parallel = trainer.parallel  # every process trains and saves; only process 0 prints and writes metrics
     saver = checkpoint.JaxCheckpointer(config.checkpoint_dir, config.keep) if config.checkpoint_dir else None
     start, record = 0, None
     if config.resume:
         trainer.state, record, start = saver.restore(trainer.state, config)
     with Interrupts() as interrupts:
-        record = train_lib.fit(config, train_split, test_split, report=TutorialPrinter(config), trainer=trainer,
-                               start_epoch=start, record=record,
-                               on_epoch_end=epoch_hook(saver.save if saver else None, config, interrupts, "jaxtrain"))
+        record = train_lib.fit(config, train_split, test_split, report=TutorialPrinter(config) if parallel.is_main else None,
+                               trainer=trainer, start_epoch=start, record=record,
+                               on_epoch_end=epoch_hook(saver.save if saver else None, config, interrupts, "jaxtrain",
+                                                       parallel.any_process))
     record["config"] = config.to_json()
-    if config.metrics_out:
+    if config.metrics_out and parallel.is_main:
         metrics.write_json(config.metrics_out, record)
     return 0
 
@@ -235,6 +243,7 @@ def build_parser() -> config_lib.OneLineParser:
     commands = parser.add_subparsers(dest="command", required=True, parser_class=config_lib.OneLineParser)
     train = commands.add_parser("train", help="train the tutorial's model with JAX")
     config_lib.add_train_flags(train)
+    config_lib.add_distributed_flags(train)
     parity = commands.add_parser("parity", help="check that JAX and PyTorch follow the same trajectory")
     config_lib.add_train_flags(parity, dtypes=("float32", "float64", "both"), default_dtype="both")
     parity.add_argument("--steps", type=config_lib.positive_int, default=None,
@@ -249,6 +258,12 @@ def build_parser() -> config_lib.OneLineParser:
                       help="its Flax port: an nnx.Module or linen.Module class or zero-argument factory")
     port.add_argument("--flax-input", choices=("same", "nhwc"), default="same",
                       help="the inputs the Flax model takes: torch's layout, or channels last (NCHW -> NHWC)")
+    launch = commands.add_parser("launch", help="run `train` in N local processes (like torchrun --standalone)",
+                                 usage="jaxtrain launch --nproc N [--port PORT] -- train <flags>")
+    launch.add_argument("--nproc", type=config_lib.positive_int, required=True, help="processes to start")
+    launch.add_argument("--port", type=config_lib.positive_int, default=None,
+                        help="the coordinator's port on 127.0.0.1 (default: a free one)")
+    launch.add_argument("forwarded", nargs=argparse.REMAINDER, help="-- train <flags>")
     bench = commands.add_parser("bench", help="time JAX and PyTorch on the same training work")
     config_lib.add_train_flags(bench)
     bench.add_argument("--repeats", type=config_lib.positive_int, default=None, help="epochs per variant (5)")
@@ -266,6 +281,10 @@ def main(argv=None) -> int:
         return run_train(config_lib.config_from_args(args))
     if args.command == "parity":
         return run_parity(config_lib.config_from_args(args), args)
+    if args.command == "launch":
+        from jaxtrain.launch import launch
+
+        return launch(args.nproc, args.forwarded, args.port)
     if args.command == "bench":
         return run_bench(config_lib.config_from_args(args), args)
     return 2

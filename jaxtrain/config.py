@@ -80,6 +80,11 @@ class Config:
     checkpoint_every: int = 1
     keep: int = 3
     resume: bool = False
+    # data parallel (jaxtrain train; torchref reads torchrun's environment)
+    devices: int = 1
+    coordinator: str | None = None
+    num_processes: int | None = None
+    process_id: int | None = None
     # output
     metrics_out: str | None = None
     quiet: bool = False
@@ -184,6 +189,17 @@ def add_train_flags(parser: argparse.ArgumentParser, dtypes=("float32", "float64
     out.add_argument("--progress", action="store_true", help="show a tqdm progress bar")
 
 
+def add_distributed_flags(parser: argparse.ArgumentParser) -> None:
+    """Data-parallel flags of `jaxtrain train` (see jaxtrain.distributed)."""
+    p = parser.add_argument_group("data parallel (--batch-size is the global batch)")
+    p.add_argument("--devices", type=positive_int, default=1, metavar="N",
+                   help="split each batch over N devices of this process (CPU: N virtual devices)")
+    p.add_argument("--coordinator", default=None, metavar="HOST:PORT",
+                   help="join a multi-process run (jax.distributed); 'auto': JAX's cluster detection (SLURM, ...)")
+    p.add_argument("--num-processes", type=positive_int, default=None, metavar="N")
+    p.add_argument("--process-id", type=int, default=None, metavar="I")
+
+
 def config_from_args(args: argparse.Namespace) -> Config:
     fields = {f.name for f in dataclasses.fields(Config)}
     values = {k: v for k, v in vars(args).items() if k in fields}
@@ -240,6 +256,9 @@ def validate(c: Config) -> None:
     check(not c.amsgrad or c.optimizer in ("adam", "adamw"), "--amsgrad applies to adam and adamw only")
     check(not c.centered or c.optimizer == "rmsprop", "--centered applies to --optimizer rmsprop only")
     check(not c.resume or c.checkpoint_dir is not None, "--resume needs --checkpoint-dir")
+    from jaxtrain.distributed import check_flags
+
+    check_flags(c.devices, c.coordinator, c.num_processes, c.process_id)
     if c.scheduler == "multistep":
         check(len(c.milestones) > 0, "--scheduler multistep needs --milestones, e.g. --milestones 3,6")
 

@@ -12,6 +12,9 @@ tutorial's `train_loop` (forward, loss, backward, optimizer.step()), and
   from `jaxtrain.data.epoch_batches`, so it is the order torch sees too.
 - The last partial batch of an epoch runs as one `train_step` at its own shape
   (compiled once), so it is the batch torch sees, row for row.
+- Data parallel is the same program over a mesh (`jaxtrain.distributed`): the
+  index matrix is split over the devices, everything else replicated; XLA adds
+  the all-reduce. One device is the mesh of one.
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ from flax import struct
 from flax.training import train_state
 
 from jaxtrain import data as data_lib
+from jaxtrain.distributed import DataParallel
 from jaxtrain.flax_model import PureModel, cast_floats, pure_model
 from jaxtrain.losses import make_loss
 from jaxtrain.models import make_model
@@ -146,12 +150,13 @@ class Trainer:
     def __init__(self, config, train: data_lib.Split, test: data_lib.Split, state: TrainState | None = None,
                  precompile: bool = True):
         self.config = config
+        self.parallel = DataParallel(config.devices, config.batch_size)
         dtype = jnp.dtype(config.dtype)
         self.train_split, self.test_split = train, test
-        self.train_x, self.train_y = _on_device(train, dtype)
-        self.test_x, self.test_y = _on_device(test, dtype)
+        self.train_x, self.train_y = self.parallel.replicate(_host_arrays(train, dtype))
+        self.test_x, self.test_y = self.parallel.replicate(_host_arrays(test, dtype))
         self.steps_per_epoch = -(-len(train) // config.batch_size)
-        self.state = state if state is not None else create_state(config, self.steps_per_epoch)
+        self.state = self.parallel.replicate(state if state is not None else create_state(config, self.steps_per_epoch))
         self.test_plan = data_lib.epoch_batches(len(test), config.batch_size)
 
         self._epoch = jax.jit(train_epoch, donate_argnums=0)  # compiled per input shape, on first use
@@ -161,13 +166,13 @@ class Trainer:
         if precompile:  # ahead of time, so compilation is not mixed into the first epoch's time
             start = time.perf_counter()
             plan = self.batches(0)
-            full, last = _split_plan(plan, len(plan))
-            if len(full):
+            full, last = self._split_plan(plan, len(plan))
+            if full is not None:
                 self._epoch = self._epoch.lower(self.state, self.train_x, self.train_y, full, None).compile()
             if last is not None:
                 self._step = self._step.lower(self.state, _gather(self.train_x, self.train_y, last)).compile()
-            full, last = _split_plan(self.test_plan, len(self.test_plan))
-            if len(full):
+            full, last = self._split_plan(self.test_plan, len(self.test_plan))
+            if full is not None:
                 self._eval_epoch = self._eval_epoch.lower(self.state, self.test_x, self.test_y, full).compile()
             if last is not None:
                 self._eval_step = self._eval_step.lower(self.state, _gather(self.test_x, self.test_y, last)).compile()
@@ -182,49 +187,57 @@ class Trainer:
         step, as float64 numpy. `dropout`: injected keep-masks, one tuple per step (see `train_epoch`)."""
         plan = self.batches(epoch)
         num_steps = len(plan) if num_steps is None else num_steps
-        full, last = _split_plan(plan, num_steps)
+        full, last = self._split_plan(plan, num_steps)
         losses = []
-        if len(full):
-            masks = None if dropout is None else _stack_masks(dropout[: len(full)])
+        if full is not None:
+            masks = None if dropout is None else self._shard(_stack_masks(dropout[: full.shape[0]]), axis=1)
             self.state, epoch_losses = self._epoch(self.state, self.train_x, self.train_y, full, masks)
             losses.append(epoch_losses)
         if last is not None:
             batch = _gather(self.train_x, self.train_y, last)
             if dropout is not None and dropout[-1]:
-                batch["dropout"] = tuple(dropout[-1])
+                batch["dropout"] = self._shard(tuple(dropout[-1]), axis=0)
             self.state, metrics = self._step(self.state, batch)
             losses.append(metrics["loss"][None])
+        losses = self.parallel.to_host(losses)
         return np.concatenate([np.asarray(x, dtype=np.float64) for x in losses]) if losses else np.zeros(0)
 
     def evaluate(self) -> tuple[float, float]:
         """(avg test loss as the tutorial computes it: mean of batch means, accuracy in [0, 1]; NaN
         for targets that are not class labels)."""
-        full, last = _split_plan(self.test_plan, len(self.test_plan))
+        full, last = self._split_plan(self.test_plan, len(self.test_plan))
         losses, correct = [], 0
-        if len(full):
-            out = jax.device_get(self._eval_epoch(self.state, self.test_x, self.test_y, full))
+        if full is not None:
+            out = self.parallel.to_host(self._eval_epoch(self.state, self.test_x, self.test_y, full))
             losses += list(out["loss"])
             correct += int(np.sum(out["correct"]))
         if last is not None:
-            out = jax.device_get(self._eval_step(self.state, _gather(self.test_x, self.test_y, last)))
+            out = self.parallel.to_host(self._eval_step(self.state, _gather(self.test_x, self.test_y, last)))
             losses.append(out["loss"])
             correct += int(out["correct"])
         accuracy = correct / len(self.test_split) if data_lib.is_classification(self.test_split) else float("nan")
         return float(np.mean(np.asarray(losses, dtype=np.float64))), accuracy
 
 
-def _on_device(split: data_lib.Split, dtype):
+    def _shard(self, arrays, axis: int):
+        """Host arrays with the batch on `axis`, split over the devices (see jaxtrain.distributed)."""
+        return None if arrays is None else tuple(self.parallel.shard_rows(a, axis) for a in arrays)
+
+    def _split_plan(self, plan: data_lib.EpochBatches, num_steps: int):
+        """The first `num_steps` batches of a plan on the devices: the full ones (an index matrix,
+        each row split over the devices; None if there are none) and the partial last one's
+        indices (or None)."""
+        full, last = plan.index[:num_steps], None
+        if num_steps and plan.sizes[num_steps - 1] < plan.index.shape[1]:
+            full, last = plan.index[: num_steps - 1], plan.index[num_steps - 1, : plan.sizes[num_steps - 1]]
+        full = self.parallel.shard_rows(full, axis=1) if len(full) else None
+        return full, (None if last is None else self.parallel.shard_rows(last, axis=0))
+
+
+def _host_arrays(split: data_lib.Split, dtype) -> tuple[np.ndarray, np.ndarray]:
     """Inputs in the run's dtype; integer class labels kept as integers, float targets cast."""
     targets = split.labels if data_lib.is_classification(split) else split.labels.astype(dtype)
-    return jnp.asarray(split.images, dtype), jnp.asarray(targets)
-
-
-def _split_plan(plan: data_lib.EpochBatches, num_steps: int):
-    """The first `num_steps` batches of a plan: the full ones (an index matrix) and the
-    partial last one's indices (or None)."""
-    if num_steps and plan.sizes[num_steps - 1] < plan.index.shape[1]:
-        return plan.index[: num_steps - 1], plan.index[num_steps - 1, : plan.sizes[num_steps - 1]]
-    return plan.index[:num_steps], None
+    return np.asarray(split.images, dtype), np.asarray(targets)
 
 
 def fit(config, train: data_lib.Split, test: data_lib.Split, report=None, trainer: Trainer | None = None,
