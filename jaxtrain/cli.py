@@ -133,8 +133,9 @@ def run_train(config) -> int:
     start, record = 0, None
     if config.resume:
         trainer.state, record, start = saver.restore(trainer.state, config)
-    with Interrupts() as interrupts:
-        record = train_lib.fit(config, train_split, test_split, report=TutorialPrinter(config) if parallel.is_main else None,
+    with Interrupts() as interrupts, distributed.peers_watched(parallel):
+        record = train_lib.fit(config, train_split, test_split,
+                               report=TutorialPrinter(config) if parallel.is_main else None,
                                trainer=trainer, start_epoch=start, record=record,
                                on_epoch_end=epoch_hook(saver.save if saver else None, config, interrupts, "jaxtrain",
                                                        parallel.any_process))

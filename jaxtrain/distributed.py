@@ -15,11 +15,12 @@ every device computes that whole (small) batch, so the math is still one device'
 
 from __future__ import annotations
 
+import contextlib
 import os
 
 import numpy as np
 
-from jaxtrain.errors import ConfigError, UserError
+from jaxtrain.errors import ConfigError, PeerLost, UserError
 
 AXIS = "data"
 LOCAL_RANK_ENV = "JAXTRAIN_LOCAL_RANK"  # set by `jaxtrain launch` for each process it starts
@@ -150,6 +151,22 @@ class DataParallel:
         from jax.experimental import multihost_utils
 
         return bool(np.any(multihost_utils.process_allgather(np.array([flag]))))
+
+
+@contextlib.contextmanager
+def peers_watched(parallel: DataParallel):
+    """In a multi-process run, a failed collective (a peer died, the network broke) becomes
+    one line naming this process, not a traceback."""
+    import jax
+
+    try:
+        yield
+    except jax.errors.JaxRuntimeError as e:
+        if parallel.process_count == 1:
+            raise
+        first_line = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise PeerLost(f"process {parallel.process_index}: a collective failed, another process has probably "
+                       f"died ({first_line})") from None
 
 
 def is_key(leaf) -> bool:

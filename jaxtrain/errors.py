@@ -32,3 +32,10 @@ class Interrupted(Exception):
 class PortMappingError(UserError):
     """A torch model and its Flax port cannot be paired: unmatched tensors, shapes that differ
     after the layout rule, a model that fails to run, a module path that does not import."""
+
+
+class PeerLost(Exception):
+    """A collective of a multi-process run failed: another process died or the network broke.
+    Printed as one line, exit 1."""
+
+    exit_code = 1

@@ -1,4 +1,7 @@
-"""`torchref train`: the PyTorch reference with the same flags and output as `jaxtrain train`."""
+"""`torchref train`: the PyTorch reference with the same flags and output as `jaxtrain train`.
+
+Under `torchrun --standalone --nproc-per-node N -m torchref train <flags>` it runs DDP
+(torchref.distributed): each rank its block of every global batch, rank 0 prints and writes."""
 
 from __future__ import annotations
 
@@ -13,18 +16,26 @@ def run_train(config) -> int:
     from jaxtrain.cli import Interrupts, TutorialPrinter, epoch_hook
     from torchref import train as train_lib
     from torchref.checkpoint import TorchCheckpointer
+    from torchref.distributed import DataParallel
 
     metrics.check_writable(config.metrics_out)
     checkpoint.check_dir(config.checkpoint_dir)
     devices.torch_full_precision()  # torch's defaults; stated for parity
+    parallel = DataParallel.from_env()  # torchrun's ranks; one process without torchrun
     train_split, test_split = data_lib.load_data(config)
     saver = TorchCheckpointer(config.checkpoint_dir, config.keep) if config.checkpoint_dir else None
-    with Interrupts() as interrupts:
-        record = train_lib.fit(config, train_split, test_split, report=TutorialPrinter(config),
-                               restore=saver.restorer(config) if config.resume else None,
-                               on_epoch_end=epoch_hook(saver.save if saver else None, config, interrupts, "torchref"))
+    save = None if saver is None else saver.save if parallel.is_main else (lambda *args: None)  # rank 0 writes
+    try:
+        with Interrupts() as interrupts:
+            record = train_lib.fit(config, train_split, test_split,
+                                   report=TutorialPrinter(config) if parallel.is_main else None,
+                                   restore=saver.restorer(config) if config.resume else None,
+                                   on_epoch_end=epoch_hook(save, config, interrupts, "torchref", parallel.any_process),
+                                   parallel=parallel)
+    finally:
+        parallel.close()
     record["config"] = config.to_json()
-    if config.metrics_out:
+    if config.metrics_out and parallel.is_main:
         metrics.write_json(config.metrics_out, record)
     return 0
 

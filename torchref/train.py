@@ -12,6 +12,7 @@ import torch
 from torch.utils.data import DataLoader, Sampler, TensorDataset
 
 from jaxtrain import data as data_lib
+from torchref.distributed import ONE_PROCESS
 from torchref.losses import make_loss
 from torchref.models import make_model
 from torchref.optim import make_optimizer, make_scheduler
@@ -34,13 +35,15 @@ def setup(config, model=None):
 
 
 class SharedBatchSampler(Sampler):
-    """Yields the index lists of `jaxtrain.data.epoch_batches`; `set_epoch` picks the epoch
-    (and, for a run cut short by a step budget, how many of its batches)."""
+    """Yields the index lists of `jaxtrain.data.epoch_batches` (under DDP: this rank's block of
+    each); `set_epoch` picks the epoch (and, for a run cut short by a step budget, how many of
+    its batches)."""
 
-    def __init__(self, num_samples, batch_size, shuffle=False, seed=0):
+    def __init__(self, num_samples, batch_size, shuffle=False, seed=0, parallel=ONE_PROCESS):
         self.num_samples, self.batch_size, self.shuffle, self.seed, self.epoch = (
             num_samples, batch_size, shuffle, seed, 0)
         self.num_batches = -(-num_samples // batch_size)
+        self.parallel = parallel
 
     def set_epoch(self, epoch, num_batches=None):
         self.epoch = epoch
@@ -49,35 +52,39 @@ class SharedBatchSampler(Sampler):
     def __iter__(self):
         plan = data_lib.epoch_batches(self.num_samples, self.batch_size, self.shuffle, self.seed, self.epoch)
         for b in range(self.num_batches):
-            yield plan.index[b, : plan.sizes[b]].tolist()
+            yield self.parallel.rank_rows(plan.index[b, : plan.sizes[b]]).tolist()
 
     def __len__(self):
         return self.num_batches
 
 
-def make_dataloader(split: data_lib.Split, config, train: bool) -> DataLoader:
-    """The split's samples in the batches of jaxtrain's plan. FashionMNIST's (N, 28, 28) images
-    get the channel axis ToTensor gives them (N, 1, 28, 28); other inputs are taken as they are."""
+def make_dataloader(split: data_lib.Split, config, train: bool, parallel=ONE_PROCESS) -> DataLoader:
+    """The split's samples in the batches of jaxtrain's plan (this rank's block of each).
+    FashionMNIST's (N, 28, 28) images get the channel axis ToTensor gives them (N, 1, 28, 28);
+    other inputs are taken as they are."""
     dtype = torch.float64 if config.dtype == "float64" else torch.float32
     inputs = torch.from_numpy(split.images).to(dtype)
     if inputs.ndim == 3:
         inputs = inputs.unsqueeze(1)
     labels = torch.from_numpy(split.labels)
     labels = labels.long() if data_lib.is_classification(split) else labels.to(dtype)
-    sampler = SharedBatchSampler(len(split), config.batch_size, config.shuffle and train, config.seed)
+    parallel.check_batches(len(split), config.batch_size, "training" if train else "test")
+    sampler = SharedBatchSampler(len(split), config.batch_size, config.shuffle and train, config.seed, parallel)
     return DataLoader(TensorDataset(inputs, labels), batch_sampler=sampler)
 
 
-def train_step(model, loss_fn, optimizer, X, y, capture=None):
-    """The body of the tutorial's train_loop. `capture` (a dict) receives the logits,
-    gradients and parameter updates, for the parity harness."""
+def train_step(model, loss_fn, optimizer, X, y, capture=None, parallel=ONE_PROCESS, global_rows=None):
+    """The body of the tutorial's train_loop; returns the global batch's loss. `capture` (a dict)
+    receives the logits, gradients and parameter updates, for the parity harness. Under DDP,
+    X is this rank's block of a global batch of `global_rows`."""
     before = {n: p.detach().clone() for n, p in model.named_parameters()} if capture is not None else None
     # Compute prediction and loss
     pred = model(X)
     loss = loss_fn(pred, y)
+    loss = parallel.loss_share(loss, loss_fn, len(X), global_rows or len(X))  # DDP: this rank's share
 
     # Backpropagation
-    loss.backward()
+    parallel.backward(loss)
     if capture is not None:
         capture["logits"] = pred.detach().clone()
         capture["grads"] = {n: p.grad.detach().clone() for n, p in model.named_parameters()}
@@ -85,71 +92,78 @@ def train_step(model, loss_fn, optimizer, X, y, capture=None):
     optimizer.zero_grad()
     if capture is not None:
         capture["updates"] = {n: p.detach() - before[n] for n, p in model.named_parameters()}
-    return loss.detach()
+    return parallel.sum(loss.detach())
 
 
-def train_loop(dataloader, model, loss_fn, optimizer, report=None):
+def train_loop(dataloader, model, loss_fn, optimizer, report=None, parallel=ONE_PROCESS):
     """One epoch; returns every step's loss. `report(loss, current, size)` every 100 batches."""
-    size = len(dataloader.dataset)
+    size, batch_size = len(dataloader.dataset), dataloader.batch_sampler.batch_size
     # Set the model to training mode - important for batch normalization and dropout layers
     model.train()
     losses = []
     for batch, (X, y) in enumerate(dataloader):
         X, y = X.to(device()), y.to(device())
-        loss = train_step(model, loss_fn, optimizer, X, y)
+        global_rows = min(batch_size, size - batch * batch_size)  # len(X) on one process
+        loss = train_step(model, loss_fn, optimizer, X, y, parallel=parallel, global_rows=global_rows)
         losses.append(loss)
         if batch % 100 == 0 and report is not None:
-            loss, current = loss.item(), batch * dataloader.batch_sampler.batch_size + len(X)
+            loss, current = loss.item(), batch * batch_size + global_rows
             report(loss, current, size)
     return torch.stack(losses).double().cpu().numpy()
 
 
-def test_loop(dataloader, model, loss_fn):
+def test_loop(dataloader, model, loss_fn, parallel=ONE_PROCESS):
     """Returns (avg loss = mean of batch means, accuracy = correct / size)."""
     # Set the model to evaluation mode - important for batch normalization and dropout layers
     model.eval()
-    size = len(dataloader.dataset)
+    size, batch_size = len(dataloader.dataset), dataloader.batch_sampler.batch_size
     num_batches = len(dataloader)
     test_loss, correct = 0, 0
 
     # Evaluating the model with torch.no_grad() ensures that no gradients are computed during test mode
     with torch.no_grad():
-        for X, y in dataloader:
+        for batch, (X, y) in enumerate(dataloader):
             X, y = X.to(device()), y.to(device())
             pred = model(X)
-            test_loss += loss_fn(pred, y).item()
+            global_rows = min(batch_size, size - batch * batch_size)
+            test_loss += parallel.loss_share(loss_fn(pred, y), loss_fn, len(X), global_rows).item()
             if not y.is_floating_point():  # class labels (regression targets have no accuracy)
                 correct += (pred.argmax(1) == y).type(torch.float).sum().item()
 
+    test_loss, correct = parallel.sum(torch.tensor([test_loss, correct], dtype=torch.float64)).tolist()
     test_loss /= num_batches
     correct = correct / size if not y.is_floating_point() else float("nan")
     return test_loss, correct
 
 
 def fit(config, train: data_lib.Split, test: data_lib.Split, report=None, model=None, restore=None,
-        on_epoch_end=None) -> dict:
+        on_epoch_end=None, parallel=ONE_PROCESS) -> dict:
     """`for t in range(epochs): train_loop(...); test_loop(...)`; returns the metrics record.
     `restore(model, optimizer, scheduler) -> (record, epochs_done)` continues a saved run;
-    `on_epoch_end(epochs_done, (model, optimizer, scheduler), record)` runs after each epoch."""
+    `on_epoch_end(epochs_done, (model, optimizer, scheduler), record)` runs after each epoch.
+    `parallel`: the DDP ranks (torchref.distributed), one process by default."""
     from jaxtrain.metrics import append_epoch, check_finite, new_record
 
     report = report or (lambda event, **kw: None)
     model, loss_fn, optimizer, scheduler = setup(config, model)
-    train_dataloader, test_dataloader = make_dataloader(train, config, True), make_dataloader(test, config, False)
+    train_dataloader = make_dataloader(train, config, True, parallel)
+    test_dataloader = make_dataloader(test, config, False, parallel)
     record, start_epoch = new_record("torch", config, device_kind()), 0
     if restore is not None:
         record, start_epoch = restore(model, optimizer, scheduler)
+    net = parallel.wrap(model)  # after restoring: DDP starts every rank from rank 0's weights
     report("compiled", seconds=0.0)
     for t in range(start_epoch, config.epochs):
         report("epoch_start", epoch=t)
         train_dataloader.batch_sampler.set_epoch(t)
         start = time.perf_counter()
-        losses = train_loop(train_dataloader, model, loss_fn, optimizer,
-                            lambda loss, current, size: report("train_progress", loss=loss, current=current, size=size))
+        losses = train_loop(train_dataloader, net, loss_fn, optimizer,
+                            lambda loss, current, size: report("train_progress", loss=loss, current=current, size=size),
+                            parallel)
         train_seconds = time.perf_counter() - start
         if config.nan_guard:
             check_finite(losses, t, len(record["steps"]))
-        test_loss, accuracy = test_loop(test_dataloader, model, loss_fn)
+        test_loss, accuracy = test_loop(test_dataloader, net, loss_fn, parallel)
         if scheduler is not None:
             scheduler.step()
         seconds = time.perf_counter() - start
