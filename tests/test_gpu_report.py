@@ -6,6 +6,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -25,6 +27,7 @@ def test_refuses_without_a_gpu_in_one_line():
     assert "no CUDA GPU" in result.stderr and "Traceback" not in result.stderr
 
 
+@pytest.mark.corpus  # about 2 minutes on the 2-core AMD machine: a long check (make corpus)
 def test_quick_report_on_the_cpu_writes_json_markdown_and_plots(tmp_path, fashion):
     result = run("--allow-cpu", "--quick", "--out", str(tmp_path))
     assert result.returncode == 0, result.stdout + result.stderr[-3000:]
