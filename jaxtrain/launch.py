@@ -23,6 +23,7 @@ from jaxtrain.distributed import LOCAL_RANK_ENV
 from jaxtrain.errors import ConfigError
 
 PROCESS_FLAGS = ("--coordinator", "--num-processes", "--process-id")
+GLOO_NOTICE = "[Gloo] Rank "
 GRACE_SECONDS = 5.0  # between SIGTERM and SIGKILL for the surviving ranks
 
 
@@ -45,14 +46,20 @@ def check_command(command: list[str]) -> list[str]:
 
 
 class _Rank:
-    """One child process; its stderr is passed through, its last line kept to say why it failed."""
+    """One child process. Its stderr is passed through, the last line kept to say why it failed;
+    rank 0's stdout (the only one jaxtrain prints to) is passed through without gloo's
+    connection notices, which its C++ side prints in every process."""
 
     def __init__(self, rank: int, argv: list[str], env: dict):
         self.rank, self.last_line = rank, ""
-        self.proc = subprocess.Popen(argv, env=env, stderr=subprocess.PIPE, text=True, bufsize=1,
+        self.proc = subprocess.Popen(argv, env=env, stdout=subprocess.PIPE if rank == 0 else subprocess.DEVNULL,
+                                     stderr=subprocess.PIPE, text=True, bufsize=1,
                                      start_new_session=True)  # our own signals reach it only when forwarded
-        self.reader = threading.Thread(target=self._pass_stderr, daemon=True)
-        self.reader.start()
+        self.readers = [threading.Thread(target=self._pass_stderr, daemon=True)]
+        if rank == 0:
+            self.readers.append(threading.Thread(target=self._pass_stdout, daemon=True))
+        for reader in self.readers:
+            reader.start()
 
     def _pass_stderr(self) -> None:
         for line in self.proc.stderr:
@@ -61,11 +68,21 @@ class _Rank:
             if line.strip():
                 self.last_line = line.strip()
 
+    def _pass_stdout(self) -> None:
+        for line in self.proc.stdout:
+            if not line.startswith(GLOO_NOTICE):
+                sys.stdout.write(line)
+                sys.stdout.flush()
+
+    def join(self) -> None:
+        for reader in self.readers:
+            reader.join(timeout=5)
+
     def why(self) -> str:
         code = self.proc.returncode
         if code < 0:
             return f"was killed by {signal.Signals(-code).name}"
-        self.reader.join(timeout=2)
+        self.join()
         return f"exited with code {code}" + (f": {self.last_line}" if self.last_line else "")
 
     def exit_code(self) -> int:
@@ -105,6 +122,7 @@ def launch(nproc: int, command: list[str], port: int | None = None, python: str 
             if failed is not None:
                 break
             if all(c == 0 for c in codes):
+                ranks[0].join()  # the last lines rank 0 printed
                 return 0
             time.sleep(0.1)
         if forwarded:  # we were told to stop: the ranks report their own interrupt
@@ -117,6 +135,8 @@ def launch(nproc: int, command: list[str], port: int | None = None, python: str 
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
+        for r in ranks:
+            r.join()
 
 
 def _wait_or_kill(ranks: list[_Rank], terminate: bool = False) -> None:

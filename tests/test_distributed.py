@@ -158,6 +158,27 @@ def test_a_killed_rank_ends_the_launch_with_one_line_and_a_whole_checkpoint(tmp_
     assert resumed.returncode == 0, resumed.stderr
 
 
+def test_launch_forwards_sigint_and_every_rank_stops_at_the_same_epoch(tmp_path, fashion):
+    ck = tmp_path / "ck"
+    launcher = subprocess.Popen(
+        [sys.executable, "-m", "jaxtrain", "launch", "--nproc", "2", "--", "train", "--epochs", "100",
+         "--train-limit", "3200", "--test-limit", "200", "--checkpoint-dir", str(ck), "--quiet"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env(), cwd=ROOT)
+    try:
+        deadline = time.time() + TIMEOUT
+        while not (ck / "1").exists() and time.time() < deadline and launcher.poll() is None:
+            time.sleep(0.1)
+        launcher.send_signal(signal.SIGINT)
+        _, stderr = launcher.communicate(timeout=120)
+    finally:
+        launcher.kill()
+    assert launcher.returncode == 128 + signal.SIGINT, stderr
+    stops = [line for line in stderr.splitlines() if "SIGINT after epoch" in line]
+    assert len(stops) == 2 and stops[0] == stops[1], stderr  # both ranks, the same epoch
+    epoch = int(stops[0].split("after epoch ")[1].split(";")[0])
+    assert 1 <= epoch < 100 and (ck / str(epoch)).is_dir()
+
+
 def test_batch_that_does_not_split_over_the_devices_is_one_line(fashion):
     done = jaxtrain("train", "--devices", "3", "--epochs", "1", "--train-limit", "64", "--quiet")
     assert done.returncode == 2
