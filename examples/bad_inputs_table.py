@@ -80,6 +80,13 @@ def main():
         ("bench: --batch-sizes 16,0", [sys.executable, "-m", "jaxtrain", "bench", "--batch-sizes", "16,0"]),
         ("bench: --plot in a missing folder", [sys.executable, "-m", "jaxtrain", "bench", "--plot", "/no/dir/b.png"]),
         ("example: missing data", [sys.executable, "examples/tutorial.py", "--data-dir", "/no/such/dir"]),
+        ("--devices 3 with --batch-size 64", train + ["--devices", "3"]),
+        ("--num-processes without --coordinator", train + ["--num-processes", "2"]),
+        ("--coordinator that is not HOST:PORT", train + ["--coordinator", "nowhere"]),
+        ("launch: a command other than train", [sys.executable, "-m", "jaxtrain", "launch", "--nproc", "2", "--",
+                                                "parity"]),
+        ("launch: --process-id given", [sys.executable, "-m", "jaxtrain", "launch", "--nproc", "2", "--", "train",
+                                        "--process-id", "1"]),
     ]
     print("| bad input | exit | message (stderr) |")
     print("| --- | --- | --- |")

@@ -38,7 +38,7 @@ def check_command(command: list[str]) -> list[str]:
     if command[:1] == ["--"]:
         command = command[1:]
     if command[:1] != ["train"]:
-        raise ConfigError("launch runs `train`: jaxtrain launch --nproc N -- train <flags>")
+        raise ConfigError("launch runs train: jaxtrain launch --nproc N -- train <flags>")
     for flag in PROCESS_FLAGS:
         if any(arg == flag or arg.startswith(flag + "=") for arg in command):
             raise ConfigError(f"{flag} is set by jaxtrain launch; leave it out")

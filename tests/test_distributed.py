@@ -191,7 +191,7 @@ def test_batch_that_does_not_split_over_the_devices_is_one_line(fashion):
     (["train", "--coordinator", "localhost:1", "--num-processes", "2"], "needs --num-processes N and --process-id I"),
     (["train", "--coordinator", "localhost:1", "--num-processes", "2", "--process-id", "2"],
      "--process-id must be in [0, 2)"),
-    (["launch", "--nproc", "2", "--", "parity"], "launch runs `train`"),
+    (["launch", "--nproc", "2", "--", "parity"], "launch runs train"),
     (["launch", "--nproc", "2", "--", "train", "--process-id", "1"], "--process-id is set by jaxtrain launch"),
 ])
 def test_bad_data_parallel_flags_are_one_line(argv, message, capsys):
