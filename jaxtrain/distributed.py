@@ -49,7 +49,9 @@ def start(devices: int = 1, coordinator: str | None = None, num_processes: int |
                                        initialization_timeout=120)
     except Exception as e:  # unreachable coordinator, no cluster detected, a timeout
         first_line = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise UserError(f"cannot join the multi-process run (--coordinator {coordinator}): {first_line}") from None
+        hint = ("; JAX detected no cluster (SLURM, Kubernetes, TPU, Open MPI): give --coordinator HOST:PORT "
+                "--num-processes N --process-id I" if coordinator == "auto" else "")
+        raise UserError(f"cannot join the multi-process run (--coordinator {coordinator}): {first_line}{hint}") from None
 
 
 def check_flags(devices: int, coordinator: str | None, num_processes: int | None, process_id: int | None) -> None:
