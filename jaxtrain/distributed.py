@@ -48,7 +48,7 @@ def start(devices: int = 1, coordinator: str | None = None, num_processes: int |
             jax.distributed.initialize(coordinator, num_processes, process_id, local_device_ids=local_device_ids,
                                        initialization_timeout=120)
     except Exception as e:  # unreachable coordinator, no cluster detected, a timeout
-        first_line = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        first_line = (str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__).rstrip(".")
         hint = ("; JAX detected no cluster (SLURM, Kubernetes, TPU, Open MPI): give --coordinator HOST:PORT "
                 "--num-processes N --process-id I" if coordinator == "auto" else "")
         raise UserError(f"cannot join the multi-process run (--coordinator {coordinator}): {first_line}{hint}") from None
