@@ -179,6 +179,15 @@ def test_launch_forwards_sigint_and_every_rank_stops_at_the_same_epoch(tmp_path,
     assert 1 <= epoch < 100 and (ck / str(epoch)).is_dir()
 
 
+def test_coordinator_auto_without_a_cluster_is_one_line(fashion):
+    clean = {k: v for k, v in env().items() if not k.startswith(("SLURM_", "OMPI_", "KUBERNETES_", "TPU_"))}
+    done = subprocess.run([sys.executable, "-m", "jaxtrain", "train", "--coordinator", "auto", "--epochs", "1",
+                           "--train-limit", "64", "--quiet"], capture_output=True, text=True, timeout=TIMEOUT,
+                          env=clean, cwd=ROOT)
+    assert done.returncode == 2
+    assert len(done.stderr.strip().splitlines()) == 1 and "JAX detected no cluster" in done.stderr, done.stderr
+
+
 def test_batch_that_does_not_split_over_the_devices_is_one_line(fashion):
     done = jaxtrain("train", "--devices", "3", "--epochs", "1", "--train-limit", "64", "--quiet")
     assert done.returncode == 2
