@@ -216,16 +216,19 @@ def _device_name(variant: str) -> str:
     import jax
 
     device = jax.devices()[0]
-    if device.platform == "cpu":
-        try:
-            with open("/proc/cpuinfo") as f:
-                model = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
-            import os
+    return cpu_name() if device.platform == "cpu" else str(device.device_kind)
 
-            return f"cpu ({model}, {os.cpu_count()} cores)"
-        except (OSError, StopIteration):
-            return "cpu"
-    return str(device.device_kind)
+
+def cpu_name() -> str:
+    """"cpu (MODEL, N cores)" from /proc/cpuinfo, or "cpu"."""
+    import os
+
+    try:
+        with open("/proc/cpuinfo") as f:
+            model = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+        return f"cpu ({model}, {os.cpu_count()} cores)"
+    except (OSError, StopIteration):
+        return "cpu"
 
 
 class Worker:

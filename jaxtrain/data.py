@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from jaxtrain.errors import DataError
+from jaxtrain.errors import DataError, first_line
 
 DATA_ENV_VAR = "JAXTRAIN_DATA_DIR"
 DEBIAN_DIR = Path("/usr/share/datasets/fashion-mnist")
@@ -176,8 +176,7 @@ def load_tfds(name: str, data_dir: str | None = None) -> tuple[Split, Split]:
             source = tfds.data_source(name, split=split, data_dir=data_dir, download=False)
             records = [source[i] for i in range(len(source))]
         except Exception as e:  # tfds raises many types for a missing/unprepared dataset
-            first_line = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-            raise DataError(f"tfds dataset {name!r} split {split!r} unavailable: {first_line}") from None
+            raise DataError(f"tfds dataset {name!r} split {split!r} unavailable: {first_line(e)}") from None
         if not records:
             raise DataError(f"tfds dataset {name!r} split {split!r} is empty")
         images = np.stack([np.asarray(r["image"]) for r in records])

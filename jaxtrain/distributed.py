@@ -20,7 +20,7 @@ import os
 
 import numpy as np
 
-from jaxtrain.errors import ConfigError, PeerLost, UserError
+from jaxtrain.errors import ConfigError, PeerLost, UserError, first_line
 
 AXIS = "data"
 LOCAL_RANK_ENV = "JAXTRAIN_LOCAL_RANK"  # set by `jaxtrain launch` for each process it starts
@@ -48,10 +48,10 @@ def start(devices: int = 1, coordinator: str | None = None, num_processes: int |
             jax.distributed.initialize(coordinator, num_processes, process_id, local_device_ids=local_device_ids,
                                        initialization_timeout=120)
     except Exception as e:  # unreachable coordinator, no cluster detected, a timeout
-        first_line = (str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__).rstrip(".")
         hint = ("; JAX detected no cluster (SLURM, Kubernetes, TPU, Open MPI): give --coordinator HOST:PORT "
                 "--num-processes N --process-id I" if coordinator == "auto" else "")
-        raise UserError(f"cannot join the multi-process run (--coordinator {coordinator}): {first_line}{hint}") from None
+        raise UserError(f"cannot join the multi-process run (--coordinator {coordinator}): "
+                        f"{first_line(e)}{hint}") from None
 
 
 def check_flags(devices: int, coordinator: str | None, num_processes: int | None, process_id: int | None) -> None:
@@ -166,9 +166,8 @@ def peers_watched(parallel: DataParallel):
     except jax.errors.JaxRuntimeError as e:
         if parallel.process_count == 1:
             raise
-        first_line = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise PeerLost(f"process {parallel.process_index}: a collective failed, another process has probably "
-                       f"died ({first_line})") from None
+                       f"died ({first_line(e)})") from None
 
 
 def is_key(leaf) -> bool:

@@ -1,6 +1,13 @@
 """The errors a user can cause, each reported as one line on stderr with exit code 2."""
 
 
+def first_line(error: BaseException) -> str:
+    """An exception's message cut to its first line (its type's name when it has none), for a
+    one-line error that wraps a library's."""
+    text = str(error).strip()
+    return text.splitlines()[0].rstrip(".") if text else type(error).__name__
+
+
 class UserError(Exception):
     """Bad input from the user: a flag, a file, a path. Printed as one line, exit 2."""
 

@@ -14,14 +14,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import re
 import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
-from jaxtrain.bench import LAYERS
+from jaxtrain.bench import LAYERS, cpu_name
 
 RUNS = {
     "jax, 1 device": ["-m", "jaxtrain", "train"],
@@ -74,18 +73,8 @@ def run(epochs: int, train_limit: int | None = None, log=print) -> dict:
         # two devices save half of a step's compute (BATCH rows take step_seconds) and pay t
         network.append({"gbit_per_s": gbit, "allreduce_seconds": t, "fraction_of_step": t / step_seconds,
                         "break_even_rows_per_device": t / (step_seconds / BATCH * (1 - 1 / 2))})
-    return {"flags": flags, "cpu": _cpu(), "runs": runs, "params": params, "allreduce_bytes_float32": grad_bytes,
+    return {"flags": flags, "cpu": cpu_name(), "runs": runs, "params": params, "allreduce_bytes_float32": grad_bytes,
             "one_device_step_seconds": step_seconds, "network_2_devices": network}
-
-
-def _cpu() -> str:
-    try:
-        for line in subprocess.run(["lscpu"], capture_output=True, text=True).stdout.splitlines():
-            if line.startswith("Model name:"):
-                return f"{line.split(':', 1)[1].strip()}, {os.cpu_count()} cores"
-    except OSError:
-        pass
-    return f"{os.cpu_count()} cores"
 
 
 def markdown(result: dict) -> str:

@@ -157,7 +157,8 @@ class Trainer:
         self.test_x, self.test_y = self.parallel.replicate(_host_arrays(test, dtype))
         self.steps_per_epoch = -(-len(train) // config.batch_size)
         self.state = self.parallel.replicate(state if state is not None else create_state(config, self.steps_per_epoch))
-        self.test_plan = data_lib.epoch_batches(len(test), config.batch_size)
+        test_plan = data_lib.epoch_batches(len(test), config.batch_size)  # the same every epoch: on the devices once
+        self.test_batches = self._split_plan(test_plan, len(test_plan))
 
         self._epoch = jax.jit(train_epoch, donate_argnums=0)  # compiled per input shape, on first use
         self._step = jax.jit(train_step, donate_argnums=0)
@@ -171,7 +172,7 @@ class Trainer:
                 self._epoch = self._epoch.lower(self.state, self.train_x, self.train_y, full, None).compile()
             if last is not None:
                 self._step = self._step.lower(self.state, _gather(self.train_x, self.train_y, last)).compile()
-            full, last = self._split_plan(self.test_plan, len(self.test_plan))
+            full, last = self.test_batches
             if full is not None:
                 self._eval_epoch = self._eval_epoch.lower(self.state, self.test_x, self.test_y, full).compile()
             if last is not None:
@@ -205,7 +206,7 @@ class Trainer:
     def evaluate(self) -> tuple[float, float]:
         """(avg test loss as the tutorial computes it: mean of batch means, accuracy in [0, 1]; NaN
         for targets that are not class labels)."""
-        full, last = self._split_plan(self.test_plan, len(self.test_plan))
+        full, last = self.test_batches
         losses, correct = [], 0
         if full is not None:
             out = self.parallel.to_host(self._eval_epoch(self.state, self.test_x, self.test_y, full))

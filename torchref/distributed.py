@@ -78,7 +78,7 @@ class DataParallel:
 
     def backward(self, share: torch.Tensor) -> None:
         """DDP divides the summed gradients by N: N x the share gives the global loss's gradient."""
-        (share * self.world_size).backward() if self.world_size > 1 else share.backward()
+        (share * self.world_size).backward()  # x 1 on one process: exact
 
     def sum(self, tensor: torch.Tensor) -> torch.Tensor:
         """Summed over ranks (the global batch's loss from the shares)."""
