@@ -128,6 +128,19 @@ def test_torchrun_ddp_follows_the_one_process_trajectory(tmp_path, fashion):
     assert_same_trajectory(tmp_path / "ddp.json", tmp_path / "one.json")
 
 
+def test_torchrun_ranks_end_cleanly_every_time(tmp_path, fashion):
+    """torch 2.13's gloo group keeps its threads after destroy_process_group; tearing them down with
+    the interpreter aborted a rank now and then (SIGABRT, then torchrun killed the other). Several
+    runs in a row: every one exits 0 with its metrics and no abort."""
+    torchrun = str(Path(sys.executable).with_name("torchrun"))
+    for attempt in range(3):
+        out = tmp_path / f"run{attempt}.json"
+        done = run(torchrun, "--standalone", "--nproc-per-node", "2", "-m", "torchref", "train", "--epochs", "1",
+                   "--train-limit", "256", "--test-limit", "64", "--quiet", "--metrics-out", str(out))
+        assert done.returncode == 0 and "terminate called" not in done.stderr, (attempt, done.stderr[-3000:])
+        assert len(json.loads(out.read_text())["steps"]) == 4
+
+
 def test_a_killed_rank_ends_the_launch_with_one_line_and_a_whole_checkpoint(tmp_path, fashion):
     ck, out = tmp_path / "ck", tmp_path / "m.json"
     launcher = subprocess.Popen(

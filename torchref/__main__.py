@@ -1,3 +1,4 @@
 from torchref.cli import main
+from torchref.distributed import exit_process
 
-raise SystemExit(main())
+exit_process(main())

@@ -32,11 +32,11 @@ def run_train(config) -> int:
                                    restore=saver.restorer(config) if config.resume else None,
                                    on_epoch_end=epoch_hook(save, config, interrupts, "torchref", parallel.any_process),
                                    parallel=parallel)
+        record["config"] = config.to_json()
+        if config.metrics_out and parallel.is_main:
+            metrics.write_json(config.metrics_out, record)  # before the group closes: nothing left to lose after
     finally:
         parallel.close()
-    record["config"] = config.to_json()
-    if config.metrics_out and parallel.is_main:
-        metrics.write_json(config.metrics_out, record)
     return 0
 
 
