@@ -56,7 +56,7 @@ bench: setup
 # 2-core AMD machine), then the 10-epoch tutorial parity test (about 8 more) and the GPU report's
 # quick run on the CPU (about 2). `pytest -m corpus` runs the corpus cases as tests too.
 corpus: setup
-	$(BIN)/python -m parity_tests.corpus --json results/corpus.json --markdown results/corpus.md $(ARGS)
+	$(BIN)/python -m jaxtrain.parity.corpus --json results/corpus.json --markdown results/corpus.md $(ARGS)
 	$(BIN)/python -m pytest -q -m corpus parity_tests/test_tutorial.py tests/test_gpu_report.py
 
 # On a CUDA machine: tutorial parity, the corpus' short subset and the bench -> results/gpu/<device>.*

@@ -31,7 +31,7 @@ def run(out_dir: Path, data_dir: str | None, quick: bool, log) -> dict:
     from jaxtrain import bench, parity
     from jaxtrain import data as data_lib
     from jaxtrain.config import Config
-    from parity_tests import corpus
+    from jaxtrain.parity import corpus
 
     device = torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"
     jax_device = str(jax.devices()[0].device_kind)
@@ -67,7 +67,7 @@ def run(out_dir: Path, data_dir: str | None, quick: bool, log) -> dict:
 
 def markdown(result: dict, report) -> str:
     from jaxtrain import bench
-    from parity_tests.corpus import markdown as corpus_table
+    from jaxtrain.parity.corpus import markdown as corpus_table
 
     epochs = result["parity"]["config"]["epochs"]
     return "\n".join([

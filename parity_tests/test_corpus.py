@@ -6,7 +6,7 @@ runs, and bugs of every stage); `pytest -m corpus` (or `make corpus`) runs every
 
 import pytest
 
-from parity_tests.corpus import BUGS, HEALTHY, QUICK_BUGS, QUICK_HEALTHY, load_data, run_case
+from jaxtrain.parity.corpus import BUGS, HEALTHY, QUICK_BUGS, QUICK_HEALTHY, load_data, run_case
 
 
 def _params(names, quick):

@@ -13,7 +13,7 @@ def run_train(config) -> int:
     from jaxtrain import checkpoint
     from jaxtrain import data as data_lib
     from jaxtrain import devices
-    from jaxtrain.cli import Interrupts, TutorialPrinter, epoch_hook
+    from jaxtrain.console import Interrupts, TutorialPrinter, epoch_hook
     from torchref import train as train_lib
     from torchref.checkpoint import TorchCheckpointer
     from torchref.distributed import DataParallel
