@@ -184,6 +184,30 @@ class PureModel:
     def apply(self, params, buffers, x, train: bool, dropout=None, rng=None, record: bool = False):
         return self._run(params, buffers, x, train, dropout, rng, record)[:3]
 
+    def computing_in(self, dtype) -> "PureModel":
+        """The same model computing in `dtype`: every floating `dtype` / `param_dtype` a module fixed
+        (nnx.Embed fixes float32 at construction; linen modules carry them as fields) set to it, so
+        a float64 run computes in float64. Parameters and buffers are cast by the trainer."""
+        dtype = jnp.dtype(dtype)
+
+        def wants(value) -> bool:
+            try:
+                return value is not None and jnp.issubdtype(value, jnp.floating) and jnp.dtype(value) != dtype
+            except TypeError:
+                return False
+
+        if self.kind == "nnx":
+            module = nnx.clone(self.module)
+            for _, m in module.iter_modules():
+                for attr in ("dtype", "param_dtype"):
+                    if wants(getattr(m, attr, None)):
+                        setattr(m, attr, dtype)
+            graphdef, params, buffers = nnx.split(module, nnx.Param, ...)
+            return PureModel("nnx", module, params, buffers, graphdef)
+        fields = {f for f in ("dtype", "param_dtype") if wants(getattr(self.module, f, None))}
+        module = self.module.clone(**{f: dtype for f in fields}) if fields else self.module
+        return dataclasses.replace(self, module=module)
+
     def calls(self, x, train: bool, params=None, buffers=None) -> list[Call]:
         """The recorded calls (layers with parameters, and dropout) of one forward pass, by tracing only."""
         params = self.params if params is None else params

@@ -236,9 +236,11 @@ class Trainer:
 
 
 def _host_arrays(split: data_lib.Split, dtype) -> tuple[np.ndarray, np.ndarray]:
-    """Inputs in the run's dtype; integer class labels kept as integers, float targets cast."""
+    """Float inputs in the run's dtype, integer inputs (token ids) kept as integers; integer class
+    labels kept as integers, float targets cast."""
     targets = split.labels if data_lib.is_classification(split) else split.labels.astype(dtype)
-    return np.asarray(split.images, dtype), np.asarray(targets)
+    inputs = split.images if np.issubdtype(split.images.dtype, np.integer) else np.asarray(split.images, dtype)
+    return np.asarray(inputs), np.asarray(targets)
 
 
 def fit(config, train: data_lib.Split, test: data_lib.Split, report=None, trainer: Trainer | None = None,

@@ -61,11 +61,13 @@ class SharedBatchSampler(Sampler):
 def make_dataloader(split: data_lib.Split, config, train: bool, parallel=ONE_PROCESS) -> DataLoader:
     """The split's samples in the batches of jaxtrain's plan (this rank's block of each).
     FashionMNIST's (N, 28, 28) images get the channel axis ToTensor gives them (N, 1, 28, 28);
-    other inputs are taken as they are."""
+    other float inputs are taken as they are, in the run's dtype; integer inputs stay integers."""
     dtype = torch.float64 if config.dtype == "float64" else torch.float32
-    inputs = torch.from_numpy(split.images).to(dtype)
-    if inputs.ndim == 3:
-        inputs = inputs.unsqueeze(1)
+    inputs = torch.from_numpy(split.images)
+    if inputs.is_floating_point():
+        inputs = inputs.to(dtype).unsqueeze(1) if inputs.ndim == 3 else inputs.to(dtype)
+    else:  # token ids stay integers (what nn.Embedding takes)
+        inputs = inputs.long()
     labels = torch.from_numpy(split.labels)
     labels = labels.long() if data_lib.is_classification(split) else labels.to(dtype)
     parallel.check_batches(len(split), config.batch_size, "training" if train else "test")

@@ -16,7 +16,7 @@ from jaxtrain import data as data_lib
 from jaxtrain.errors import ConfigError, PortMappingError
 from jaxtrain.parity import criteria
 from jaxtrain.parity.diagnose import diagnose
-from jaxtrain.parity.localise import JAX32, JAX64, TORCH32, TORCH64, localise_math, step1_precision
+from jaxtrain.parity.localise import JAX32, JAX64, ROUNDING64, TORCH32, TORCH64, localise_math, step1_precision
 from jaxtrain.parity.mapping import build_mapping
 from jaxtrain.parity.report import ParityReport
 from jaxtrain.parity.runners import DropoutCall, Port, run_trajectories
@@ -260,7 +260,7 @@ def judge(port: Port, config, dtypes, max_steps=None) -> ParityReport:
     verdict: dict = {part: None for part in ("same_math", "same_precision", "same_results")}
     checks = []
     if "float64" in dtypes:
-        differences = criteria.math_differences(runs[JAX64], runs[TORCH64])
+        differences = criteria.math_differences(runs[JAX64], runs[TORCH64], runs[ROUNDING64])
         localised = (None if differences["within_tolerance"]
                      else localise_math(port, config, differences, max_steps))
         verdict["same_math"] = math_result = criteria.same_math(differences, localised)
@@ -270,7 +270,8 @@ def judge(port: Port, config, dtypes, max_steps=None) -> ParityReport:
     if "float32" in dtypes:
         precision = criteria.same_precision(runs[JAX32], runs[TORCH32], runs[TORCH64],
                                             step1_precision(port, config))
-        results = criteria.same_results(runs[JAX32], runs[TORCH32], runs[TORCH64], len(port.test or port.train))
+        results = criteria.same_results(runs[JAX32], runs[TORCH32], runs[TORCH64], len(port.test or port.train),
+                                         runs[ROUNDING64])
         if not precision["passed"]:
             precision["localised"] = precision["first_failure"]
         if not results["passed"]:

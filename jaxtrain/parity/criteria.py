@@ -1,36 +1,41 @@
 """The three parts of the parity verdict, as pure functions of the runs and their replays.
 
-- Same math (float64): JAX and torch compute the same thing, so in float64 only
-  float64 rounding may separate them: every step's loss and every epoch's test
-  loss within 1e-10 relative, test accuracy equal, every buffer (BatchNorm
-  running mean/var) after every epoch within 1e-10 relative. A difference beyond
-  that is replayed step by step; it fails when a stage (forward, loss, grads,
-  updates, buffers) or the evaluation differs beyond 1e-10 of its magnitude.
-  When none does, an unstable run amplified float64 rounding: reported, not failed.
-- Same precision (float32): each framework's float32 run is judged against
-  float64 (which both agree on), never against the other float32 run: two
-  float32 runs that drift apart independently are both healthy. At step 1, from
-  identical weights, every stage tensor (forward, loss, each gradient, each
-  update, each buffer) must have a JAX rounding error within STAGE_FACTOR x
-  torch's + STAGE_FLOOR ulps. The error of a tensor is the median over its
-  elements of |x32 - x64| / |x64|, so an element that is pure rounding noise
-  (a gradient at rounding level that Adam or RMSprop turns into a full step)
-  does not decide it; a precision defect (float32 bias correction, a
-  bfloat16/TF32 matmul) moves every element and does. Later steps are not
-  judged stage by stage: once one float32 run has flipped a ReLU or the sign of
-  a noise-level gradient (a discrete event, in either framework, at a random
-  step) its errors grow chaotically. The drift onset (the step where JAX's
-  float32 loss first strays RUN_DRIFT_LEVEL from float64) and both runs' RMS
-  loss errors are reported as information.
-- Same results (float32): JAX's float32 test results (loss and accuracy, every
-  epoch) are as close to float64's as float32 rounding puts them on this run:
-  within RESULT_FACTOR x the larger of torch's own error and the training drift
-  (see `same_results`).
+Rounding is measured, not assumed. Beside torch's float64 run a second one, torch', trains
+the same model with arithmetic that differs only in rounding: before every training step
+each parameter moves by one float64 ulp (a random direction, seeded). Its distance from
+torch is the run's own rounding spread: tiny in a stable run, growing in a chaotic one,
+O(lr) on a parameter whose gradient is zero in exact arithmetic (a bias before a
+BatchNorm) under Adam, RMSprop or Adagrad, which divide rounding noise by its own size.
 
-The constants were chosen on the verdict corpus (parity_tests/corpus.py; README,
-"Verdict corpus"): over its 32 healthy runs JAX's step-1 stage error was at most
-1.75x torch's (STAGE_FACTOR 4 leaves 2.3x), the optax.adam float32 defect 22x;
-the results statistic needed at most 3.1x the spread (RESULT_FACTOR 10).
+- Same math (float64): JAX's difference from torch, in every step's loss, every epoch's
+  test loss and accuracy and every buffer (BatchNorm running statistics), within
+  ENVELOPE_FACTOR x torch's own spread (its running maximum) + 1e-10 relative. A difference
+  beyond that is replayed step by step with all three float64 runs in lockstep; a stage
+  tensor (forward, loss, grads, updates, buffers) fails when an element of it differs
+  beyond ENVELOPE_FACTOR x what rounding moved that element (and its tensor) in torch'
+  + 1e-10 of the stage's magnitude; the evaluation likewise. When no stage of any step
+  and no evaluation does, the difference is rounding: reported, not failed.
+- Same precision (float32): at step 1, from identical weights, every stage tensor two
+  ways (`precision_findings`): its typical element (median relative error, exact zeros
+  counted) within STAGE_FACTOR x torch's + STAGE_FLOOR ulps, the pattern of a precision
+  defect; and every element within ELEMENT_FACTOR x torch's float32 error of that element
+  (or of its tensor, RMS, when larger), so a difference confined to one row, channel or
+  element is caught where it starts. An update element is judged only where float32
+  resolves its gradient: Adam, RMSprop and Adagrad turn a gradient at rounding level into
+  a full step of random sign, in either framework. Later steps are not judged stage by
+  stage (chaotic once a ReLU flips); the drift onset is reported as information.
+- Same results (float32): JAX's float32 test results within RESULT_FACTOR x the rounding
+  spread, which comes from torch and float64 only (see `same_results`): the run under
+  judgement never widens its own allowance.
+
+Constants, and why. ENVELOPE_FACTOR 100 compares two samples of one process (two rounding
+perturbations growing at the run's own rate); a porting bug starts orders of magnitude above
+rounding (>= 1e-10 relative, against ~1e-16) and stays there. ELEMENT_FACTOR 1000: float32's
+rounding of one element is ~1e-7 of it; 1000x that is ~1e-4, below any discrete porting
+mistake and above the tail of healthy elements (the corpus reports the largest ratio each
+healthy case reached). STAGE_FACTOR 4 on the median, RESULT_FACTOR 10 on an RMS over epochs.
+The corpus (jaxtrain/parity/corpus.py; README, "Verdict corpus") prints what each healthy
+case needed, so the margins can be read on every machine kind.
 """
 
 from __future__ import annotations
@@ -38,34 +43,49 @@ from __future__ import annotations
 import numpy as np
 
 EPS32 = float(np.finfo(np.float32).eps)  # 1.19e-7, one float32 ulp at 1.0
+EPS64 = float(np.finfo(np.float64).eps)
 FLOAT64_REL_TOL = 1e-10
+ENVELOPE_FACTOR = 100.0
 STAGE_FACTOR, STAGE_FLOOR = 4.0, 8.0
+ELEMENT_FACTOR = 1000.0
 RESULT_FACTOR, RESULT_LOSS_FLOOR = 10.0, 16.0
 RUN_DRIFT_LEVEL = 1e-6
-ZERO_IN_EXACT_MATH = 1e-6  # a tensor this small against its stage is rounding noise of a zero
-LOCAL_FACTOR = 1e3  # a float64 stage must differ this much more than the step's starting parameters
+ZERO_IN_EXACT_MATH = 1e-6  # a float64 tensor this small against its stage is rounding noise of a zero
 
 
 # --------------------------------------------------------------------------- tensor comparisons
 
 
-def rel_max_diff(a, b) -> float:
-    """max |a - b| over max |b|: a difference relative to the magnitude of what is compared."""
-    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
-    if a.shape != b.shape:
-        return float("inf")
-    diff = float(np.max(np.abs(a - b))) if a.size else 0.0
-    scale = float(np.max(np.abs(b))) if b.size else 0.0
-    return diff / scale if scale > 0 else (0.0 if diff == 0 else float("inf"))
+def _rms(x) -> float:
+    x = np.asarray(x, np.float64)
+    return float(np.sqrt(np.mean(np.square(x)))) if x.size else 0.0
 
 
-def rounding_error(x32, x64) -> float:
-    """Median over elements of |x32 - x64| / |x64| (elements with x64 == 0 left out)."""
-    x32, x64 = np.asarray(x32, np.float64).ravel(), np.asarray(x64, np.float64).ravel()
-    nonzero = x64 != 0
-    if not nonzero.any():
-        return float(np.max(np.abs(x32))) if x32.size else 0.0
-    return float(np.median(np.abs(x32[nonzero] - x64[nonzero]) / np.abs(x64[nonzero])))
+def _max_abs(x) -> float:
+    return float(np.max(np.abs(x))) if np.size(x) else 0.0
+
+
+def _index(flat: int, shape) -> list[int]:
+    """An element's index in its tensor (a list, for the JSON report)."""
+    return [int(i) for i in np.unravel_index(flat, shape)] if len(shape) else []
+
+
+def beyond_rounding(value, ref, rounding, floor: float, carried: float = 0.0) -> tuple[float, list | None]:
+    """How far `value` is from `ref` against the rounding spread `rounding` (torch' beside ref):
+    max over elements of |value - ref| / (ENVELOPE_FACTOR x (|rounding - ref| of the element +
+    the tensor's RMS spread, or `carried`, the largest it had before) + floor). Above 1 is beyond
+    rounding. Returns (that ratio, the index of the worst element)."""
+    value, ref = np.asarray(value, np.float64), np.asarray(ref, np.float64)
+    if value.shape != ref.shape:
+        return float("inf"), None
+    if not ref.size:
+        return 0.0, None
+    spread = np.abs(np.asarray(rounding, np.float64) - ref) if rounding is not None else np.zeros_like(ref)
+    allowed = ENVELOPE_FACTOR * (spread + max(_rms(spread), carried)) + floor
+    diff = np.abs(value - ref)
+    ratio = np.where(allowed > 0, diff / np.where(allowed > 0, allowed, 1.0), np.where(diff > 0, np.inf, 0.0))
+    worst = int(np.argmax(ratio))
+    return float(ratio.flat[worst]), _index(worst, ref.shape)
 
 
 def stage_tensors(stages: dict):
@@ -84,137 +104,204 @@ def _stage_scales(stages: dict) -> dict:
     """The magnitude of each stage: the largest |value| over all its tensors."""
     scales: dict = {}
     for stage, _, _, value in stage_tensors(stages):
-        scales[stage] = max(scales.get(stage, 0.0), float(np.max(np.abs(value))) if np.size(value) else 0.0)
+        scales[stage] = max(scales.get(stage, 0.0), _max_abs(value))
     return scales
 
 
-def _robust_max(diff: np.ndarray) -> float:
-    """The largest difference, ignoring the top 1% of elements of a tensor of 100 or more: one
-    element whose value is pure rounding (a ReLU input at 0, an RMSprop/Adam step on a
-    gradient at rounding level) may flip in one framework; a wrong formula moves them all."""
-    diff = np.asarray(diff, np.float64).ravel()
-    if diff.size == 0:
-        return 0.0
-    return float(np.quantile(diff, 0.99) if diff.size >= 100 else diff.max())
-
-
-def params_difference(jax_params: dict, torch_params: dict) -> float:
-    """How far apart two sets of parameters are, relative to the largest parameter."""
-    scale = max(float(np.max(np.abs(v))) for v in torch_params.values())
-    return max(_robust_max(np.abs(np.asarray(jax_params[k]) - v)) for k, v in torch_params.items()) / scale
-
-
-def first_math_difference(step: int, jax_stages: dict, torch_stages: dict, params_in: float = 0.0) -> dict | None:
-    """The first stage tensor of a float64 step that differs beyond 1e-10 of its stage's magnitude,
-    and by more than LOCAL_FACTOR x the difference of the parameters the step started from
-    (`params_in`): a stage that differs only as much as its inputs do inherited it (drift).
-
-    (Relative to the stage, not the tensor: the gradient of a bias right before a
-    BatchNorm is zero in exact arithmetic, so its computed value is pure rounding.)"""
+def first_math_difference(step: int, jax_stages: dict, torch_stages: dict, rounding_stages: dict,
+                          carried: dict) -> dict | None:
+    """The first stage tensor of a float64 step with an element beyond rounding (`beyond_rounding`:
+    ENVELOPE_FACTOR x torch' spread + 1e-10 of its stage's magnitude). `carried` keeps, per tensor,
+    the largest RMS spread of the steps before (updated here)."""
     jax_tensors = {(s, t): v for s, _, t, v in stage_tensors(jax_stages)}
+    rounding_tensors = {(s, t): v for s, _, t, v in stage_tensors(rounding_stages)}
     scales = _stage_scales(torch_stages)
-    tolerance = max(FLOAT64_REL_TOL, LOCAL_FACTOR * params_in)
+    found = None
     for stage, layer, tensor, ref in stage_tensors(torch_stages):
         if (stage, tensor) not in jax_tensors:
             continue  # a layer whose output the port does not produce on its own
-        ref, value = np.asarray(ref, np.float64), np.asarray(jax_tensors[(stage, tensor)], np.float64)
-        if value.shape != ref.shape:
-            rel = float("inf")
-        elif ref.size and max(np.max(np.abs(ref)), np.max(np.abs(value))) < ZERO_IN_EXACT_MATH * scales[stage]:
-            continue  # both rounding noise of a zero (e.g. Adam's step on a bias right before a BatchNorm)
-        else:
-            diff = _robust_max(np.abs(value - ref))
-            rel = diff / scales[stage] if scales[stage] > 0 else (0.0 if diff == 0 else float("inf"))
-        if rel > tolerance:
-            return {"step": step, "stage": stage, "layer": layer, "tensor": tensor, "rel_diff": rel,
-                    "tolerance": tolerance}
-    return None
+        rounding = rounding_tensors.get((stage, tensor))
+        ratio, worst = beyond_rounding(jax_tensors[(stage, tensor)], ref, rounding, FLOAT64_REL_TOL * scales[stage],
+                                       carried.get((stage, tensor), 0.0))
+        if rounding is not None and np.shape(rounding) == np.shape(ref):
+            carried[(stage, tensor)] = max(carried.get((stage, tensor), 0.0),
+                                           _rms(np.asarray(rounding, np.float64) - np.asarray(ref, np.float64)))
+        if ratio > 1 and found is None:
+            value = np.asarray(jax_tensors[(stage, tensor)], np.float64)
+            diff = _max_abs(value - np.asarray(ref, np.float64)) if value.shape == np.shape(ref) else float("inf")
+            found = {"step": step, "stage": stage, "layer": layer, "tensor": tensor,
+                     "rel_diff": diff / scales[stage] if scales[stage] > 0 else float("inf"),
+                     "beyond_rounding": ratio, "element": worst, "tolerance": FLOAT64_REL_TOL}
+    return found
 
 
-def precision_findings(step: int, jax32: dict, torch32: dict, ref64: dict) -> list[dict]:
-    """Every stage tensor of one float32 step: JAX's and torch's rounding error against float64.
-    Tensors that are zero in exact arithmetic (see ZERO_IN_EXACT_MATH) are left out."""
-    t32 = {(s, t): v for s, _, t, v in stage_tensors(torch32)}
-    j32 = {(s, t): v for s, _, t, v in stage_tensors(jax32)}
-    scales = _stage_scales(ref64)
-    out = []
-    for stage, layer, tensor, ref in stage_tensors(ref64):
-        if (stage, tensor) not in j32 or (
-                np.size(ref) and float(np.max(np.abs(ref))) < ZERO_IN_EXACT_MATH * scales[stage]):
-            continue
-        value = j32[(stage, tensor)]
-        if np.shape(value) != np.shape(ref):
-            err_jax = float("inf")
-        else:
-            err_jax = rounding_error(value, ref)
-        err_torch = rounding_error(t32[(stage, tensor)], ref)
-        allowed = STAGE_FACTOR * err_torch + STAGE_FLOOR * EPS32
-        out.append({"step": step, "stage": stage, "layer": layer, "tensor": tensor, "jax_error": err_jax,
-                    "torch_error": err_torch, "allowed": allowed, "passed": err_jax <= allowed})
-    return out
-
-
-def first_eval_difference(jax_eval: dict, torch_eval: dict) -> dict | None:
-    """model.eval() on one test batch from the same weights: the first layer output (torch's
-    call order), or the model output, differing beyond 1e-10 of its own magnitude (float64)."""
+def first_eval_difference(jax_eval: dict, torch_eval: dict, rounding_eval: dict) -> dict | None:
+    """model.eval() on one test batch, each run from its own weights after the same steps: the first
+    layer output (torch's call order), or the model output, beyond rounding (`beyond_rounding`)."""
     named = [(layer, f"{layer} (output)", value) for layer, value in torch_eval["layers"].items()]
     for layer, tensor, ref in named + [(None, "output", torch_eval["forward"])]:
         value = jax_eval["forward"] if layer is None else jax_eval["layers"].get(layer)
         if value is None:
             continue
-        rel = rel_max_diff(value, ref)
-        if rel > FLOAT64_REL_TOL:
-            return {"stage": "eval", "layer": layer, "tensor": tensor, "rel_diff": rel}
+        rounding = rounding_eval["forward"] if layer is None else rounding_eval["layers"].get(layer)
+        ratio, worst = beyond_rounding(value, ref, rounding, FLOAT64_REL_TOL * _max_abs(ref))
+        if ratio > 1:
+            return {"stage": "eval", "layer": layer, "tensor": tensor, "rel_diff": rel_max_diff(value, ref),
+                    "beyond_rounding": ratio, "element": worst}
     return None
+
+
+def rel_max_diff(a, b) -> float:
+    """max |a - b| over max |b|: a difference relative to the magnitude of what is compared."""
+    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    if a.shape != b.shape:
+        return float("inf")
+    diff, scale = _max_abs(a - b), _max_abs(b)
+    return diff / scale if scale > 0 else (0.0 if diff == 0 else float("inf"))
+
+
+def precision_findings(step: int, jax32: dict, torch32: dict, ref64: dict) -> list[dict]:
+    """Every stage tensor of one float32 step, JAX's error against float64 beside torch's, two ways:
+
+    - pattern: the tensor's typical element (median relative error, exact zeros counted) within
+      STAGE_FACTOR x torch's + STAGE_FLOOR ulps: a precision defect (float32 bias correction, a
+      TF32/bfloat16 product) moves every element a little;
+    - elements: every element within ELEMENT_FACTOR x torch's float32 error of that element (or of
+      its tensor, RMS, when larger) + STAGE_FLOOR ulps of the element: a difference confined to a
+      row, a channel or one element (a padding row, a position bias) moves a few a lot.
+
+    Tensors that are zero in exact arithmetic (ZERO_IN_EXACT_MATH) are left out, and so are the
+    update elements whose gradient float32 cannot resolve (torch's float32 error at least half the
+    float64 gradient): Adam, RMSprop, Adagrad turn such a gradient into a step of random sign."""
+    t32 = {(s, t): v for s, _, t, v in stage_tensors(torch32)}
+    j32 = {(s, t): v for s, _, t, v in stage_tensors(jax32)}
+    scales = _stage_scales(ref64)
+    out = []
+    for stage, layer, tensor, ref in stage_tensors(ref64):
+        ref = np.asarray(ref, np.float64)
+        if (stage, tensor) not in j32 or (ref.size and _max_abs(ref) < ZERO_IN_EXACT_MATH * scales[stage]):
+            continue
+        value, torch_value = np.asarray(j32[(stage, tensor)], np.float64), np.asarray(t32[(stage, tensor)], np.float64)
+        finding = {"step": step, "stage": stage, "layer": layer, "tensor": tensor}
+        if value.shape != ref.shape:
+            out.append({**finding, "jax_error": float("inf"), "torch_error": 0.0, "jax_median_error": float("inf"),
+                        "torch_median_error": 0.0, "excess": float("inf"), "element": None, "allowed": 0.0,
+                        "passed": False})
+            continue
+        judged = np.ones(ref.shape, bool)
+        if stage == "updates" and np.shape(ref64["grads"].get(tensor)) == ref.shape:
+            g64, g32 = np.asarray(ref64["grads"][tensor], np.float64), np.asarray(torch32["grads"][tensor], np.float64)
+            judged = (np.abs(g32 - g64) < 0.5 * np.abs(g64)) | ((g64 == 0) & (g32 == 0))  # exact zeros: resolved
+        err_jax, err_torch = np.abs(value - ref)[judged], np.abs(torch_value - ref)[judged]
+        median_jax = median_relative_error(value[judged], ref[judged])
+        median_torch = median_relative_error(torch_value[judged], ref[judged])
+        pattern_allowed = STAGE_FACTOR * median_torch + STAGE_FLOOR * EPS32
+        pattern_excess = median_jax / pattern_allowed
+        allowed = ELEMENT_FACTOR * np.maximum(err_torch, _rms(err_torch)) + STAGE_FLOOR * EPS32 * np.abs(ref[judged])
+        excess = np.where(allowed > 0, err_jax / np.where(allowed > 0, allowed, 1.0), np.where(err_jax > 0, np.inf, 0.0))
+        k = int(np.argmax(excess)) if excess.size else None
+        element = None if k is None else _index(int(np.flatnonzero(judged.ravel())[k]), ref.shape)
+        element_excess = float(excess[k]) if k is not None else 0.0
+        out.append({**finding, "jax_error": _rms(err_jax) / max(_rms(ref), 1e-300),
+                    "torch_error": _rms(err_torch) / max(_rms(ref), 1e-300),
+                    "jax_median_error": median_jax, "torch_median_error": median_torch,
+                    "pattern_excess": pattern_excess, "element_excess": element_excess,
+                    "excess": max(pattern_excess, element_excess), "element": element,
+                    "element_error": float(err_jax[k]) if k is not None else 0.0,
+                    "element_torch_error": float(err_torch[k]) if k is not None else 0.0,
+                    "allowed": float(allowed[k]) if k is not None else 0.0,
+                    "pattern_allowed": pattern_allowed,
+                    "passed": bool(pattern_excess <= 1 and element_excess <= 1)})
+    return out
+
+
+def median_relative_error(x32, x64) -> float:
+    """Median over elements of |x32 - x64| / |x64| (exact zeros: 0 if kept, inf if not): a
+    tensor-wide pattern, for the diagnosis (every element of a low-precision product is off)."""
+    x32, x64 = np.asarray(x32, np.float64).ravel(), np.asarray(x64, np.float64).ravel()
+    if x32.shape != x64.shape or not x64.size:
+        return float("inf") if x32.shape != x64.shape else 0.0
+    diff = np.abs(x32 - x64)
+    rel = np.where(x64 != 0, diff / np.where(x64 != 0, np.abs(x64), 1.0), np.where(diff > 0, np.inf, 0.0))
+    return float(np.median(rel))
 
 
 # --------------------------------------------------------------------------- the three parts
 
 
-def math_differences(jax64, torch64) -> dict:
-    """float64 runs: where step losses, test losses, accuracies or buffers differ beyond 1e-10."""
-    lj, lt = jax64.losses, torch64.losses
-    step_rel = np.abs(lj - lt) / np.maximum(np.abs(lt), np.finfo(np.float64).tiny)
-    bad_steps = np.flatnonzero(step_rel > FLOAT64_REL_TOL)
-    test_rel = abs_diff(jax64.test_losses, torch64.test_losses) / np.where(
-        np.isnan(torch64.test_losses), 1.0, np.abs(torch64.test_losses))
-    acc_equal = abs_diff(jax64.accuracies, torch64.accuracies) == 0
-    buffer_rel = [max((rel_max_diff(bj[k], bt[k]) for k in bt), default=0.0)
-                  for bj, bt in zip(jax64.buffers, torch64.buffers)]
-    bad_epochs = [e for e in range(len(test_rel))
-                  if test_rel[e] > FLOAT64_REL_TOL or not acc_equal[e] or buffer_rel[e] > FLOAT64_REL_TOL]
+def _relative(diff, scale) -> np.ndarray:
+    scale = np.asarray(scale, np.float64)
+    return np.asarray(diff, np.float64) / np.where(np.isnan(scale) | (scale == 0), 1.0, np.abs(scale))
+
+
+def math_differences(jax64, torch64, rounding64) -> dict:
+    """float64 runs: where step losses, test losses, accuracies or buffers differ by more than
+    ENVELOPE_FACTOR x torch's own rounding spread (torch' against torch, its running maximum)
+    + 1e-10 relative."""
+    lt = torch64.losses
+    step_diff = np.abs(jax64.losses - lt)
+    step_spread = np.maximum.accumulate(np.abs(rounding64.losses - lt)) if len(lt) else np.zeros(0)
+    bad_steps = np.flatnonzero(step_diff > ENVELOPE_FACTOR * step_spread + FLOAT64_REL_TOL * np.abs(lt))
+    test_diff = abs_diff(jax64.test_losses, torch64.test_losses)
+    test_spread = np.maximum.accumulate(abs_diff(rounding64.test_losses, torch64.test_losses)) \
+        if len(test_diff) else np.zeros(0)
+    test_bad = test_diff > ENVELOPE_FACTOR * test_spread + FLOAT64_REL_TOL * np.nan_to_num(np.abs(torch64.test_losses))
+    acc_diff = abs_diff(jax64.accuracies, torch64.accuracies)
+    acc_spread = np.maximum.accumulate(abs_diff(rounding64.accuracies, torch64.accuracies)) \
+        if len(acc_diff) else np.zeros(0)
+    acc_bad = acc_diff > ENVELOPE_FACTOR * acc_spread
+    buffer_ratio, carried = [], {}
+    for bj, bt, br in zip(jax64.buffers, torch64.buffers, rounding64.buffers):
+        worst = 0.0
+        for k in bt:
+            ratio, _ = beyond_rounding(bj[k], bt[k], br.get(k), FLOAT64_REL_TOL * _max_abs(bt[k]), carried.get(k, 0.0))
+            carried[k] = max(carried.get(k, 0.0), _rms(np.asarray(br[k], np.float64) - bt[k]) if k in br else 0.0)
+            worst = max(worst, ratio)
+        buffer_ratio.append(worst)
+    bad_epochs = [e for e in range(len(test_diff)) if test_bad[e] or acc_bad[e] or buffer_ratio[e] > 1]
     return {
         "within_tolerance": bool(not bad_steps.size and not bad_epochs),
-        "steps": int(len(lj)), "epochs": int(len(test_rel)),
-        "max_rel_step_loss_diff": float(step_rel.max(initial=0.0)),
-        "max_rel_test_loss_diff": float(test_rel.max(initial=0.0)),
-        "accuracy_equal": bool(acc_equal.all()),
-        "max_rel_buffer_diff": float(max(buffer_rel, default=0.0)),
+        "steps": int(len(lt)), "epochs": int(len(test_diff)),
+        "max_rel_step_loss_diff": float(_relative(step_diff, lt).max(initial=0.0)),
+        "max_rel_step_loss_rounding": float(_relative(step_spread, lt).max(initial=0.0)),
+        "max_rel_test_loss_diff": float(_relative(test_diff, torch64.test_losses).max(initial=0.0)),
+        "max_rel_test_loss_rounding": float(_relative(test_spread, torch64.test_losses).max(initial=0.0)),
+        "accuracy_equal": bool((acc_diff == 0).all()),
+        "max_accuracy_diff": float(acc_diff.max(initial=0.0)),
+        "max_accuracy_rounding": float(acc_spread.max(initial=0.0)),
+        "max_rel_buffer_diff": float(max((max((rel_max_diff(bj[k], bt[k]) for k in bt), default=0.0)
+                                          for bj, bt in zip(jax64.buffers, torch64.buffers)), default=0.0)),
+        "max_buffer_beyond_rounding": float(max(buffer_ratio, default=0.0)),
         "has_buffers": bool(jax64.buffers and jax64.buffers[0]),
         "first_failing_step": int(bad_steps[0]) + 1 if bad_steps.size else None,
         "first_failing_epoch": bad_epochs[0] + 1 if bad_epochs else None,
-        "tolerance": FLOAT64_REL_TOL,
+        "tolerance": FLOAT64_REL_TOL, "envelope_factor": ENVELOPE_FACTOR,
     }
 
 
 def same_math(result: dict, localised: dict | None) -> dict:
-    """The float64 verdict. A difference beyond 1e-10 fails when the replay names a stage (or the
-    evaluation) that differs; when no stage of any step differs beyond float64 rounding, the
-    difference is rounding amplified by an unstable run, which is reported, not failed."""
+    """The float64 verdict. A difference beyond rounding in the trajectories fails when the replay
+    names a stage (or the evaluation) beyond rounding; when none is, it is rounding (an unstable run
+    amplified it past what torch' showed), which is reported, not failed."""
     result = dict(result)
     amplified = localised is not None and localised.get("stage") == "drift"
     result["passed"] = result["within_tolerance"] or amplified
     result["localised"] = localised if not result["within_tolerance"] else None
-    numbers = (f"step losses within {result['max_rel_step_loss_diff']:.1e} relative over {result['steps']} steps, "
-               f"test losses within {result['max_rel_test_loss_diff']:.1e}, "
-               f"test accuracy {'equal' if result['accuracy_equal'] else 'DIFFERENT'} in all {result['epochs']} epochs")
+    numbers = (f"step losses within {result['max_rel_step_loss_diff']:.1e} relative over {result['steps']} steps "
+               f"(torch's own rounding spread {result['max_rel_step_loss_rounding']:.1e}), "
+               f"test losses within {result['max_rel_test_loss_diff']:.1e} "
+               f"({result['max_rel_test_loss_rounding']:.1e}), test accuracy "
+               + ("equal" if result["accuracy_equal"] else f"within {100 * result['max_accuracy_diff']:.2f} points "
+                  f"({100 * result['max_accuracy_rounding']:.2f})") + f" in all {result['epochs']} epochs")
     if result["has_buffers"]:
-        numbers += f", buffers within {result['max_rel_buffer_diff']:.1e}"
+        numbers += (f", buffers within {result['max_rel_buffer_diff']:.1e} "
+                    f"({result['max_buffer_beyond_rounding']:.2g} of what rounding allows)")
     if amplified:
-        numbers += (f"; beyond 1e-10 from step {localised['step']}, but no stage of any step differs beyond float64 "
-                    "rounding: an unstable run amplified it")
+        numbers += (f"; beyond torch's rounding spread from step {localised['step']}, but no stage of any step and no "
+                    "evaluation is: rounding, amplified by an unstable run")
     verdict = "holds" if result["passed"] else "FAILED"
-    result["sentence"] = f"Same math (float64, tolerance 1e-10 relative): {verdict}: {numbers}."
+    result["sentence"] = (f"Same math (float64; allowed: {ENVELOPE_FACTOR:g}x torch's own rounding spread + "
+                          f"{FLOAT64_REL_TOL:.0e} relative): {verdict}: {numbers}.")
     return result
 
 
@@ -232,10 +319,6 @@ def abs_diff(a, b) -> np.ndarray:
     return np.where(np.isnan(diff), np.inf, diff)
 
 
-def _rms(x: np.ndarray) -> float:
-    return float(np.sqrt(np.mean(np.square(x)))) if len(x) else 0.0
-
-
 def jax_onset(jax32, ref64) -> int | None:
     """The first step where JAX's float32 loss strays RUN_DRIFT_LEVEL from float64."""
     strayed = np.flatnonzero(loss_errors(jax32, ref64) > RUN_DRIFT_LEVEL)
@@ -243,8 +326,8 @@ def jax_onset(jax32, ref64) -> int | None:
 
 
 def same_precision(jax32, torch32, ref64, findings: list[dict]) -> dict:
-    """float32 judged against float64: at step 1, from identical weights, every stage tensor's
-    JAX rounding error within STAGE_FACTOR x torch's + STAGE_FLOOR ulps. Drift is information."""
+    """float32 judged against float64: at step 1, from identical weights, every element of every stage
+    tensor within what `precision_findings` allows. Drift is information."""
     ej, et = loss_errors(jax32, ref64), loss_errors(torch32, ref64)
     onset = jax_onset(jax32, ref64)
     strayed_torch = np.flatnonzero(et > RUN_DRIFT_LEVEL)
@@ -252,7 +335,7 @@ def same_precision(jax32, torch32, ref64, findings: list[dict]) -> dict:
     result = {
         "passed": not bad,
         "first_failure": bad[0] if bad else None,
-        "step1_worst": max(findings, key=lambda f: f["jax_error"] / f["allowed"]) if findings else None,
+        "step1_worst": max(findings, key=lambda f: f["excess"]) if findings else None,
         "step1_tensors": len(findings),
         "first_failing_step": bad[0]["step"] if bad else None,
         "drift_onset_step": onset,
@@ -260,17 +343,25 @@ def same_precision(jax32, torch32, ref64, findings: list[dict]) -> dict:
         "rms_rel_loss_error_jax": _rms(ej), "rms_rel_loss_error_torch": _rms(et),
         "final_rel_loss_error_jax": float(ej[-1]) if len(ej) else 0.0,
         "final_rel_loss_error_torch": float(et[-1]) if len(et) else 0.0,
-        "constants": {"stage_factor": STAGE_FACTOR, "stage_floor_ulps": STAGE_FLOOR, "drift_level": RUN_DRIFT_LEVEL},
+        "constants": {"stage_factor": STAGE_FACTOR, "stage_floor_ulps": STAGE_FLOOR, "element_factor": ELEMENT_FACTOR,
+                      "drift_level": RUN_DRIFT_LEVEL},
     }
     if bad:
         f = bad[0]
-        stages_text = (f"at step 1 {f['stage']} {f['tensor']} has JAX float32 error {f['jax_error']:.1e}, "
-                       f"torch's {f['torch_error']:.1e} (allowed {f['allowed']:.1e})")
+        if f.get("pattern_excess", float("inf")) > 1:
+            stages_text = (f"at step 1 the typical element of {f['stage']} {f['tensor']} has JAX float32 error "
+                           f"{f['jax_median_error']:.1e} relative, torch's {f['torch_median_error']:.1e} (allowed "
+                           f"{f.get('pattern_allowed', 0.0):.1e})")
+        else:
+            stages_text = (f"at step 1 {f['stage']} {f['tensor']} element {_element(f['element'])} has JAX float32 "
+                           f"error {f['element_error']:.1e}, torch's {f['element_torch_error']:.1e} (allowed "
+                           f"{f['allowed']:.1e})")
     else:
         worst = result["step1_worst"]
-        stages_text = (f"at step 1 all {len(findings)} stage tensors are within {STAGE_FACTOR:g}x torch's float32 "
-                       f"error + {STAGE_FLOOR:g} ulps" + (f" (closest: {worst['tensor']}, {worst['jax_error']:.1e} vs "
-                                                          f"{worst['torch_error']:.1e})" if worst else ""))
+        stages_text = (f"at step 1 all {len(findings)} stage tensors have a typical element within {STAGE_FACTOR:g}x "
+                       f"torch's float32 error + {STAGE_FLOOR:g} ulps and every element within "
+                       f"{ELEMENT_FACTOR:g}x torch's error of it"
+                       + (f" (closest: {worst['tensor']}, {worst['excess']:.2f} of the allowance)" if worst else ""))
     onset_text = (f"drift onset at step {onset} (JAX's loss strays {RUN_DRIFT_LEVEL:.0e} from float64; torch's "
                   + (f"at step {result['torch_drift_onset_step']}" if strayed_torch.size else "does not")
                   + ")" if onset else f"no drift onset (JAX's loss stays within {RUN_DRIFT_LEVEL:.0e} of float64)")
@@ -280,22 +371,33 @@ def same_precision(jax32, torch32, ref64, findings: list[dict]) -> dict:
     return result
 
 
-def same_results(jax32, torch32, ref64, num_test: int) -> dict:
-    """Both float32 runs' test results are as close to float64's as rounding puts them on this run.
+def _element(index: list) -> str:
+    return "[" + ", ".join(map(str, index)) + "]"
 
-    Over the epochs, the RMS of JAX's float32-vs-float64 test-loss error (relative) must be
-    within RESULT_FACTOR x the spread (+ RESULT_LOSS_FLOOR ulps), and the RMS of its accuracy
-    error within RESULT_FACTOR x the spread + 2 test samples. The spread is the larger of
-    torch's own float32-vs-float64 error in that result and the training-loss drift of either
-    float32 run by the end of each epoch (a chaotic run spreads test results that way)."""
+
+def same_results(jax32, torch32, ref64, num_test: int, rounding64=None) -> dict:
+    """JAX's float32 test results are as close to float64's as rounding puts them on this run.
+
+    Over the epochs, the RMS of JAX's float32-vs-float64 test-loss error (relative) must be within
+    RESULT_FACTOR x the spread (+ RESULT_LOSS_FLOOR ulps), and the RMS of its accuracy error within
+    RESULT_FACTOR x the spread + 2 test samples. The spread comes from torch and float64 only, never
+    from the JAX run judged: the larger of torch's own float32-vs-float64 error in that result, the
+    training-loss drift of torch's float32 run by the end of each epoch, and the float64 rounding
+    spread (torch' against torch, `rounding64`) scaled from float64's ulp to float32's: an unstable
+    run amplifies a float32 rounding as it amplifies a float64 one, from 2^29 times higher."""
     loss64, acc64 = ref64.test_losses, ref64.accuracies
     ends = np.asarray(ref64.epoch_ends) - 1
-    drift = np.maximum.accumulate(np.maximum(loss_errors(torch32, ref64), loss_errors(jax32, ref64)))[ends]
+    drift = np.maximum.accumulate(loss_errors(torch32, ref64))[ends]
+    chaos = np.zeros(len(loss64))
+    if rounding64 is not None:
+        amplified = np.maximum.accumulate(loss_errors(rounding64, ref64))[ends]
+        test_amplified = np.maximum.accumulate(_relative(abs_diff(rounding64.test_losses, loss64), loss64))
+        chaos = np.minimum(np.maximum(amplified, test_amplified) * (EPS32 / EPS64), 1.0)
     scale64 = np.where(np.isnan(loss64), 1.0, np.abs(loss64))
     err_loss_jax, err_loss_torch = (abs_diff(r.test_losses, loss64) / scale64 for r in (jax32, torch32))
     err_acc_jax, err_acc_torch = (abs_diff(r.accuracies, acc64) for r in (jax32, torch32))
-    spread_loss = max(_rms(err_loss_torch), _rms(drift))
-    spread_acc = max(_rms(err_acc_torch), _rms(drift))
+    spread_loss = max(_rms(err_loss_torch), _rms(drift), _rms(chaos))
+    spread_acc = max(_rms(err_acc_torch), _rms(drift), _rms(chaos))
     loss_allowed = RESULT_FACTOR * spread_loss + RESULT_LOSS_FLOOR * EPS32
     acc_allowed = RESULT_FACTOR * spread_acc + 2.0 / max(num_test, 1)
     loss_ok, acc_ok = _rms(err_loss_jax) <= loss_allowed, _rms(err_acc_jax) <= acc_allowed
@@ -304,7 +406,7 @@ def same_results(jax32, torch32, ref64, num_test: int) -> dict:
         "passed": bool(loss_ok and acc_ok),
         "rms_rel_test_loss_error_jax": _rms(err_loss_jax), "rms_rel_test_loss_error_torch": _rms(err_loss_torch),
         "rms_accuracy_error_jax": _rms(err_acc_jax), "rms_accuracy_error_torch": _rms(err_acc_torch),
-        "rms_training_drift": _rms(drift),
+        "rms_training_drift": _rms(drift), "rms_float64_rounding_scaled": _rms(chaos),
         "test_loss_allowed": loss_allowed, "accuracy_allowed": acc_allowed,
         "max_test_loss_diff": float(abs_diff(jax32.test_losses, torch32.test_losses).max(initial=0.0)),
         "max_accuracy_diff": float(abs_diff(jax32.accuracies, torch32.accuracies).max(initial=0.0)),

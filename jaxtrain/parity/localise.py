@@ -1,17 +1,18 @@
 """Where a parity check first goes wrong: replay the steps, compare every stage.
 
-A stage is named only when it differs beyond what rounding explains at that
-step: in float64 beyond 1e-10 of the stage's magnitude; in float32 when JAX's
-error against float64 exceeds STAGE_FACTOR x torch's (see criteria). Otherwise
-the report says rounding accumulated (stage `drift`), and from which step.
+A stage is named only when it differs beyond what rounding explains at that step:
+in float64 beyond ENVELOPE_FACTOR x what the same step moved in torch' (torch's own
+rounding-spread run) + 1e-10 of the stage's magnitude; in float32 at step 1, element
+by element against torch's float32 error (see criteria). Otherwise the report says
+rounding accumulated (stage `drift`), and from which step.
 """
 
 from __future__ import annotations
 
 from jaxtrain.parity import criteria
-from jaxtrain.parity.runners import epoch_lengths, replay
+from jaxtrain.parity.runners import ROUNDING, epoch_lengths, replay
 
-JAX64, TORCH64 = ("jax", "float64"), ("torch", "float64")
+JAX64, TORCH64, ROUNDING64 = ("jax", "float64"), ("torch", "float64"), (ROUNDING, "float64")
 JAX32, TORCH32 = ("jax", "float32"), ("torch", "float32")
 
 
@@ -21,39 +22,39 @@ def steps_through_epoch(config, num_train: int, epoch: int, max_steps=None) -> i
 
 
 def localise_math(port, config, math: dict, max_steps=None) -> dict:
-    """The first (step, stage, tensor) where float64 JAX and torch differ beyond 1e-10 of the
-    stage's magnitude; `eval` when training agrees through the epoch whose evaluation differs;
-    `drift` when no stage of any step differs (rounding amplified by an unstable run)."""
+    """The first (step, stage, tensor) where float64 JAX and torch differ beyond torch's own rounding
+    spread; `eval` when training agrees through the epoch whose evaluation differs beyond it;
+    `drift` when no stage of any step and no evaluation does (rounding amplified by an unstable run)."""
     inf = float("inf")
     loss_step = math["first_failing_step"] or inf
     epoch = math["first_failing_epoch"]
     epoch_end = steps_through_epoch(config, len(port.train), epoch, max_steps) if epoch else inf
     until = int(min(loss_step, epoch_end))
-    params_in = [0.0]  # both start from the same weights
+    carried: dict = {}  # per stage tensor: the largest rounding spread of the steps so far
     buffers_in = [{p.torch_name: port.weights[p.torch_name].astype("float64") for p in port.mapping.tensors if p.buffer}]
 
     def visit(step, stages):
-        found = criteria.first_math_difference(step, stages[JAX64], stages[TORCH64], params_in[0])
+        found = criteria.first_math_difference(step, stages[JAX64], stages[TORCH64], stages[ROUNDING64], carried)
         if found is not None:  # what the diagnosis reads (taken out before the report is written)
             found["evidence"] = {"jax": stages[JAX64], "torch": stages[TORCH64], "buffers_before": buffers_in[0]}
-        params_in[0] = criteria.params_difference(stages[JAX64]["params"], stages[TORCH64]["params"])
         buffers_in[0] = stages[TORCH64]["buffers"]
         return found
 
     eval_layers = lambda runners: criteria.first_eval_difference(  # noqa: E731
-        *(runners[key].capture_eval(_first_test_batch(port, config)) for key in (JAX64, TORCH64)))
-    found = replay(port, config, [JAX64, TORCH64], until, visit,
+        *(runners[key].capture_eval(_first_test_batch(port, config)) for key in (JAX64, TORCH64, ROUNDING64)))
+    found = replay(port, config, [JAX64, TORCH64, ROUNDING64], until, visit,
                    after=eval_layers if loss_step > epoch_end else None)
-    if found is not None and found.get("stage") != "eval":
-        return found
-    if loss_step <= epoch_end:
-        return {"step": int(loss_step), "stage": "drift", "layer": None, "tensor": None,
-                "note": f"no stage differs beyond 1e-10 at any step up to {until}: float64 rounding accumulated"}
-    where = found or {"layer": None, "tensor": None}
-    return {"step": None, "epoch": epoch, "stage": "eval", "layer": where["layer"], "tensor": where["tensor"],
-            "note": f"training agrees (every stage of every step, buffers included) through epoch {epoch}; "
-                    "the evaluation (model.eval(), no gradients) differs"
-                    + (f", first at {where['tensor']}" if where["tensor"] else "")}
+    if found is not None:
+        if found.get("stage") != "eval":
+            return found
+        return {"step": None, "epoch": epoch, "stage": "eval", "layer": found["layer"], "tensor": found["tensor"],
+                "note": f"training agrees (every stage of every step, buffers included) through epoch {epoch}; "
+                        f"the evaluation (model.eval(), no gradients) differs beyond rounding, first at "
+                        f"{found['tensor']}"}
+    evaluation = f" nor epoch {epoch}'s evaluation" if loss_step > epoch_end else ""
+    return {"step": int(until), "stage": "drift", "layer": None, "tensor": None,
+            "note": f"no stage of steps 1-{until}{evaluation} differs beyond torch's own rounding spread: float64 "
+                    "rounding accumulated"}
 
 
 def _first_test_batch(port, config):
@@ -63,8 +64,8 @@ def _first_test_batch(port, config):
 
 
 def step1_precision(port, config) -> list[dict]:
-    """Step 1 of the float32 runs beside torch float64, from identical weights: every stage
-    tensor's rounding error, JAX's against torch's."""
+    """Step 1 of the float32 runs beside torch float64, from identical weights: every element of every
+    stage tensor, JAX's rounding error against torch's."""
     return replay(port, config, [JAX32, TORCH32, TORCH64], 1,
                   lambda step, stages: criteria.precision_findings(step, stages[JAX32], stages[TORCH32],
                                                                    stages[TORCH64]))

@@ -38,10 +38,13 @@ def _where(found: dict | None) -> str:
         return f"  localised: step {found['step']}: {found['note']}"
     if found["stage"] == "eval":
         return f"  localised: epoch {found.get('epoch')}, stage eval: {found.get('note', '')}"
+    element = f"element {list(found['element'])}, " if found.get("element") else ""
     if "jax_error" in found:
-        size = f"JAX float32 error {found['jax_error']:.2e}, torch's {found['torch_error']:.2e}, allowed {found['allowed']:.2e}"
+        size = (f"{element}JAX float32 error {found.get('element_error', float('inf')):.2e}, torch's "
+                f"{found.get('element_torch_error', 0.0):.2e}, allowed {found['allowed']:.2e}")
     else:
-        size = f"relative difference {found['rel_diff']:.2e}, tolerance {found['tolerance']:.0e}"
+        size = (f"{element}relative difference {found['rel_diff']:.2e}, {found['beyond_rounding']:.3g}x what torch's "
+                "own rounding spread allows")
     layer = f" (layer {found['layer']})" if found.get("layer") else ""
     return (f"  localised: first difference at step {found['step']}, stage {found['stage']}, {found['tensor']}{layer} "
             f"({size})")

@@ -105,9 +105,10 @@ class JaxRunner:
 
         self.port, self.config, self.jax = port, config, jax
         train_lib.configure_jax(config.dtype)
-        params, buffers = port.mapping.to_flax(port.flax, _cast(port.weights, config.dtype))
+        flax = port.flax.computing_in(config.dtype)  # float64 means float64, whatever a module fixed
+        params, buffers = port.mapping.to_flax(flax, _cast(port.weights, config.dtype))
         steps_per_epoch = -(-len(port.train) // config.batch_size)
-        state = train_lib.create_state(config, steps_per_epoch, model=port.flax, params=params, buffers=buffers,
+        state = train_lib.create_state(config, steps_per_epoch, model=flax, params=params, buffers=buffers,
                                        tx=port.make_tx(config, steps_per_epoch), loss_fn=port.jax_loss)
         self.trainer = train_lib.Trainer(config, port.jax_train, port.jax_test or port.jax_train, state=state,
                                          precompile=False)
@@ -184,12 +185,13 @@ class TorchRunner:
 
     framework = "torch"
 
-    def __init__(self, port: Port, config):
+    def __init__(self, port: Port, config, rounding: bool = False):
         import torch
 
         from torchref import train as torch_train
 
         self.torch, self.train_lib, self.config, self.port = torch, torch_train, config, port
+        self.rounding = rounding  # torch': every parameter moved by one ulp before each training step
         dtype = torch.float64 if config.dtype == "float64" else torch.float32
         model = copy.deepcopy(port.torch_model).to(dtype)
         model.load_state_dict({k: torch.from_numpy(np.asarray(v)) for k, v in _cast(port.weights, config.dtype).items()})
@@ -213,6 +215,18 @@ class TorchRunner:
         self._dropout_call = 0
         if module.training:
             self.step += 1
+            if self.rounding:
+                self._nudge(self.step - 1)
+
+    def _nudge(self, step: int) -> None:
+        """Move every parameter by one ulp, up or down at random (seeded by the step): arithmetic that
+        differs from the plain run only in rounding, at every step, as another framework's does."""
+        torch = self.torch
+        rng = np.random.default_rng([self.config.seed, 104729, step])
+        with torch.no_grad():
+            for p in self.model.parameters():
+                up = torch.from_numpy(rng.random(tuple(p.shape)) < 0.5).to(p.device)
+                p.copy_(torch.nextafter(p, torch.where(up, torch.inf, -torch.inf).to(p.dtype)))
 
     def _inject_mask(self, module, inputs, output):
         if not module.training or module.p == 0:
@@ -299,17 +313,26 @@ class Trajectory:
         return np.array([e["test_accuracy"] for e in self.record["epochs"]])
 
 
+ROUNDING = "torch_rounding"  # torch': the rounding-spread run (TorchRunner with `rounding`)
+
+
 def runs_for(dtypes) -> list[tuple[str, str]]:
-    """(framework, dtype) runs a check of `dtypes` needs: float32 is judged against float64."""
+    """(framework, dtype) runs a check of `dtypes` needs: float32 is judged against float64, and both
+    against torch's own rounding spread (torch' in float64)."""
     wanted = [(fw, d) for d in ("float32", "float64") if d in dtypes for fw in ("jax", "torch")]
     if "float32" in dtypes and "float64" not in dtypes:
         wanted.append(("torch", "float64"))
-    return wanted
+    return wanted + [(ROUNDING, "float64")]
 
 
 def make_runners(port: Port, config, keys) -> dict:
-    return {(framework, dtype): (JaxRunner if framework == "jax" else TorchRunner)(
-        port, dataclasses.replace(config, dtype=dtype)) for framework, dtype in keys}
+    def runner(framework, dtype):
+        config_d = dataclasses.replace(config, dtype=dtype)
+        if framework == "jax":
+            return JaxRunner(port, config_d)
+        return TorchRunner(port, config_d, rounding=framework == ROUNDING)
+
+    return {(framework, dtype): runner(framework, dtype) for framework, dtype in keys}
 
 
 def _device(framework: str) -> str:
