@@ -4,7 +4,7 @@ import json
 import subprocess
 import sys
 
-from jaxtrain.bench import epoch_flop
+from jaxtrain.bench import epoch_flop, fastest_floor
 
 VARIANT_KEYS = ["name", "epoch_seconds", "test_seconds", "compile_seconds", "samples_per_second", "gflops",
                 "peak_rss_mb", "ratio_to_torch_tutorial", "ratio_to_shape_floor"]
@@ -14,6 +14,18 @@ def test_epoch_flop_is_the_exact_matmul_count():
     # per sample: forward 2*(784*512 + 512*512 + 512*10) = 1,337,344; weight grads the same;
     # input grads of layers 2 and 3 only: 2*(512*512 + 512*10) = 534,528
     assert epoch_flop(60000) == 60000 * (1_337_344 * 2 + 534_528) == 192_552_960_000
+
+
+def test_the_shape_floor_keeps_each_gemms_best_round():
+    def gemm(m, per_epoch, jax, torch):
+        seconds = {"jax": jax, "torch": torch}
+        return {"m": m, "k": 1, "n": 1, "per_epoch": per_epoch, "seconds": seconds, "best": min(seconds, key=seconds.get)}
+
+    quiet_first = {"shapes": [gemm(64, 10, 1.0, 2.0), gemm(32, 1, 5.0, 4.0)]}
+    loaded_first = {"shapes": [gemm(64, 10, 3.0, 3.0), gemm(32, 1, 1.5, 4.0)]}
+    floor = fastest_floor([quiet_first, loaded_first])
+    assert floor["seconds"] == 10 * 1.0 + 1 * 1.5
+    assert [g["best"] for g in floor["shapes"]] == ["jax", "jax"] and {g["rounds"] for g in floor["shapes"]} == {2}
 
 
 def test_quick_bench_writes_json_and_plot(tmp_path, fashion):

@@ -15,6 +15,7 @@ sentence, or a general pointer when no known signature fits. The traps:
 | eval-mode behaviour (dropout, BN)      | training agrees, model.eval() differs at a layer               |
 | matmul precision below float32         | the typical element of a float32 product off ~1e-3 (TF32/bf16) |
 | localized difference (float32)         | some elements beyond torch's rounding, the rest as precise     |
+| float32 arithmetic                     | float64 agrees; only JAX's float32 results stray from float64  |
 """
 
 from __future__ import annotations
@@ -30,6 +31,8 @@ def diagnose(finding: dict | None, port, config) -> dict | None:
         return None
     evidence = finding.pop("evidence", None)
     stage, layer = finding.get("stage"), finding.get("layer")
+    if "results" in finding:  # float32 test results beyond the rounding spread
+        return _float32_results(finding)
     if "jax_error" in finding:  # float32 precision finding
         return _precision(finding)
     if stage == "forward" and layer is not None:
@@ -58,6 +61,24 @@ def diagnose(finding: dict | None, port, config) -> dict | None:
                 "sentence": "the model output differs while every mapped layer agrees: look at what the port does "
                             "after its last layer with weights (activation, softmax, reshaping)."}
     return None
+
+
+def _float32_results(finding: dict) -> dict:
+    """Only the float32 results differ. With float64 agreeing step by step, that is float32
+    arithmetic (JAX's less accurate here than torch's, amplified by training), not the math."""
+    r = finding["results"]
+    ratio = r["rms_rel_test_loss_error_jax"] / max(r["rms_rel_test_loss_error_torch"], 1e-300)
+    sizes = (f"JAX's float32 test loss is {r['rms_rel_test_loss_error_jax']:.1e} from float64 (RMS, relative), "
+             f"torch's {r['rms_rel_test_loss_error_torch']:.1e} ({ratio:.2g}x)")
+    if finding.get("float64_agrees"):
+        return {"trap": "float32 arithmetic",
+                "sentence": f"{sizes}, while float64 agrees step by step and step 1 in float32 is as precise as "
+                            "torch's: JAX's float32 arithmetic is less accurate than torch's somewhere in this run "
+                            "(a reduction under cancellation, an accumulation torch keeps in higher precision) and "
+                            "training amplified it. Not a porting mistake; compare in float64, or over fewer steps."}
+    return {"trap": "float32 results",
+            "sentence": f"{sizes}: the port computes something else, or its float32 arithmetic is less accurate; "
+                        "the float64 check (dtypes including float64) tells the two apart."}
 
 
 def _precision(finding: dict) -> dict:

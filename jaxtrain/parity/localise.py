@@ -13,6 +13,7 @@ from jaxtrain.parity import criteria
 from jaxtrain.parity.runners import ROUNDING, epoch_lengths, replay
 
 JAX64, TORCH64, ROUNDING64 = ("jax", "float64"), ("torch", "float64"), (ROUNDING, "float64")
+ROUNDING32 = (ROUNDING, "float32")
 JAX32, TORCH32 = ("jax", "float32"), ("torch", "float32")
 
 
@@ -41,7 +42,8 @@ def localise_math(port, config, math: dict, max_steps=None) -> dict:
         return found
 
     eval_layers = lambda runners: criteria.first_eval_difference(  # noqa: E731
-        *(runners[key].capture_eval(_first_test_batch(port, config)) for key in (JAX64, TORCH64, ROUNDING64)))
+        *(runners[key].capture_eval(_first_test_batch(port, config)) for key in (JAX64, TORCH64, ROUNDING64)),
+        carried)
     found = replay(port, config, [JAX64, TORCH64, ROUNDING64], until, visit,
                    after=eval_layers if loss_step > epoch_end else None)
     if found is not None:

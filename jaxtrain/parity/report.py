@@ -35,7 +35,7 @@ def _where(found: dict | None) -> str:
     if not found:
         return ""
     if found["stage"] == "drift":
-        return f"  localised: step {found['step']}: {found['note']}"
+        return f"  localised: {'step ' + str(found['step']) + ': ' if found.get('step') else ''}{found['note']}"
     if found["stage"] == "eval":
         return f"  localised: epoch {found.get('epoch')}, stage eval: {found.get('note', '')}"
     element = f"element {list(found['element'])}, " if found.get("element") else ""

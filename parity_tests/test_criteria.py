@@ -1,0 +1,130 @@
+"""The verdict's rules on made-up runs and stages (no training): what rounding may do passes, a
+difference beyond it fails where it starts, whatever share of a tensor it touches."""
+
+import numpy as np
+
+from jaxtrain.parity import criteria
+from jaxtrain.parity.diagnose import _precision
+from jaxtrain.parity.runners import Trajectory
+
+
+def run(losses, test_losses, accuracies, buffers=None):
+    record = {"steps": [{"loss": float(v)} for v in losses],
+              "epochs": [{"test_loss": float(t), "test_accuracy": float(a)} for t, a in zip(test_losses, accuracies)]}
+    ends = list(np.linspace(0, len(losses), len(test_losses) + 1).astype(int)[1:])
+    return Trajectory(record, buffers or [{} for _ in test_losses], ends)
+
+
+def stages(layer, loss=1.0, grads=None, updates=None):
+    return {"layers": {"fc": np.asarray(layer, np.float64)}, "forward": np.asarray(layer, np.float64),
+            "loss": np.float64(loss), "grads": grads or {}, "updates": updates or {}, "buffers": {}}
+
+
+LOSSES = np.linspace(2.3, 1.0, 40)
+
+
+def test_float64_differences_within_torchs_own_rounding_spread_pass_and_beyond_fail():
+    torch = run(LOSSES, [1.5, 1.2], [0.5, 0.6])
+    spread = LOSSES * np.geomspace(1e-15, 1e-6, 40)  # a chaotic run: rounding grows to 1e-6
+    rounding = run(LOSSES + spread, [1.5 + 1e-9, 1.2 + 1e-7], [0.5, 0.6])
+    healthy = run(LOSSES - 30 * spread, [1.5 - 2e-8, 1.2 + 3e-6], [0.5, 0.6])
+    assert criteria.math_differences(healthy, torch, rounding)["within_tolerance"]
+    bug = LOSSES.copy()
+    bug[3] += 1e-9 * LOSSES[3]  # 1e-9 where rounding had moved the loss by ~1e-14
+    result = criteria.math_differences(run(bug, [1.5, 1.2], [0.5, 0.6]), torch, rounding)
+    assert not result["within_tolerance"] and result["first_failing_step"] == 4
+
+
+def test_a_stable_run_is_held_to_1e10():
+    torch = run(LOSSES, [1.5], [0.5])
+    assert criteria.math_differences(run(LOSSES * (1 + 5e-11), [1.5], [0.5]), torch, torch)["within_tolerance"]
+    assert not criteria.math_differences(run(LOSSES * (1 + 5e-10), [1.5], [0.5]), torch, torch)["within_tolerance"]
+
+
+def test_one_row_of_a_large_tensor_is_caught_with_its_index():
+    rng = np.random.default_rng(0)
+    ref = rng.normal(size=(10_000, 8))
+    rounding = ref * (1 + 1e-15 * rng.normal(size=ref.shape))
+    value = ref * (1 + 1e-15 * rng.normal(size=ref.shape))
+    assert criteria.beyond_rounding(value, ref, rounding, 1e-10 * np.abs(ref).max())[0] <= 1
+    value[0] += 1e-6  # one row of 10,000 (a padding row that should not move)
+    ratio, element = criteria.beyond_rounding(value, ref, rounding, 1e-10 * np.abs(ref).max())
+    assert ratio > 1 and element[0] == 0
+
+
+def test_stage_replay_names_the_first_tensor_beyond_rounding():
+    ref = np.linspace(-1, 1, 64).reshape(8, 8)
+    torch, rounding = stages(ref), stages(ref * (1 + 1e-16))
+    shifted = ref.copy()
+    shifted[7, 7] += 1e-8
+    found = criteria.first_math_difference(3, stages(shifted), torch, rounding, {})
+    assert (found["step"], found["stage"], found["layer"], found["element"]) == (3, "forward", "fc", [7, 7])
+    assert criteria.first_math_difference(3, stages(ref * (1 + 1e-15)), torch, rounding, {}) is None
+
+
+def test_float32_exact_zeros_count_and_a_localised_error_is_not_called_precision():
+    rng = np.random.default_rng(1)
+    grad64 = rng.normal(size=(1000, 4))
+    grad64[0] = 0.0  # the padding row: zero in float64 and in torch's float32
+    torch32 = grad64.astype(np.float32).astype(np.float64)
+    jax32 = torch32.copy()
+    assert all(f["passed"] for f in criteria.precision_findings(1, stages(jax32, grads={"e.weight": jax32}),
+                                                               stages(torch32, grads={"e.weight": torch32}),
+                                                               stages(grad64, grads={"e.weight": grad64})))
+    jax32[0] = 0.3  # the port trains it
+    findings = criteria.precision_findings(1, stages(torch32, grads={"e.weight": jax32}),
+                                           stages(torch32, grads={"e.weight": torch32}),
+                                           stages(grad64, grads={"e.weight": grad64}))
+    bad = [f for f in findings if not f["passed"]]
+    assert [(f["stage"], f["tensor"], f["element"][0]) for f in bad] == [("grads", "e.weight", 0)]
+    assert _precision(bad[0])["trap"] == "localized difference"
+
+
+def test_float32_precision_pattern_is_diagnosed_as_such():
+    rng = np.random.default_rng(2)
+    out64 = rng.normal(size=(64, 32))
+    torch32 = out64.astype(np.float32).astype(np.float64)
+    low = out64 * (1 + 2e-3 * rng.choice([-1, 1], size=out64.shape))  # bfloat16-like: every element
+    finding = next(f for f in criteria.precision_findings(1, stages(low), stages(torch32), stages(out64))
+                   if not f["passed"])
+    assert finding["pattern_excess"] > 1 and _precision(finding)["trap"] == "matmul precision below float32"
+
+
+def test_update_elements_on_unresolved_gradients_are_not_judged():
+    """Adagrad's first step is lr * sign(g): where float32 cannot resolve g, either sign is rounding."""
+    grad64 = np.array([1.0, -2.0, 1e-12, 3.0])
+    grad32 = np.array([1.0, -2.0, -3e-8, 3.0])  # torch's float32 gets the tiny one wrong by more than itself
+    update64, torch_update = -0.01 * np.sign(grad64), -0.01 * np.sign(grad32)
+    jax_update = torch_update.copy()
+    jax_update[2] *= -1  # JAX's float32 rounding landed on the other sign
+    findings = criteria.precision_findings(
+        1, stages([1.0], grads={"b": grad32}, updates={"b": jax_update}),
+        stages([1.0], grads={"b": grad32}, updates={"b": torch_update}),
+        stages([1.0], grads={"b": grad64}, updates={"b": update64}))
+    assert all(f["passed"] for f in findings)
+    jax_update[0] *= -1  # a resolved gradient stepped the wrong way is a difference
+    findings = criteria.precision_findings(
+        1, stages([1.0], grads={"b": grad32}, updates={"b": jax_update}),
+        stages([1.0], grads={"b": grad32}, updates={"b": torch_update}),
+        stages([1.0], grads={"b": grad64}, updates={"b": update64}))
+    assert [f["element"] for f in findings if not f["passed"]] == [[0]]
+
+
+def test_the_judged_float32_run_cannot_widen_its_own_allowance():
+    ref64 = run(LOSSES, [1.5, 1.2], [0.5, 0.6])
+    torch32 = run(LOSSES * (1 + 1e-7), [1.5 * (1 + 1e-7), 1.2 * (1 + 1e-7)], [0.5, 0.6])
+    # a port whose training loss drifts 2% from float64 and whose test loss is 1.9e-2 off
+    jax32 = run(LOSSES * 1.02, [1.5 * 1.019, 1.2 * 1.019], [0.5, 0.6])
+    assert not criteria.same_results(jax32, torch32, ref64, 1000, rounding64=ref64)["passed"]
+    healthy = run(LOSSES * (1 - 2e-7), [1.5 * (1 - 3e-7), 1.2 * (1 + 2e-7)], [0.5, 0.6])
+    assert criteria.same_results(healthy, torch32, ref64, 1000, rounding64=ref64)["passed"]
+
+
+def test_a_chaotic_float64_run_widens_the_float32_allowance_by_the_ulp_ratio():
+    ref64 = run(LOSSES, [1.5, 1.2], [0.5, 0.6])
+    torch32 = run(LOSSES * (1 + 1e-7), [1.5 * (1 + 1e-7), 1.2 * (1 + 1e-7)], [0.5, 0.6])
+    jax32 = run(LOSSES * (1 + 1e-4), [1.5 * (1 + 1e-4), 1.2 * (1 - 1e-4)], [0.5, 0.6])
+    calm = run(LOSSES * (1 + 1e-16), [1.5, 1.2], [0.5, 0.6])
+    chaotic = run(LOSSES * (1 + 1e-13), [1.5 * (1 + 1e-13), 1.2], [0.5, 0.6])  # x 2^29 = 5e-5 in float32
+    assert not criteria.same_results(jax32, torch32, ref64, 1000, rounding64=calm)["passed"]
+    assert criteria.same_results(jax32, torch32, ref64, 1000, rounding64=chaotic)["passed"]
