@@ -198,7 +198,7 @@ class PureModel:
 
         if self.kind == "nnx":
             module = nnx.clone(self.module)
-            for _, m in module.iter_modules():
+            for _, m in nnx.iter_modules(module):
                 for attr in ("dtype", "param_dtype"):
                     if wants(getattr(m, attr, None)):
                         setattr(m, attr, dtype)

@@ -83,10 +83,10 @@ def test_both_clis_reject_the_same_combinations_the_same_way(args, message):
         assert message in result.stderr and "Traceback" not in result.stderr
 
 
-@pytest.mark.parametrize("script, args", [
-    ("examples/sgd_momentum_steplr.py", ["--epochs", "3", "--train-limit", "1280"]),
+@pytest.mark.parametrize("script, args", [  # one in the default suite, the others with the long checks
+    pytest.param("examples/sgd_momentum_steplr.py", ["--epochs", "3", "--train-limit", "1280"], marks=pytest.mark.corpus),
     ("examples/bn_dropout.py", ["--epochs", "2", "--train-limit", "640"]),
-    ("examples/regression.py", []),
+    pytest.param("examples/regression.py", [], marks=pytest.mark.corpus),
 ])
 def test_examples_run_and_pass_their_parity_check(script, args, fashion):
     result = run(script, *args)

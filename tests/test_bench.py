@@ -4,6 +4,8 @@ import json
 import subprocess
 import sys
 
+import pytest
+
 from jaxtrain.bench import epoch_flop, fastest_floor
 
 VARIANT_KEYS = ["name", "epoch_seconds", "test_seconds", "compile_seconds", "samples_per_second", "gflops",
@@ -28,9 +30,13 @@ def test_the_shape_floor_keeps_each_gemms_best_round():
     assert [g["best"] for g in floor["shapes"]] == ["jax", "jax"] and {g["rounds"] for g in floor["shapes"]} == {2}
 
 
-def test_quick_bench_writes_json_and_plot(tmp_path, fashion):
+@pytest.mark.parametrize("scaling", [pytest.param(False), pytest.param(True, marks=pytest.mark.corpus)])
+def test_quick_bench_writes_json_and_plot(tmp_path, fashion, scaling):
+    """The default suite runs it without the scaling table (a second round of every variant, torch.compile
+    included); the long checks run it with one."""
     out, png = tmp_path / "b.json", tmp_path / "b.png"
-    run = subprocess.run([sys.executable, "-m", "jaxtrain", "bench", "--quick", "--batch-sizes", "128",
+    run = subprocess.run([sys.executable, "-m", "jaxtrain", "bench", "--quick",
+                          *(["--batch-sizes", "128"] if scaling else []),
                           "--json", str(out), "--plot", str(png)], capture_output=True, text=True, timeout=600)
     assert run.returncode == 0, run.stderr
     result = json.loads(out.read_text())
@@ -54,7 +60,10 @@ def test_quick_bench_writes_json_and_plot(tmp_path, fashion):
         assert v["test_seconds"]["median"] > 0 and v["compile_seconds"] >= 0
         assert v["samples_per_second"] == 6400 / e["median"] and v["peak_rss_mb"] > 50
     assert result["variants"][0]["ratio_to_torch_tutorial"] == 1.0
-    assert {s["name"] for s in result["scaling"]} == set(names) and {s["batch_size"] for s in result["scaling"]} == {128}
+    if scaling:
+        assert {s["name"] for s in result["scaling"]} == set(names) and {s["batch_size"] for s in result["scaling"]} == {128}
+    else:
+        assert result["scaling"] == []
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "jax_epoch" in run.stdout and "peak-FLOP floor" in run.stdout and "shape floor" in run.stdout
     compiled = next(v for v in result["variants"] if v["name"] == "torch_compile")
