@@ -52,12 +52,13 @@ parity: setup
 bench: setup
 	$(BIN)/jaxtrain bench $(ARGS)
 
-# The long checks: the whole verdict corpus (writes the README's table; about 8 minutes on the
-# 2-core AMD machine), then the 10-epoch tutorial parity test (about 8 more) and the GPU report's
-# quick run on the CPU (about 2). `pytest -m corpus` runs the corpus cases as tests too.
+# The long checks: the whole verdict corpus (writes the README's table), then every test marked
+# `corpus` but the corpus cases themselves (the 10-epoch tutorial parity, the GPU report's quick
+# run on the CPU, the bench end to end, the example scripts and the parity CLI on them).
+# `pytest -m corpus` runs the corpus cases as tests too.
 corpus: setup
 	$(BIN)/python -m jaxtrain.parity.corpus --json results/corpus.json --markdown results/corpus.md $(ARGS)
-	$(BIN)/python -m pytest -q -m corpus parity_tests/test_tutorial.py tests/test_gpu_report.py
+	$(BIN)/python -m pytest -q -m corpus --ignore=parity_tests/test_corpus.py
 
 # On a CUDA machine: tutorial parity, the corpus' short subset and the bench -> results/gpu/<device>.*
 gpu-report: setup

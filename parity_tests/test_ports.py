@@ -101,6 +101,7 @@ def _parity_cli(*args):
                           timeout=600)
 
 
+@pytest.mark.corpus  # 28 s of the suite's 20-minute budget on the slowest kind; the long checks run it
 def test_cli_checks_the_example_files_and_names_the_flatten_bug(fashion):
     common = ["--torch-model", "examples.cnn:TorchCNN", "--flax-input", "nhwc", "--train-limit", "256",
               "--test-limit", "200", "--steps", "4", "--lr", "0.05"]

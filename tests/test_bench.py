@@ -30,10 +30,11 @@ def test_the_shape_floor_keeps_each_gemms_best_round():
     assert [g["best"] for g in floor["shapes"]] == ["jax", "jax"] and {g["rounds"] for g in floor["shapes"]} == {2}
 
 
-@pytest.mark.parametrize("scaling", [pytest.param(False), pytest.param(True, marks=pytest.mark.corpus)])
+@pytest.mark.corpus  # 70-130 s: with the long checks (`make corpus`), to keep `make test` under 20 minutes
+@pytest.mark.parametrize("scaling", [False, True])
 def test_quick_bench_writes_json_and_plot(tmp_path, fashion, scaling):
-    """The default suite runs it without the scaling table (a second round of every variant, torch.compile
-    included); the long checks run it with one."""
+    """Every variant end to end, without and with the scaling table (a second round of every variant,
+    torch.compile included)."""
     out, png = tmp_path / "b.json", tmp_path / "b.png"
     run = subprocess.run([sys.executable, "-m", "jaxtrain", "bench", "--quick",
                           *(["--batch-sizes", "128"] if scaling else []),

@@ -37,7 +37,9 @@ def test_quick_report_on_the_cpu_writes_json_markdown_and_plots(tmp_path, fashio
     assert {"device", "jax_device", "jax", "torch", "quick", "parity", "corpus", "bench"} <= set(report)
     assert report["parity"]["passed"] and set(report["parity"]["verdict"]) == {"same_math", "same_precision",
                                                                               "same_results"}
-    assert [r["case"] for r in report["corpus"]] == ["adagrad_zero_acc_lr1e-2", "bn_biased_running_var"]
+    from jaxtrain.parity.corpus import QUICK_BUGS, QUICK_HEALTHY
+
+    assert [r["case"] for r in report["corpus"]] == [QUICK_HEALTHY[0], QUICK_BUGS[0]]  # --quick: one of each
     assert all(r["ok"] for r in report["corpus"])
     assert "shape_floor_seconds" in report["bench"] and "torch_compile" in {v["name"] for v in report["bench"]["variants"]}
     text = (tmp_path / "cpu.md").read_text()
