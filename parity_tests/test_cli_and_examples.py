@@ -39,6 +39,7 @@ def test_parity_cli_prints_the_verdict_writes_the_report_and_the_plot(tmp_path, 
     assert plot_path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+@pytest.mark.corpus  # a long check (make corpus), for the suite's 20-minute budget on the slowest kind
 def test_parity_of_a_bn_model_without_dropout_runs(fashion):
     """--dropout 0 used to raise IndexError (hooks on nn.Dropout(p=0) looked for masks)."""
     result = run("-m", "jaxtrain", "parity", "--model", "mlp_bn_dropout", "--dropout", "0", "--epochs", "1",
@@ -83,9 +84,9 @@ def test_both_clis_reject_the_same_combinations_the_same_way(args, message):
         assert message in result.stderr and "Traceback" not in result.stderr
 
 
-@pytest.mark.parametrize("script, args", [  # one in the default suite, the others with the long checks
+@pytest.mark.parametrize("script, args", [  # with the long checks (make corpus): 50 s of the suite's budget
     pytest.param("examples/sgd_momentum_steplr.py", ["--epochs", "3", "--train-limit", "1280"], marks=pytest.mark.corpus),
-    ("examples/bn_dropout.py", ["--epochs", "2", "--train-limit", "640"]),
+    pytest.param("examples/bn_dropout.py", ["--epochs", "2", "--train-limit", "640"], marks=pytest.mark.corpus),
     pytest.param("examples/regression.py", [], marks=pytest.mark.corpus),
 ])
 def test_examples_run_and_pass_their_parity_check(script, args, fashion):
