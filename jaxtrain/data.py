@@ -14,6 +14,7 @@ import gzip
 import os
 import zlib
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -39,8 +40,8 @@ IMAGES_MAGIC, LABELS_MAGIC = 2051, 2049
 class Split:
     """One split: images as float32 in [0, 1] (what `ToTensor()` gives), labels int32."""
 
-    images: np.ndarray  # (n, 28, 28) float32 for FashionMNIST; any (n, ...) inputs for a user's port
-    labels: np.ndarray  # (n,) int32 class labels, or float regression targets
+    images: Any  # (n, 28, 28) float32 for FashionMNIST; a user's port: an array, tuple or dict of (n, ...) arrays
+    labels: np.ndarray  # (n, ...) integer class labels, or float regression targets
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -48,7 +49,9 @@ class Split:
     def take(self, limit: int | None) -> "Split":
         if limit is None or limit >= len(self):
             return self
-        return Split(self.images[:limit], self.labels[:limit])
+        from jaxtrain.inputs import rows
+
+        return Split(rows(self.images, slice(0, limit)), self.labels[:limit])
 
 
 # --------------------------------------------------------------------------- IDX

@@ -35,6 +35,7 @@ def torch_full_precision(deterministic: bool = False) -> None:
     torch.backends.cudnn.allow_tf32 = False
     torch.set_float32_matmul_precision("highest")
     if deterministic:
+        torch.backends.mha.set_fastpath_enabled(False)  # eval-mode attention as in training, not fused kernels
         torch.backends.cudnn.benchmark = False
         torch.backends.cudnn.deterministic = True
         torch.use_deterministic_algorithms(True)

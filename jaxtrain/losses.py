@@ -8,14 +8,15 @@ import optax
 
 
 def cross_entropy(logits, labels):
-    """nn.CrossEntropyLoss(): mean over the batch of -log softmax(logits)[label]."""
+    """nn.CrossEntropyLoss(): mean over the batch (and every position of sequence targets) of
+    -log softmax(logits)[label], the last axis holding the classes."""
     return optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
 
 
 def nll(logits, labels):
-    """nn.NLLLoss() applied to F.log_softmax(logits, dim=1)."""
+    """nn.NLLLoss() applied to F.log_softmax(logits, dim=-1)."""
     log_probs = jax.nn.log_softmax(logits, axis=-1)
-    return -jnp.take_along_axis(log_probs, labels[:, None], axis=-1).mean()
+    return -jnp.take_along_axis(log_probs, labels[..., None], axis=-1).mean()
 
 
 def mse(outputs, targets, reduction: str = "mean"):

@@ -31,6 +31,7 @@ from flax.training import train_state
 from jaxtrain import data as data_lib
 from jaxtrain.distributed import DataParallel
 from jaxtrain.flax_model import PureModel, cast_floats, pure_model
+from jaxtrain.inputs import is_integer, map_leaves, rows
 from jaxtrain.losses import make_loss
 from jaxtrain.models import make_model
 from jaxtrain.optim import make_optimizer
@@ -98,14 +99,14 @@ def eval_step(state: TrainState, batch: dict) -> dict:
     outputs, _, _ = state.apply_fn(state.params, state.buffers, batch["x"], False)
     loss = state.loss_fn(outputs, batch["y"])
     if jnp.issubdtype(batch["y"].dtype, jnp.integer):
-        correct = jnp.sum(jnp.argmax(outputs, axis=-1) == batch["y"])
+        correct = jnp.sum(jnp.argmax(outputs, axis=-1) == batch["y"])  # every position of sequence targets
     else:
         correct = jnp.zeros((), jnp.int32)
     return {"loss": loss, "correct": correct}
 
 
 def _gather(inputs, targets, index) -> dict:
-    return {"x": inputs[index], "y": targets[index]}
+    return {"x": rows(inputs, index), "y": targets[index]}
 
 
 def train_epoch(state: TrainState, inputs, targets, index, dropout=None) -> tuple[TrainState, jax.Array]:
@@ -216,7 +217,8 @@ class Trainer:
             out = self.parallel.to_host(self._eval_step(self.state, _gather(self.test_x, self.test_y, last)))
             losses.append(out["loss"])
             correct += int(out["correct"])
-        accuracy = correct / len(self.test_split) if data_lib.is_classification(self.test_split) else float("nan")
+        positions = self.test_split.labels.size  # samples, or every position of sequence targets
+        accuracy = correct / positions if data_lib.is_classification(self.test_split) else float("nan")
         return float(np.mean(np.asarray(losses, dtype=np.float64))), accuracy
 
 
@@ -235,12 +237,12 @@ class Trainer:
         return full, (None if last is None else self.parallel.shard_rows(last, axis=0))
 
 
-def _host_arrays(split: data_lib.Split, dtype) -> tuple[np.ndarray, np.ndarray]:
-    """Float inputs in the run's dtype, integer inputs (token ids) kept as integers; integer class
-    labels kept as integers, float targets cast."""
+def _host_arrays(split: data_lib.Split, dtype) -> tuple:
+    """Float inputs in the run's dtype, integer inputs (token ids, masks) kept as integers, in the
+    inputs' structure (an array, tuple or dict); integer class labels kept as integers, float targets cast."""
     targets = split.labels if data_lib.is_classification(split) else split.labels.astype(dtype)
-    inputs = split.images if np.issubdtype(split.images.dtype, np.integer) else np.asarray(split.images, dtype)
-    return np.asarray(inputs), np.asarray(targets)
+    inputs = map_leaves(lambda a: np.asarray(a) if is_integer(a) else np.asarray(a, dtype), split.images)
+    return inputs, np.asarray(targets)
 
 
 def fit(config, train: data_lib.Split, test: data_lib.Split, report=None, trainer: Trainer | None = None,

@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import time
 
+import numpy as np
 import torch
-from torch.utils.data import DataLoader, Sampler, TensorDataset
+from torch.utils.data import DataLoader, Dataset, Sampler
 
 from jaxtrain import data as data_lib
+from jaxtrain import inputs as inputs_lib
 from torchref.distributed import ONE_PROCESS
 from torchref.losses import make_loss
 from torchref.models import make_model
@@ -58,21 +60,47 @@ class SharedBatchSampler(Sampler):
         return self.num_batches
 
 
-def make_dataloader(split: data_lib.Split, config, train: bool, parallel=ONE_PROCESS) -> DataLoader:
+class ArraysDataset(Dataset):
+    """Inputs (an array, tuple or dict of arrays, as the model takes them) and targets, batch by
+    batch: `dataset[index_list]` is one batch, as TensorDataset's rows stacked."""
+
+    def __init__(self, inputs, labels):
+        self.inputs, self.labels = inputs, labels
+
+    def __len__(self):
+        return len(self.labels)
+
+    def __getitem__(self, index):
+        return inputs_lib.rows(self.inputs, index), self.labels[index]
+
+    __getitems__ = __getitem__  # the DataLoader fetches a batch's indices in one call
+
+
+def make_dataloader(split: data_lib.Split, config, train: bool, parallel=ONE_PROCESS,
+                    add_channel: bool = True) -> DataLoader:
     """The split's samples in the batches of jaxtrain's plan (this rank's block of each).
-    FashionMNIST's (N, 28, 28) images get the channel axis ToTensor gives them (N, 1, 28, 28);
-    other float inputs are taken as they are, in the run's dtype; integer inputs stay integers."""
+    FashionMNIST's (N, 28, 28) images get the channel axis ToTensor gives them (N, 1, 28, 28)
+    (`add_channel`); other float inputs are taken as they are, in the run's dtype; integer
+    inputs (token ids, masks) stay integers. Inputs may be an array, a tuple or a dict of arrays."""
     dtype = torch.float64 if config.dtype == "float64" else torch.float32
-    inputs = torch.from_numpy(split.images)
-    if inputs.is_floating_point():
-        inputs = inputs.to(dtype).unsqueeze(1) if inputs.ndim == 3 else inputs.to(dtype)
-    else:  # token ids stay integers (what nn.Embedding takes)
-        inputs = inputs.long()
+
+    def tensor(array):
+        x = torch.from_numpy(np.asarray(array))
+        if not x.is_floating_point():
+            return x.long()  # token ids stay integers (what nn.Embedding takes)
+        return x.to(dtype).unsqueeze(1) if add_channel and x.ndim == 3 else x.to(dtype)
+
     labels = torch.from_numpy(split.labels)
     labels = labels.long() if data_lib.is_classification(split) else labels.to(dtype)
     parallel.check_batches(len(split), config.batch_size, "training" if train else "test")
     sampler = SharedBatchSampler(len(split), config.batch_size, config.shuffle and train, config.seed, parallel)
-    return DataLoader(TensorDataset(inputs, labels), batch_sampler=sampler)
+    dataset = ArraysDataset(inputs_lib.map_leaves(tensor, split.images), labels)
+    return DataLoader(dataset, batch_sampler=sampler, collate_fn=lambda batch: batch)
+
+
+def to_device(X):
+    """A batch's inputs (a tensor, tuple or dict of tensors) on the device."""
+    return inputs_lib.map_leaves(lambda t: t.to(device()), X)
 
 
 def train_step(model, loss_fn, optimizer, X, y, capture=None, parallel=ONE_PROCESS, global_rows=None):
@@ -83,13 +111,13 @@ def train_step(model, loss_fn, optimizer, X, y, capture=None, parallel=ONE_PROCE
     # Compute prediction and loss
     pred = model(X)
     loss = loss_fn(pred, y)
-    loss = parallel.loss_share(loss, loss_fn, len(X), global_rows or len(X))  # DDP: this rank's share
+    loss = parallel.loss_share(loss, loss_fn, len(y), global_rows or len(y))  # DDP: this rank's share
 
     # Backpropagation
     parallel.backward(loss)
     if capture is not None:
         capture["logits"] = pred.detach().clone()
-        capture["grads"] = {n: p.grad.detach().clone() for n, p in model.named_parameters()}
+        capture["grads"] = {n: p.grad.detach().clone() for n, p in model.named_parameters() if p.grad is not None}
     optimizer.step()
     optimizer.zero_grad()
     if capture is not None:
@@ -104,7 +132,7 @@ def train_loop(dataloader, model, loss_fn, optimizer, report=None, parallel=ONE_
     model.train()
     losses = []
     for batch, (X, y) in enumerate(dataloader):
-        X, y = X.to(device()), y.to(device())
+        X, y = to_device(X), y.to(device())
         global_rows = min(batch_size, size - batch * batch_size)  # len(X) on one process
         loss = train_step(model, loss_fn, optimizer, X, y, parallel=parallel, global_rows=global_rows)
         losses.append(loss)
@@ -125,16 +153,17 @@ def test_loop(dataloader, model, loss_fn, parallel=ONE_PROCESS):
     # Evaluating the model with torch.no_grad() ensures that no gradients are computed during test mode
     with torch.no_grad():
         for batch, (X, y) in enumerate(dataloader):
-            X, y = X.to(device()), y.to(device())
+            X, y = to_device(X), y.to(device())
             pred = model(X)
             global_rows = min(batch_size, size - batch * batch_size)
-            test_loss += parallel.loss_share(loss_fn(pred, y), loss_fn, len(X), global_rows).item()
+            test_loss += parallel.loss_share(loss_fn(pred, y), loss_fn, len(y), global_rows).item()
             if not y.is_floating_point():  # class labels (regression targets have no accuracy)
-                correct += (pred.argmax(1) == y).type(torch.float).sum().item()
+                correct += (pred.argmax(-1) == y).type(torch.float).sum().item()  # every position of sequences
 
     test_loss, correct = parallel.sum(torch.tensor([test_loss, correct], dtype=torch.float64)).tolist()
     test_loss /= num_batches
-    correct = correct / size if not y.is_floating_point() else float("nan")
+    positions = size * y[0].numel()  # samples, or every position of sequence targets
+    correct = correct / positions if not y.is_floating_point() else float("nan")
     return test_loss, correct
 
 

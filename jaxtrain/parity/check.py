@@ -13,35 +13,49 @@ import math
 import numpy as np
 
 from jaxtrain import data as data_lib
+from jaxtrain import inputs as inputs_lib
 from jaxtrain.errors import ConfigError, PortMappingError
 from jaxtrain.parity import criteria
 from jaxtrain.parity.diagnose import diagnose
 from jaxtrain.parity.localise import (JAX32, JAX64, ROUNDING32, ROUNDING64, TORCH32, TORCH64, localise_math,
                                       step1_precision)
-from jaxtrain.parity.mapping import build_mapping
+from jaxtrain.parity.mapping import FLAX_COMPOSITES, TORCH_COMPOSITES, build_mapping, is_torch_layer, rule_for
 from jaxtrain.parity.report import ParityReport
-from jaxtrain.parity.runners import DropoutCall, Port, run_trajectories
+from jaxtrain.parity.runners import DropoutCall, Port, TorchCall, run_trajectories
 
-FLAX_INPUTS = {"same": lambda x: x, "nhwc": lambda x: np.moveaxis(x, 1, -1) if x.ndim >= 3 else x}
+
+def _nhwc(x):
+    return inputs_lib.map_leaves(lambda a: np.moveaxis(a, 1, -1) if a.ndim >= 3 and not inputs_lib.is_integer(a)
+                                 else a, x)
+
+
+FLAX_INPUTS = {"same": lambda x: x, "nhwc": _nhwc}
 SCHEDULER_ARGS = {"T_max": "t_max"}  # torch's argument name -> jaxtrain's config field
 
 
 def check_port(torch_model, flax_model, train, test=None, loss="cross_entropy", mse_reduction="mean",
                optimizer="sgd", optimizer_kwargs=None, scheduler=None, scheduler_kwargs=None, batch_size=64,
                steps=None, epochs=1, shuffle=False, seed=0, dtypes=("float32", "float64"), flax_input=None,
-               weight_map=None) -> ParityReport:
+               weight_map=None, torch_kwargs=None, flax_kwargs=None, torch_output=None,
+               flax_output=None) -> ParityReport:
     """Train `torch_model` (a torch.nn.Module) and `flax_model` (its port: a flax.nnx.Module, or a
     flax.linen.Module the harness initialises) from the same weights on the same batches, in float32
     and float64, and judge them: the report's `passed`, `checks` (stage/layer/tensor in torch's
     names, first failing step) and `diagnosis`.
 
-    `train`/`test`: (inputs, targets) numpy arrays, inputs in torch's layout; `test=None` skips the
-    evaluation. `loss`: "cross_entropy" | "nll" | "mse" or a (torch_fn, jax_fn) pair. `optimizer`: a
+    `train`/`test`: (inputs, targets), inputs in torch's layout: one array, a tuple of arrays (the
+    model's positional arguments: `model(ids, mask)`) or a dict (its keyword arguments:
+    `model(input_ids=..., attention_mask=...)`); float arrays run in each dtype, integer ones (token
+    ids, masks) stay integers. Targets: class labels (N,) or (N, T) for sequences, or float
+    regression targets. `test=None` skips the evaluation. `loss`: "cross_entropy" | "nll" | "mse" or a (torch_fn, jax_fn) pair. `optimizer`: a
     torch.optim name with torch's keyword arguments (mapped through jaxtrain.optim), or a pair
     (params -> torch optimizer, optax transformation). `scheduler`: jaxtrain's scheduler names,
     stepped per epoch. `steps`: optimizer steps to run (over as many epochs as that takes), else
     `epochs` full epochs. `flax_input`: "same", "nhwc" or a callable applied to input arrays
     before the Flax model. `weight_map`: see `jaxtrain.parity.mapping.build_mapping`.
+    `torch_kwargs`/`flax_kwargs`: constant keyword arguments of every call (`return_dict=True`).
+    `torch_output`/`flax_output`: callables picking the prediction from what each model returns;
+    by default the array itself, `.logits`, `["logits"]` or a tuple's first element.
     """
     from jaxtrain import devices
 
@@ -50,7 +64,7 @@ def check_port(torch_model, flax_model, train, test=None, loss="cross_entropy", 
     config = _config(loss, mse_reduction, optimizer, optimizer_kwargs, scheduler, scheduler_kwargs, batch_size,
                      steps, epochs, shuffle, seed, len(train_split))
     port = build_port(torch_model, flax_model, train_split, test_split, config, loss, optimizer, flax_input,
-                      weight_map)
+                      weight_map, Calls(torch_kwargs, flax_kwargs, torch_output, flax_output))
     return judge(port, config, tuple(dtypes), steps)
 
 
@@ -85,12 +99,20 @@ def _split(arrays, name: str) -> data_lib.Split:
     try:
         x, y = arrays
     except (TypeError, ValueError):
-        raise ConfigError(f"{name} must be a pair (inputs, targets) of numpy arrays") from None
-    x, y = np.asarray(x), np.asarray(y)
-    if len(x) != len(y) or len(x) == 0:
-        raise ConfigError(f"{name}: {len(x)} inputs but {len(y)} targets")
-    if np.issubdtype(x.dtype, np.floating):
-        x = x.astype(np.float32)
+        raise ConfigError(f"{name} must be a pair (inputs, targets): inputs an array, a tuple or a dict of "
+                          "arrays") from None
+
+    def leaf(a):
+        a = np.asarray(a.detach().cpu().numpy() if hasattr(a, "detach") else a)
+        return a.astype(np.float32) if np.issubdtype(a.dtype, np.floating) else a
+
+    try:
+        x, y = inputs_lib.map_leaves(leaf, x), leaf(y)
+        rows = inputs_lib.num_rows(x)
+    except (TypeError, ValueError) as e:
+        raise ConfigError(f"{name}: {e}") from None
+    if rows != len(y) or rows == 0:
+        raise ConfigError(f"{name}: {rows} inputs but {len(y)} targets")
     y = y.astype(np.int64 if np.issubdtype(y.dtype, np.integer) else np.float32)
     return data_lib.Split(x, y)
 
@@ -146,30 +168,78 @@ def _optimizers(optimizer):
     return (lambda config, params: torch_factory(params)), (lambda config, opt: None), (lambda config, steps: tx)
 
 
-def _torch_forward(model, x, train: bool, dropout_log=None):
-    """Run a copy of the torch model once; the layers owning weights in the order they finish,
-    their output shapes; the nn.Dropout calls (rate, input shape) when training."""
+@dataclasses.dataclass(frozen=True)
+class Calls:
+    """How each model is called and what its prediction is (`check_port`'s *_kwargs, *_output)."""
+
+    torch_kwargs: dict | None = None
+    flax_kwargs: dict | None = None
+    torch_output: object = None
+    flax_output: object = None
+
+
+def _torch_layers(model) -> list:
+    """The modules the mapping pairs, in registration order: those owning weights, and whole
+    attention/recurrent modules (their submodules are theirs)."""
+    names, composites = [], []
+    for name, module in model.named_modules():
+        if any(name.startswith(c + ".") or not c for c in composites):
+            continue
+        if rule_for(module) in TORCH_COMPOSITES:
+            composites.append(name)
+        if is_torch_layer(module):
+            names.append(name)
+    return names
+
+
+def _torch_forward(model, x, train: bool, calls: Calls, dropout_log=None):
+    """Run a copy of the torch model once; the layers in the order they finish, with their first
+    output (numpy); the nn.Dropout calls (rate, input shape) when training."""
     import torch
 
     model = copy.deepcopy(model).float()
     model.train(train)
     layers = {}  # hooks go on a copy, dropped with it
-    for name, module in model.named_modules():
-        owns = any(True for _ in module.parameters(recurse=False)) or any(
-            k != "num_batches_tracked" for k, _ in module.named_buffers(recurse=False))
-        if owns:
-            module.register_forward_hook(lambda m, i, o, name=name: layers.setdefault(name, tuple(o.shape)) and None)
+    modules = dict(model.named_modules())
+    for name in _torch_layers(model):
+        modules[name].register_forward_hook(lambda m, i, o, name=name: _first_output(layers, name, o))
+    for module in modules.values():
         if isinstance(module, torch.nn.Dropout) and dropout_log is not None and train:
             module.register_forward_hook(lambda m, i, o: dropout_log.append((m.p, tuple(i[0].shape[1:]))) if m.p else None)
     try:
         with torch.no_grad():
-            out = model(torch.from_numpy(x))
+            out = TorchCall(model, calls.torch_kwargs, calls.torch_output)(_torch_tensors(x))
     except Exception as e:  # the user's model: any error is a mapping problem to report in one line
-        raise PortMappingError(f"the torch model fails on inputs of shape {x.shape}: {type(e).__name__}: {e}") from None
+        raise PortMappingError(f"the torch model fails on inputs {_shapes(x)}: {type(e).__name__}: "
+                               f"{str(e).splitlines()[0] if str(e) else ''}") from None
+    if not hasattr(out, "shape"):
+        raise PortMappingError(f"the torch model's prediction is a {type(out).__name__}, not a tensor: pass "
+                               "torch_output= (a callable picking it from what the model returns)")
     return layers, out
 
 
-def _random_beyond_dropout(model, x) -> bool:
+def _first_output(layers: dict, name: str, output) -> None:
+    if name not in layers:
+        leaves = inputs_lib.tensor_leaves(output)
+        layers[name] = leaves[0].detach().numpy().copy() if leaves else None
+
+
+def _torch_tensors(x):
+    import torch
+
+    return inputs_lib.map_leaves(lambda a: torch.from_numpy(np.asarray(a)).long() if inputs_lib.is_integer(a)
+                                 else torch.from_numpy(np.asarray(a)), x)
+
+
+def _shapes(x) -> str:
+    if isinstance(x, dict):
+        return "{" + ", ".join(f"{k}: {tuple(np.shape(v))}" for k, v in x.items()) + "}"
+    if isinstance(x, (tuple, list)):
+        return "(" + ", ".join(str(tuple(np.shape(v))) for v in x) + ")"
+    return f"of shape {tuple(np.shape(x))}"
+
+
+def _random_beyond_dropout(model, x, calls: Calls) -> bool:
     """Whether the training forward draws random numbers outside nn.Dropout (functional dropout)."""
     import torch
 
@@ -181,11 +251,21 @@ def _random_beyond_dropout(model, x) -> bool:
     with torch.no_grad():
         for seed in (1, 2):
             torch.manual_seed(seed)
-            outs.append(model(torch.from_numpy(x)).numpy())
+            outs.append(TorchCall(model, calls.torch_kwargs, calls.torch_output)(_torch_tensors(x)).numpy())
     return not np.array_equal(outs[0], outs[1])
 
 
-def build_port(torch_model, flax_model, train, test, config, loss, optimizer, flax_input, weight_map) -> Port:
+def _flax_layers(calls: list) -> list:
+    """The Flax calls the mapping pairs: modules owning parameters and whole composites
+    (attention, RNN), in the order they finish; a composite's submodules are its own."""
+    candidates = [c for c in calls if c.kind != "Dropout" and (c.owns or c.kind in FLAX_COMPOSITES)]
+    composites = [c.path for c in candidates if c.kind in FLAX_COMPOSITES]
+    return list(dict.fromkeys(c.path for c in candidates
+                              if not any(c.path.startswith(p + ".") or (not p and c.path) for p in composites)))
+
+
+def build_port(torch_model, flax_model, train, test, config, loss, optimizer, flax_input, weight_map,
+               calls: Calls = Calls()) -> Port:
     """Everything both sides need: the mapping, losses, optimizers, dropout calls, layouts."""
     import torch
 
@@ -196,30 +276,30 @@ def build_port(torch_model, flax_model, train, test, config, loss, optimizer, fl
     to_flax = FLAX_INPUTS.get(flax_input or "same", flax_input)
     if not callable(to_flax):
         raise ConfigError(f"flax_input must be 'same', 'nhwc' or a callable, got {flax_input!r}")
-    sample = train.images[:2]
-    sample_flax = np.asarray(to_flax(sample))
+    sample = inputs_lib.rows(train.images, slice(0, 2))
+    sample_flax = to_flax(sample)
     try:
-        flax = pure_model(flax_model, sample_flax, config.seed)
+        flax = pure_model(flax_model, sample_flax, config.seed, calls.flax_kwargs, calls.flax_output)
         eval_calls = flax.calls(sample_flax, train=False)
         train_calls = flax.calls(sample_flax, train=True)
     except (TypeError, ValueError) as e:
-        raise PortMappingError(f"the Flax model cannot be run on inputs of shape {sample_flax.shape}: "
+        raise PortMappingError(f"the Flax model cannot be run on inputs {_shapes(sample_flax)}: "
                                f"{type(e).__name__}: {str(e).splitlines()[0]}") from None
     except Exception as e:  # the user's model: report in one line
-        raise PortMappingError(f"the Flax model fails on inputs of shape {sample_flax.shape}: "
+        raise PortMappingError(f"the Flax model fails on inputs {_shapes(sample_flax)}: "
                                f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}") from None
-    torch_shapes, _ = _torch_forward(torch_model, sample, train=False)
+    torch_outputs, _ = _torch_forward(torch_model, sample, False, calls)
     dropout_log: list = []
-    _torch_forward(torch_model, sample, train=True, dropout_log=dropout_log)
-    if _random_beyond_dropout(torch_model, sample):
+    _torch_forward(torch_model, sample, True, calls, dropout_log=dropout_log)
+    if _random_beyond_dropout(torch_model, sample, calls):
         raise PortMappingError(
             "the torch model's training forward pass draws random numbers outside nn.Dropout modules (functional "
             "dropout such as F.dropout?): those draws cannot be matched in JAX, so no step could agree; use "
             "nn.Dropout modules, or check with that dropout off")
-    flax_layers = list(dict.fromkeys(c.path for c in eval_calls if c.kind != "Dropout"))
-    mapping = build_mapping(list(torch_shapes), flax_layers, torch_model, flax, weight_map)
-    flax_shapes = {c.path: c.out_shape for c in eval_calls if c.kind != "Dropout"}
-    channels_last = {t for t, f, _ in mapping.layers if _is_channels_last(flax_shapes.get(f), torch_shapes[t])}
+    flax_layers = _flax_layers(eval_calls)
+    mapping = build_mapping(list(torch_outputs), flax_layers, torch_model, flax, weight_map,
+                            {c.path: c.kind for c in eval_calls})
+    channels_last = _channels_last(mapping, flax, sample_flax, eval_calls, torch_outputs, port_weights(torch_model))
     flax_dropout = [c for c in train_calls if c.kind == "Dropout"]
     if len(flax_dropout) != len(dropout_log):
         raise PortMappingError(
@@ -232,11 +312,42 @@ def build_port(torch_model, flax_model, train, test, config, loss, optimizer, fl
     make_torch_optimizer, make_torch_scheduler, make_tx = _optimizers(optimizer)
     data_lib.check_training_batches(len(train), config.batch_size, any(
         isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in torch_model.modules()))
-    weights = {k: v.detach().cpu().numpy().copy() for k, v in torch_model.state_dict().items()}
-    jax_split = lambda s: None if s is None else data_lib.Split(np.asarray(to_flax(s.images)), s.labels)  # noqa: E731
+    weights = port_weights(torch_model)
+    jax_split = lambda s: None if s is None else data_lib.Split(to_flax(s.images), s.labels)  # noqa: E731
     return Port(torch_model, weights, flax, mapping, torch_loss, jax_loss, make_torch_optimizer, make_torch_scheduler,
                 make_tx, train, test, jax_split(train), jax_split(test), dropout, channels_last, train_calls,
-                eval_calls)
+                eval_calls, dict(calls.torch_kwargs or {}), calls.torch_output)
+
+
+def port_weights(torch_model) -> dict:
+    return {k: v.detach().cpu().numpy().copy() for k, v in torch_model.state_dict().items()}
+
+
+def _channels_last(mapping, flax, sample_flax, eval_calls, torch_outputs: dict, weights: dict) -> set:
+    """The torch layers whose Flax output has the channel axis last, decided from the data: both
+    models run on the sample with the mapped weights, and each layer's Flax output is compared
+    with torch's as it is and with its last axis moved to 1 (a C == H == W feature map included)."""
+    params, buffers = mapping.to_flax(flax, {k: v.astype(np.float32) if np.issubdtype(v.dtype, np.floating) else v
+                                             for k, v in weights.items()})
+    try:
+        _, _, recorded = flax.apply(params, buffers, sample_flax, False, record=True)
+    except Exception:  # noqa: BLE001  (the user's model ran in `calls`; judge by shapes if this fails)
+        recorded = [(None, None)] * len(eval_calls)
+    flax_outputs: dict = {}
+    for call, (_, out) in zip(eval_calls, recorded):
+        if call.kind != "Dropout":
+            flax_outputs.setdefault(call.path, None if out is None else np.asarray(out, np.float64))
+    found = set()
+    for torch_name, flax_path, _ in mapping.layers:
+        a, b = torch_outputs.get(torch_name), flax_outputs.get(flax_path)
+        if a is None or b is None or a.ndim < 3:
+            continue
+        moved = np.moveaxis(b, -1, 1)
+        if moved.shape != a.shape:
+            continue
+        if b.shape != a.shape or np.abs(moved - a).max() < np.abs(b - a).max():
+            found.add(torch_name)
+    return found
 
 
 def _is_channels_last(flax_shape, torch_shape) -> bool:
@@ -264,7 +375,7 @@ def judge(port: Port, config, dtypes, max_steps=None) -> ParityReport:
         differences = criteria.math_differences(runs[JAX64], runs[TORCH64], runs[ROUNDING64])
         localised = (None if differences["within_tolerance"]
                      else localise_math(port, config, differences, max_steps))
-        verdict["same_math"] = math_result = criteria.same_math(differences, localised)
+        verdict["same_math"] = math_result = _lowered(criteria.same_math(differences, localised), port)
         checks.append(_check("float64", math_result["passed"], runs[JAX64], runs[TORCH64],
                              math_result["localised"] if not math_result["passed"] else None,
                              math_result["first_failing_step"], math_result["first_failing_epoch"]))
@@ -290,12 +401,89 @@ def judge(port: Port, config, dtypes, max_steps=None) -> ParityReport:
         checks.insert(0, _check("float32", precision["passed"] and results["passed"], runs[JAX32], runs[TORCH32],
                                 localised, precision["first_failing_step"],
                                 None if localised is None else results["first_failing_epoch"]))
-    failed = [c for c in checks if not c["passed"]]
+    if verdict["same_math"] is not None and verdict["same_math"]["passed"] is None:
+        checks[-1].update(passed=None, first_failing_step=None, first_failing_epoch=None, stage=None, layer=None,
+                          tensor=None)
+        checks[-1].pop("localised", None)
+    failed = [c for c in checks if c["passed"] is False]
     diagnosis = diagnose(failed[-1].get("localised"), port, config) if failed else None
     for check in checks:
         (check.get("localised") or {}).pop("evidence", None)
-    return ParityReport(passed=not failed, config=config.to_json(), checks=checks, verdict=verdict,
+    return ParityReport(passed=not failed and any(c["passed"] for c in checks), config=config.to_json(), checks=checks, verdict=verdict,
                         trajectories=runs, diagnosis=diagnosis, layers=[t for t, _, _ in port.mapping.layers])
+
+
+def float32_inside(port: Port) -> list[str]:
+    """The layers of the port (torch's names; "the model" outside any) that cast float64 values down
+    to float32 in a float64 forward pass."""
+    from jaxtrain.flax_model import cast_floats
+    from jaxtrain.train import configure_jax
+
+    configure_jax("float64")
+    flax = port.flax.computing_in("float64")
+    params, buffers = port.mapping.to_flax(flax, {k: np.asarray(v, np.float64) if np.issubdtype(
+        np.asarray(v).dtype, np.floating) else v for k, v in port.weights.items()})
+    x = inputs_lib.map_leaves(lambda a: a if inputs_lib.is_integer(a) else np.asarray(a, np.float64),
+                              inputs_lib.rows(port.jax_train.images, slice(0, 2)))
+    layers = {f: t for t, f, _ in port.mapping.layers if f is not None}
+    names = []
+    for scopes in flax.lower_precision(x, cast_floats(params, np.float64), cast_floats(buffers, np.float64)):
+        layer = next((layers[p] for p in reversed(scopes) if p in layers), None)
+        names.append(layer or next((f"Flax {p}" for p in scopes if p != "model" and "(" not in p), "the model"))
+    return list(dict.fromkeys(names))
+
+
+def torch_float32_inside(port: Port) -> list[str]:
+    """The torch modules (innermost, by name) whose code produces float32 from float64 in a float64
+    forward pass (`softmax(..., dtype=torch.float32)` in transformers' eager attention)."""
+    import torch
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    model = copy.deepcopy(port.torch_model).double().eval()
+    stack: list = []
+    for name, module in model.named_modules():
+        module.register_forward_pre_hook(lambda m, i, name=name: (stack.append(name), None)[1])
+        module.register_forward_hook(lambda m, i, o: (stack.pop(), None)[1])
+    found: list = []
+    low = (torch.float32, torch.float16, torch.bfloat16)
+
+    class Spy(TorchDispatchMode):
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            out = func(*args, **(kwargs or {}))
+            ins = [a for a in torch.utils._pytree.tree_leaves((args, kwargs)) if isinstance(a, torch.Tensor)]
+            outs = [o for o in torch.utils._pytree.tree_leaves(out) if isinstance(o, torch.Tensor)]
+            if any(a.dtype == torch.float64 for a in ins) and any(o.dtype in low for o in outs):
+                found.append(f"torch {stack[-1]}" if stack and stack[-1] else "the torch model")
+            return out
+
+    x = inputs_lib.map_leaves(lambda a: a if inputs_lib.is_integer(a) else np.asarray(a, np.float64),
+                              inputs_lib.rows(port.train.images, slice(0, 2)))
+    try:
+        with torch.no_grad(), Spy():
+            TorchCall(model, port.torch_kwargs, port.torch_output)(_torch_tensors(x))
+    except Exception:  # noqa: BLE001  (the model ran in float64 in the check; if the spy fails, it finds nothing)
+        return []
+    return list(dict.fromkeys(found))
+
+
+def _lowered(math_result: dict, port: Port) -> dict:
+    """The float64 verdict, knowing what computes in float32 inside the float64 run: named always;
+    a float64 difference then cannot tell a porting bug from that rounding, so the float32 parts,
+    which compare against torch's own float32 error, decide."""
+    lowered = float32_inside(port) + torch_float32_inside(port)
+    if not lowered:
+        return math_result
+    where = f"{', '.join(lowered)} {'computes' if len(lowered) == 1 else 'compute'} in float32 during the float64 run"
+    result = dict(math_result, float32_inside=lowered)
+    if result["passed"]:
+        result["sentence"] += f" ({where})"
+        return result
+    result.update(passed=None, localised=None, sentence=(
+        f"Same math (float64): not decidable: {where} (a cast to float32 in the model's or its library's code: "
+        f"jax.nn.dot_product_attention's float32 softmax, softmax(dtype=torch.float32)), so float64 cannot separate a porting difference "
+        f"from float32 rounding there ({result['max_rel_step_loss_diff']:.1e} relative in step losses); the float32 "
+        "parts decide."))
+    return result
 
 
 def _check(dtype, passed, jax_run, torch_run, localised, first_step, first_epoch) -> dict:

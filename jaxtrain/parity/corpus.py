@@ -37,6 +37,7 @@ from flax import nnx
 from jaxtrain.layers import TorchBatchNorm
 from jaxtrain.losses import cross_entropy, mse
 from jaxtrain.parity import check_parity, check_port
+from jaxtrain.parity import corpus_hf, corpus_real
 from jaxtrain.parity import corpus_ports as ports
 
 TRAIN_SAMPLES, TEST_SAMPLES = 640, 2000
@@ -98,7 +99,13 @@ HEALTHY: dict[str, dict] = {
     "conv_bias_bn_adagrad": ports.conv_bn("adagrad", lr=1e-2),
     "accumulation_mean": ports.accumulation(use_grad_mean=True),
     "embedding_padding_row_10k": ports.bag(),
+    # real ports: hand-written ports of torch.nn layers (corpus_real), and transformers' PyTorch models
+    # against that library's own Flax ports (corpus_hf; glue: the linen module, flax_input/kwargs)
+    **corpus_real.HEALTHY,
+    **{name: (lambda data, case=case: case()) for name, case in corpus_hf.CASES.items()},
 }
+# Healthy user code whose library port differs from torch: the check must fail and name the difference.
+LIBRARY_FINDINGS = corpus_hf.FINDINGS
 
 
 # Healthy math whose float32 run JAX computes measurably less accurately than torch here (MSE(sum) with
@@ -196,6 +203,7 @@ class Bug:
     step: int | None  # None for stage eval
     tensor: str | None  # the tensor named (prefix), None when the stage has one
     why: str
+    trap: str | None = None  # the diagnosis it must get, where one is named for it
 
 
 W0 = "linear_relu_stack.0.weight"
@@ -258,7 +266,12 @@ BUGS: dict[str, Bug] = {
         "gradient accumulation over 2 batches applies their sum, not their mean (MultiSteps use_grad_mean=False)"),
     "embedding_padding_row_trained": Bug(
         ports.bag(train_padding_row=True), None, "same_math", "grads", 1, "embed.weight",
-        "nn.Embedding(padding_idx=0) ported as nnx.Embed: the padding row (1 of 10,000) is trained"),
+        "nn.Embedding(padding_idx=0) ported as nnx.Embed: the padding row (1 of 10,000) is trained",
+        "Embedding(padding_idx) row trained"),
+    "lstm_on_flax_lstmcell": Bug(
+        corpus_real._lstm_flax_cell, None, "same_math", "forward", 2, "lstm (output)",
+        "nn.LSTM ported onto Flax's LSTMCell: one bias per gate where torch trains two (their sum moves twice as fast)",
+        "layer parametrisation"),
     "position_table_off_by_one": Bug(
         ports.bag(clamp_positions=True), None, "same_math", "forward", 1, "pos (output)",
         "positions clamped to max_len - 2: the last position (1 of 16 rows) reads the wrong row"),
@@ -337,11 +350,15 @@ def run_case(name: str, data) -> dict[str, Any]:
         row["localised_right"] = bool(
             found and found.get("stage") == bug.stage and found.get("step") == bug.step
             and (bug.tensor is None or (found.get("tensor") or "").startswith(bug.tensor)))
-        row["ok"] = row["caught"] and row["localised_right"]
+        row["diagnosis"] = (report.diagnosis or {}).get("trap")
+        row["ok"] = row["caught"] and row["localised_right"] and (bug.trap is None or row["diagnosis"] == bug.trap)
     else:
         failed = [p for p in ("same_math", "same_precision", "same_results") if not v[p]["passed"]]
         row["localised"] = found = next((v[p].get("localised") for p in failed), None)
         row["ok"] = report.passed
+        if name in LIBRARY_FINDINGS:
+            row["finding"] = (report.diagnosis or {}).get("sentence")
+            row["ok"] = not report.passed and (report.diagnosis or {}).get("trap") == LIBRARY_FINDINGS[name]
         if name in FLOAT32_FINDINGS and failed == ["same_results"]:
             row["finding"] = (report.diagnosis or {}).get("sentence")
             row["ok"] = (report.diagnosis or {}).get("trap") == "float32 arithmetic"
@@ -379,7 +396,7 @@ def markdown(rows: list[dict], machine: str) -> str:
              margins(healthy), "",
              "| case | kind | steps | math | precision | results | localised | right? |",
              "| --- | --- | ---: | --- | --- | --- | --- | --- |"]
-    mark = {True: "pass", False: "FAIL"}
+    mark = {True: "pass", False: "FAIL", None: "n/a"}
     for r in rows:
         p = r["parts"]
         right = ("yes" if r["ok"] else "NO") if r["kind"] == "bug" else (

@@ -16,11 +16,15 @@ sentence, or a general pointer when no known signature fits. The traps:
 | matmul precision below float32         | the typical element of a float32 product off ~1e-3 (TF32/bf16) |
 | localized difference (float32)         | some elements beyond torch's rounding, the rest as precise     |
 | float32 arithmetic                     | float64 agrees; only JAX's float32 results stray from float64  |
+| Embedding(padding_idx) row trained     | an embedding's gradient differs only in the padding row        |
+| layer parametrisation                  | the mapping's note on the layer: two LSTM/GRU biases in one     |
 """
 
 from __future__ import annotations
 
 import numpy as np
+
+from jaxtrain.parity import mapping as mapping_lib
 
 LOW_PRECISION_ERROR = 1e-5  # float32 rounding is ~1e-7; TF32 ~1e-3, bfloat16 ~1e-2
 
@@ -35,6 +39,9 @@ def diagnose(finding: dict | None, port, config) -> dict | None:
         return _float32_results(finding)
     if "jax_error" in finding:  # float32 precision finding
         return _precision(finding)
+    noted = _mapping_note(finding, port)
+    if noted is not None:
+        return noted
     if stage == "forward" and layer is not None:
         return _layer_forward(finding, port, evidence)
     if stage == "eval":
@@ -53,6 +60,17 @@ def diagnose(finding: dict | None, port, config) -> dict | None:
                             "(cross-entropy on softmax outputs, i.e. softmax applied twice; sum vs mean reduction; "
                             "one-hot vs class-index targets)."}
     if stage == "grads":
+        padding = _padding_row(finding, port, evidence)
+        if padding is not None:
+            return padding
+        uses = [f for move, names, paths, _ in port.mapping.moves for rel, f in paths.items()
+                if finding.get("tensor") in names.values()]
+        if len(uses) > 1:
+            return {"trap": "untied head",
+                    "sentence": f"{finding.get('tensor')} is one tensor in torch, used by two modules (an LM head "
+                                f"tied to its embedding), and two in the port ({', '.join(uses)}): torch's gradient "
+                                "is the sum of both uses and it trains as one; tie them in the port "
+                                "(embed.attend / tie_word_embeddings=True)."}
         return {"trap": "backward pass",
                 "sentence": f"the gradient of {finding.get('tensor')} differs while the loss agrees: the backward "
                             "pass (a stop_gradient, or a loss returned differently from the one differentiated)."}
@@ -61,6 +79,39 @@ def diagnose(finding: dict | None, port, config) -> dict | None:
                 "sentence": "the model output differs while every mapped layer agrees: look at what the port does "
                             "after its last layer with weights (activation, softmax, reshaping)."}
     return None
+
+
+def _mapping_note(finding: dict, port) -> dict | None:
+    """What the mapping already knew cannot train alike (torch's two recurrent biases in one Flax
+    leaf, a bias with no place), when the difference is in that layer."""
+    where = [finding.get("layer") or "", finding.get("tensor") or ""]
+    for layer, note in port.mapping.notes:
+        if any(w == layer or w.startswith(layer + ".") or w.startswith(layer + " ") for w in where if w):
+            if "padding_idx" in note:
+                continue  # a fact about torch, not a difference by itself
+            return {"trap": "layer parametrisation", "sentence": f"{layer}: {note}."}
+    return None
+
+
+def _padding_row(finding: dict, port, evidence) -> dict | None:
+    """An nn.Embedding(padding_idx) whose port trains the padding row: torch's gradient of that row
+    is zero, the port's is not, and the rest of the table agrees."""
+    layer, name = finding.get("layer"), finding.get("tensor")
+    module = dict(port.torch_model.named_modules()).get(layer)
+    row = getattr(module, "padding_idx", None)
+    if row is None or evidence is None or name not in evidence["torch"]["grads"]:
+        return None
+    jax_grad, torch_grad = (np.asarray(evidence[k]["grads"][name]) for k in ("jax", "torch"))
+    if jax_grad.shape != torch_grad.shape:
+        return None
+    diff = np.abs(jax_grad - torch_grad)
+    others = np.delete(diff, row, axis=0)
+    if np.any(torch_grad[row]) or not np.any(diff[row]) or others.max(initial=0.0) > 1e-6 * diff[row].max():
+        return None
+    return {"trap": "Embedding(padding_idx) row trained",
+            "sentence": f"{name} differs only in row {row}: torch's nn.Embedding(padding_idx={row}) never gives that "
+                        "row a gradient, the port trains it like any other (zero its gradient, e.g. "
+                        "jnp.where on the row, or never feed the padding id)."}
 
 
 def _float32_results(finding: dict) -> dict:
@@ -113,29 +164,49 @@ def _layer_forward(finding: dict, port, evidence) -> dict:
     names = [t for t, _, _ in mapping.layers]
     before = names[: names.index(layer)] if layer in names else []
     if mapping.weight_map is not None:
-        for pair in mapping.tensors:
-            if pair.torch_name.rpartition(".")[0] != layer or pair.buffer:
+        for move, torch_names, _, buffer in mapping.moves:
+            if buffer or len(move.torch) != 1 or torch_names[move.torch[0]].rpartition(".")[0] != layer:
                 continue
-            given = mapping.weight_map(pair.torch_name, np.asarray(port.weights[pair.torch_name]))
-            expected = pair.to_flax(port.weights[pair.torch_name])
-            if given is not None and not np.array_equal(np.asarray(given[1]).reshape(-1), expected.reshape(-1)) \
-                    and np.array_equal(np.sort(np.asarray(given[1]), axis=None), np.sort(expected, axis=None)):
+            name = torch_names[move.torch[0]]
+            given = dict(mapping_lib.given(mapping.weight_map(name, np.asarray(port.weights[name]))))
+            expected = mapping_lib.automatic_layout(rule, move.torch[0], np.asarray(port.weights[name]))
+            if given and expected is not None and any(
+                    not np.array_equal(np.asarray(v).reshape(-1), expected.reshape(-1))
+                    and np.array_equal(np.sort(np.asarray(v), axis=None), np.sort(expected, axis=None))
+                    for v in given.values()):
                 return {"trap": "weights in the wrong layout",
-                        "sentence": f"{layer} differs from step 1 and the weight_map gives {pair.torch_name} to the "
+                        "sentence": f"{layer} differs from step 1 and the weight_map gives {name} to the "
                                     f"port as torch's values in another order: a {rule} weight must be laid out as "
                                     f"Flax expects ({_layout(rule)})."}
-    four_d_before = any(t in port.channels_last for t in before) or (
-        evidence is not None and any(np.ndim(evidence["torch"]["layers"].get(t, 0)) >= 3 for t in before))
+    # a flatten of a channel-carrying conv output feeds this Linear: the paired layer right before it
+    # is a convolution (or BatchNorm after one) with a 4-D output, and this Linear takes 2-D input
+    previous = before[-1] if before else None
+    conv_before = previous is not None and mapping.rule_of(previous) in ("Conv", "BatchNorm") and (
+        previous in port.channels_last or (evidence is not None
+                                           and np.ndim(evidence["torch"]["layers"].get(previous, 0)) >= 4))
+    four_d_before = conv_before and (evidence is None or np.ndim(evidence["torch"]["layers"].get(layer, 0)) == 2)
     if rule == "Linear" and four_d_before:
         return {"trap": "flatten order (NCHW vs NHWC)",
                 "sentence": f"{layer} is the first Linear after a convolutional layer and differs while every layer "
                             "before it agrees: the port flattens its NHWC activations as (H, W, C) where torch "
                             "flattens (C, H, W); transpose to NCHW before the reshape "
                             "(x.transpose(0, 3, 1, 2).reshape(n, -1)) or permute the Linear's input rows."}
-    if rule in ("BatchNorm", "LayerNorm", "GroupNorm"):
+    torch_type = mapping.torch_types.get(layer, "")
+    previous_names = [n.rsplit(".", 1)[-1] for n in before[-3:]]
+    if rule in ("Linear", "Conv1D") and {"q_proj", "k_proj", "v_proj", "query", "key", "value", "c_attn"} & set(
+            previous_names) or (rule in ("Linear", "Conv1D") and any(
+            w in layer.rsplit(".", 1)[0] for w in ("attn", "attention")) and layer.endswith(("o_proj", "out_proj",
+                                                                                              "c_proj", "dense"))):
+        return {"trap": "attention computation",
+                "sentence": f"{layer} ({torch_type}) is the first layer after an attention's projections whose output "
+                            "differs, the projections agree: the attention itself differs; compare the scaling "
+                            "(1/sqrt(head_dim), applied once), the masks (causal, padding), rotary embeddings (base "
+                            "theta; interleaved vs half-rotated pairs) and the softmax axis."}
+    if rule in ("BatchNorm", "LayerNorm", "GroupNorm", "RMSNorm"):
         return {"trap": f"{rule} computation",
                 "sentence": f"{layer} ({rule}) is the first layer whose output differs, every layer before it agrees: "
-                            f"compare eps (torch 1e-5; Flax's LayerNorm defaults to 1e-6), the normalised axes and, "
+                            f"compare eps (torch 1e-5; Flax's LayerNorm defaults to 1e-6; a config's layer_norm_eps / "
+                            f"rms_norm_eps), the normalised axes and, "
                             f"in training, which variance normalises the batch (biased, as torch)."}
     return {"trap": "layer computation",
             "sentence": f"{layer} ({mapping.torch_types.get(layer, rule)}) is the first layer whose output differs, "

@@ -10,7 +10,7 @@ rounding accumulated (stage `drift`), and from which step.
 from __future__ import annotations
 
 from jaxtrain.parity import criteria
-from jaxtrain.parity.runners import ROUNDING, epoch_lengths, replay
+from jaxtrain.parity.runners import align_layers, ROUNDING, epoch_lengths, replay
 
 JAX64, TORCH64, ROUNDING64 = ("jax", "float64"), ("torch", "float64"), (ROUNDING, "float64")
 ROUNDING32 = (ROUNDING, "float32")
@@ -32,7 +32,7 @@ def localise_math(port, config, math: dict, max_steps=None) -> dict:
     epoch_end = steps_through_epoch(config, len(port.train), epoch, max_steps) if epoch else inf
     until = int(min(loss_step, epoch_end))
     carried: dict = {}  # per stage tensor: the largest rounding spread of the steps so far
-    buffers_in = [{p.torch_name: port.weights[p.torch_name].astype("float64") for p in port.mapping.tensors if p.buffer}]
+    buffers_in = [{n: port.weights[n].astype("float64") for n in port.mapping.buffer_names()}]
 
     def visit(step, stages):
         found = criteria.first_math_difference(step, stages[JAX64], stages[TORCH64], stages[ROUNDING64], carried)
@@ -42,8 +42,8 @@ def localise_math(port, config, math: dict, max_steps=None) -> dict:
         return found
 
     eval_layers = lambda runners: criteria.first_eval_difference(  # noqa: E731
-        *(runners[key].capture_eval(_first_test_batch(port, config)) for key in (JAX64, TORCH64, ROUNDING64)),
-        carried)
+        *align_layers({key: runners[key].capture_eval(_first_test_batch(port, config))
+                       for key in (JAX64, TORCH64, ROUNDING64)}).values(), carried)
     found = replay(port, config, [JAX64, TORCH64, ROUNDING64], until, visit,
                    after=eval_layers if loss_step > epoch_end else None)
     if found is not None:

@@ -1,34 +1,65 @@
 """Weights between a torch `state_dict` and a Flax port's params/buffers, found automatically.
 
-Layers pair up in call order: one forward pass of each model (torch's forward
-hooks; Flax's call interceptor, `jaxtrain.flax_model`) lists the modules that
-own parameters or buffers, in the order they finish; the n-th torch layer is
-the n-th Flax layer unless `weight_map` says otherwise. Each pair's tensors
-move by the torch layer's type:
+Layers pair up by name where the names pair (`encoder.0.fc` and `encoder.0.fc`, or
+`encoder.layers.0.fc`, `encoder_0.fc`), the rest in call order: one forward pass of each
+model (torch's forward hooks; Flax's call interceptor, `jaxtrain.flax_model`) lists the
+modules that hold parameters, in the order they finish. A layer is a module owning
+parameters itself, or a whole attention or recurrent module (`nn.MultiheadAttention`,
+`nn.LSTM`/`GRU`/`RNN`; Flax's `MultiHeadAttention`, `RNN`, `Bidirectional`), whose
+submodules are part of it. `weight_map` comes first: a dict {torch module: flax path}
+pairs layers, a callable converts tensors itself, and what it maps no rule rejects.
 
-| torch                      | Flax                          | layout                       |
-|----------------------------|-------------------------------|------------------------------|
-| Linear weight (out, in)    | kernel (in, out)              | transposed                   |
-| Conv{1,2,3}d weight (O,I,…)| kernel (…, I, O)              | spatial first, then I, O     |
-| BatchNorm weight/bias      | scale/bias                    | as is                        |
-| BatchNorm running_mean/var | mean/var (buffers)            | as is; num_batches_tracked dropped |
-| LayerNorm/GroupNorm w/b    | scale/bias                    | as is                        |
-| Embedding weight (num, dim)| embedding (num, dim)          | as is                        |
-| any other layer            | the tensor of the same name   | as is                        |
+Each pair's tensors move by the rule of the torch layer's family (`RULES`: one small
+function per family; the layout conversions are `jaxtrain.parity.layouts`):
 
-Everything is shape-checked; what does not pair raises `PortMappingError`
-listing both sides' names and shapes.
+| torch                          | Flax                                | layout                          |
+|--------------------------------|-------------------------------------|---------------------------------|
+| Linear weight (out, in)        | kernel (in, out)                    | transposed                      |
+| Conv{1,2,3}d weight (O, I, …)  | kernel (…, I, O)                    | spatial first, then I, O        |
+| ConvTranspose{1,2,3}d (I, O, …)| ConvTranspose kernel (…, I, O)      | spatial first, flipped          |
+| transformers' Conv1D (in, out) | Dense kernel (in, out)              | as is                           |
+| BatchNorm weight/bias, running | scale/bias, mean/var (buffers)      | as is; num_batches_tracked dropped |
+| LayerNorm/GroupNorm/RMSNorm    | scale (bias)                        | as is                           |
+| Embedding weight (num, dim)    | embedding (num, dim)                | as is                           |
+| MultiheadAttention in_proj     | query/key/value kernels (E, H, D)   | split, heads apart              |
+| LSTM/GRU/RNN weight_ih/hh      | the cell's input/hidden kernels     | torch's gate order, per gate    |
+| any other layer                | the tensor of the same name         | as is                           |
+
+A Flax leaf named like torch's tensor with torch's shape is taken as is (a port that kept
+torch's names and layout). One torch Parameter used by two modules (an LM head tied to its
+embedding) is one tensor: when the port has no layer of its own for the second use, it uses
+its one tensor twice too. Parameters one side owns but never calls are named, not paired.
+Everything is shape-checked; what does not pair raises `PortMappingError` naming both sides.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import re
 from typing import Callable
 
 import numpy as np
 
 from jaxtrain.errors import PortMappingError
 from jaxtrain.flax_model import PureModel, leaves_by_path, replace_leaves
+from jaxtrain.parity import layouts
+
+# --------------------------------------------------------------------------- the rules
+
+
+@dataclasses.dataclass(frozen=True)
+class Move:
+    """Some tensors of a torch layer <-> some leaves of its Flax layer (names relative to each)."""
+
+    torch: tuple
+    flax: tuple
+    to_flax: Callable  # {torch name: array} -> {flax name: array}
+    to_torch: Callable  # {flax name: array} -> {torch name: array}; linear: also for grads and updates
+    note: str | None = None  # why the two cannot train alike, when they cannot
+
+
+def _same(a):
+    return np.asarray(a)
 
 
 def _transpose(a):
@@ -46,77 +77,165 @@ def _conv_to_torch(k):
     return np.ascontiguousarray(np.transpose(k, (n - 1, n - 2) + tuple(range(n - 2))))
 
 
-def _same(a):
-    return np.asarray(a)
+def one(torch_name: str, flax_name: str, to_flax=_same, to_torch=_same) -> Move:
+    return Move((torch_name,), (flax_name,), lambda t: {flax_name: to_flax(t[torch_name])},
+                lambda f: {torch_name: to_torch(f[flax_name])})
 
 
-# torch layer type -> {torch tensor: (flax name, to_flax, to_torch)}
+def per_tensor(table: dict) -> Callable:
+    """A rule moving each torch tensor to one Flax leaf: {torch name: (flax name, to_flax, to_torch)};
+    other tensors go to the leaf of the same name, as they are."""
+    def rule(module, torch_shapes: dict, flax_shapes: dict, flax_kind: str | None = None) -> list[Move]:
+        moves = []
+        for name, shape in torch_shapes.items():
+            flax_name, to_flax, to_torch = table.get(name, (name, _same, _same))
+            if flax_name not in flax_shapes and tuple(flax_shapes.get(name, ())) == tuple(shape):
+                flax_name, to_flax, to_torch = name, _same, _same  # the port kept torch's name and layout
+            moves.append(one(name, flax_name, to_flax, to_torch))
+        return moves
+
+    return rule
+
+
+def _layouts_rule(to_flax: Callable, to_torch: Callable, note: Callable | None = None) -> Callable:
+    """A rule from a pair of `jaxtrain.parity.layouts` functions over whole layers."""
+    def rule(module, torch_shapes: dict, flax_shapes: dict, flax_kind: str | None = None) -> list[Move]:
+        if set(torch_shapes) <= set(flax_shapes) and all(
+                tuple(flax_shapes[k]) == tuple(v) for k, v in torch_shapes.items()):
+            return per_tensor({})(module, torch_shapes, flax_shapes)  # the port kept torch's names and layout
+        try:
+            names = tuple(to_flax({k: np.zeros(v, np.float32) for k, v in torch_shapes.items()}, flax_shapes))
+        except ValueError as e:
+            raise PortMappingError(str(e)) from None
+        return [Move(tuple(torch_shapes), names, lambda t: to_flax(t, flax_shapes),
+                     lambda f: to_torch(f, torch_shapes), note and note(torch_shapes, flax_shapes))]
+
+    return rule
+
+
 _AFFINE = {"weight": ("scale", _same, _same), "bias": ("bias", _same, _same)}
-RULES = {
-    "Linear": {"weight": ("kernel", _transpose, _transpose), "bias": ("bias", _same, _same)},
-    "Conv": {"weight": ("kernel", _conv_to_flax, _conv_to_torch), "bias": ("bias", _same, _same)},
+# families whose tensors each move to one Flax leaf: {torch name: (flax name, to_flax, to_torch)}
+TABLES: dict[str, dict] = {
+    "Linear": {"weight": ("kernel", _transpose, _transpose)},
+    "Conv": {"weight": ("kernel", _conv_to_flax, _conv_to_torch)},
+    "ConvTranspose": {"weight": ("kernel", layouts.conv_transpose_kernel_to_flax, layouts.conv_transpose_kernel_to_torch)},
     "BatchNorm": {**_AFFINE, "running_mean": ("mean", _same, _same), "running_var": ("var", _same, _same)},
     "LayerNorm": _AFFINE,
     "GroupNorm": _AFFINE,
+    "RMSNorm": _AFFINE,
     "Embedding": {"weight": ("embedding", _same, _same)},
+    "same names": {},
 }
+
+
+def conv1d(module, torch_shapes: dict, flax_shapes: dict, flax_kind: str | None = None) -> list[Move]:
+    """transformers' Conv1D keeps its weight (in, out), as a Dense kernel is; that library's own
+    FlaxConv1D stores it (out, in)."""
+    transposed = flax_kind == "FlaxConv1D" or (
+        flax_kind is None and tuple(flax_shapes.get("kernel", ())) == tuple(torch_shapes.get("weight", ()))[::-1])
+    kernel = ("kernel", _transpose, _transpose) if transposed else ("kernel", _same, _same)
+    return per_tensor({"weight": kernel})(module, torch_shapes, flax_shapes)
+
+
+RULES: dict[str, Callable] = {
+    **{family: per_tensor(table) for family, table in TABLES.items()},
+    "Conv1D": conv1d,
+    "MultiheadAttention": _layouts_rule(layouts.multihead_attention_to_flax, layouts.multihead_attention_to_torch),
+    "LSTM": _layouts_rule(*layouts.recurrent("LSTM")),
+    "GRU": _layouts_rule(*layouts.recurrent("GRU")),
+    "RNN": _layouts_rule(*layouts.recurrent("RNN")),
+}
+# torch (or transformers) class name -> rule; looked up along the class's bases
+TORCH_CLASSES = {
+    "Linear": "Linear", "Conv1d": "Conv", "Conv2d": "Conv", "Conv3d": "Conv", "ConvTranspose1d": "ConvTranspose",
+    "ConvTranspose2d": "ConvTranspose", "ConvTranspose3d": "ConvTranspose", "Conv1D": "Conv1D",
+    "_BatchNorm": "BatchNorm", "LayerNorm": "LayerNorm", "GroupNorm": "GroupNorm", "RMSNorm": "RMSNorm",
+    "Embedding": "Embedding", "MultiheadAttention": "MultiheadAttention", "LSTM": "LSTM", "GRU": "GRU",
+    "RNN": "RNN",
+}
+TORCH_COMPOSITES = ("MultiheadAttention", "LSTM", "GRU", "RNN")  # rules over the module and its submodules
+FLAX_COMPOSITES = ("MultiHeadAttention", "MultiHeadDotProductAttention", "SelfAttention", "RNN", "Bidirectional",
+                   "LSTMCell", "OptimizedLSTMCell", "GRUCell", "SimpleCell")  # a linen cell built in a compact
+# method belongs to that module, not to the nn.RNN scanning it: the cell is the layer
+RULE_BUFFERS = {"BatchNorm": ("running_mean", "running_var")}  # buffers that are trained state
 DROPPED = ("num_batches_tracked",)
 
 
-def rule_for(torch_module) -> tuple[str, dict]:
-    """(the rule's name, its tensor table) for a torch layer; ('same names', {}) for others."""
-    import torch.nn as tnn
-
-    if isinstance(torch_module, tnn.Linear):
-        return "Linear", RULES["Linear"]
-    if isinstance(torch_module, (tnn.Conv1d, tnn.Conv2d, tnn.Conv3d)):
-        return "Conv", RULES["Conv"]
-    if isinstance(torch_module, tnn.modules.batchnorm._BatchNorm):
-        return "BatchNorm", RULES["BatchNorm"]
-    if isinstance(torch_module, tnn.LayerNorm):
-        return "LayerNorm", RULES["LayerNorm"]
-    if isinstance(torch_module, tnn.GroupNorm):
-        return "GroupNorm", RULES["GroupNorm"]
-    if isinstance(torch_module, tnn.Embedding):
-        return "Embedding", RULES["Embedding"]
-    return "same names", {}
+def automatic_layout(rule: str, torch_name: str, value):
+    """The rule's Flax layout of one torch tensor (None for families moved as whole layers)."""
+    table = TABLES.get(rule)
+    if table is None:
+        return None
+    return table.get(torch_name, (torch_name, _same, _same))[1](value)
 
 
-@dataclasses.dataclass(frozen=True)
-class TensorPair:
-    torch_name: str  # "features.0.weight"
-    flax_path: str  # "features.layers.0.kernel"
-    to_flax: Callable
-    to_torch: Callable
-    buffer: bool
+def given(out) -> list:
+    """A weight_map callable's answer as [(flax path, value)] (empty: the automatic rule)."""
+    return _given(out) or []
+
+
+def rule_for(torch_module) -> str:
+    """The rule's name for a torch layer ('same names' for layers no rule knows)."""
+    for klass in type(torch_module).__mro__:
+        if klass.__module__.startswith(("torch.nn", "transformers")) and klass.__name__ in TORCH_CLASSES:
+            return TORCH_CLASSES[klass.__name__]
+    return "same names"
+
+
+def is_torch_layer(module) -> bool:
+    """A module the mapping pairs: it owns parameters, a rule's trained buffers, or is a composite."""
+    rule = rule_for(module)
+    return (rule in TORCH_COMPOSITES or any(True for _ in module.parameters(recurse=False))
+            or any(k in RULE_BUFFERS.get(rule, ()) for k, _ in module.named_buffers(recurse=False)))
+
+
+# --------------------------------------------------------------------------- the mapping
 
 
 @dataclasses.dataclass(frozen=True)
 class Mapping:
-    """The pairing of one torch model with one Flax port: layers and tensors, both ways."""
+    """The pairing of one torch model with one Flax port: layers and moves, both ways. Names are
+    absolute: torch's `named_parameters()`/buffer names, Flax's dotted leaf paths."""
 
     layers: list  # [(torch module name, flax module path, rule name)] in torch's call order
-    tensors: list  # [TensorPair]
+    moves: list  # [(Move, {torch rel: abs}, {flax rel: abs real path}, buffer)]
     torch_types: dict  # torch module name -> class name
     weight_map: Callable | None = None
+    notes: list = dataclasses.field(default_factory=list)  # [(torch layer, sentence)]: what cannot train alike
+    unused: list = dataclasses.field(default_factory=list)  # parameters one side owns and never calls
+
+    @property
+    def tensors(self) -> list:
+        """[(torch tensor name, is a buffer)], each once."""
+        seen = {}
+        for _, torch_names, _, buffer in self.moves:
+            for name in torch_names.values():
+                seen.setdefault(name, buffer)
+        return list(seen.items())
+
+    def buffer_names(self) -> set:
+        return {n for n, b in self.tensors if b}
 
     def to_flax(self, model: PureModel, weights: dict):
         """torch state_dict values (numpy) -> (params, buffers) trees of the Flax port."""
         params, buffers = {}, {}
-        for pair in self.tensors:
-            value, path = pair.to_flax(weights[pair.torch_name]), pair.flax_path
-            if self.weight_map is not None:
-                custom = self.weight_map(pair.torch_name, np.asarray(weights[pair.torch_name]))
-                if custom is not None:
-                    path, value = custom[0], np.asarray(custom[1])
-            (buffers if pair.buffer else params)[path] = value
+        for move, torch_names, flax_paths, buffer in self.moves:
+            values = move.to_flax({rel: np.asarray(weights[name]) for rel, name in torch_names.items()})
+            for rel, value in values.items():
+                (buffers if buffer else params)[flax_paths[rel]] = value
         return replace_leaves(model.params, params), replace_leaves(model.buffers, buffers)
 
     def to_torch(self, tree, buffers: bool = False) -> dict:
-        """A params-shaped tree (params, grads, updates) or a buffers tree -> {torch name: float64 numpy}."""
-        leaves = leaves_by_path(tree)
-        return {p.torch_name: np.asarray(p.to_torch(np.asarray(leaves[p.flax_path], np.float64)))
-                for p in self.tensors if p.buffer == buffers and p.flax_path in leaves}
+        """A params-shaped tree (params, grads, updates) or a buffers tree -> {torch name: float64 numpy}.
+        A torch tensor the port uses twice (an untied head) is read from its first leaf."""
+        leaves, out = leaves_by_path(tree), {}
+        for move, torch_names, flax_paths, buffer in self.moves:
+            if buffer != buffers or not all(p in leaves for p in flax_paths.values()):
+                continue
+            values = move.to_torch({rel: np.asarray(leaves[p], np.float64) for rel, p in flax_paths.items()})
+            for rel, value in values.items():
+                out.setdefault(torch_names[rel], np.asarray(value, np.float64))
+        return out
 
     def torch_name_of_layer(self, flax_path: str) -> str | None:
         return next((t for t, f, _ in self.layers if f == flax_path), None)
@@ -129,16 +248,6 @@ def _describe(named_shapes: dict) -> str:
     return ", ".join(f"{name} {tuple(shape)}" for name, shape in named_shapes.items()) or "nothing"
 
 
-def _group(leaves: dict, layer_paths) -> dict:
-    """Flax leaves grouped by the layer that owns them: {layer path: {tensor name: array}}."""
-    out = {p: {} for p in layer_paths}
-    for path, leaf in leaves.items():
-        layer, _, name = path.rpartition(".")
-        if layer in out:
-            out[layer][name] = leaf
-    return out
-
-
 def _is_state(leaf) -> bool:
     """Floating-point leaves are model state; integer counters and PRNG keys (NNX Dropout's) are not."""
     import jax.numpy as jnp
@@ -147,77 +256,225 @@ def _is_state(leaf) -> bool:
     return dtype is not None and jnp.issubdtype(dtype, jnp.floating)
 
 
-def build_mapping(torch_layers: list, flax_layers: list, torch_model, model: PureModel,
-                  weight_map=None) -> Mapping:
-    """Pair the layers (torch names in call order; Flax paths in call order), then their tensors.
+def _name_key(name: str) -> str:
+    """A layer name with containers' spellings removed: `layers.0.fc`, `layers_0.fc`, `0.fc` alike."""
+    parts = [p for p in re.sub(r"_(\d+)(?=\.|$)", r".\1", name).split(".") if p not in ("layers", "")]
+    return ".".join(parts)
 
-    `weight_map`: {torch module name: flax module path} overrides the call-order pairing;
-    a callable `(torch tensor name, numpy value) -> (flax leaf path, value) or None`
-    converts tensors itself (None: the automatic rule)."""
+
+def _pair(torch_layers: list, flax_layers: list, overrides: dict) -> dict:
+    """torch layer -> flax layer: the overrides, then equal names, then call order for the rest."""
+    pairs = dict(overrides)
+    taken = set(overrides.values())
+    by_key: dict = {}
+    for path in flax_layers:
+        by_key.setdefault(_name_key(path), []).append(path)
+    for name in torch_layers:
+        match = [p for p in by_key.get(_name_key(name), []) if p not in taken]
+        if name not in pairs and len(match) == 1:
+            pairs[name] = match[0]
+            taken.add(match[0])
+    free_torch = [t for t in torch_layers if t not in pairs]
+    free_flax = [p for p in flax_layers if p not in taken]
+    if len(free_torch) == len(free_flax):
+        pairs.update(zip(free_torch, free_flax))
+        return pairs
+    return {}
+
+
+def _given(out) -> list | None:
+    """A weight_map callable's answer as [(flax path, value)] (None: the automatic rule)."""
+    if out is None:
+        return None
+    return [out] if isinstance(out, tuple) and len(out) == 2 and isinstance(out[0], str) else list(out)
+
+
+def _way_back(out: np.ndarray, array: np.ndarray):
+    """torch's layout from a value a weight_map gave: as is, transposed or reshaped (None: unknown)."""
+    if out.shape == array.shape and np.array_equal(out, array):
+        return _same
+    if out.shape == array.T.shape and np.array_equal(out, array.T):
+        return _transpose
+    if out.size == array.size and np.array_equal(out.reshape(-1), array.reshape(-1)):
+        return lambda a: np.asarray(a).reshape(array.shape)
+    return None
+
+
+def _user_moves(weight_map: Callable, torch_layer: str, tensors: dict, flax_state: dict) -> list[Move]:
+    """Moves for what a callable weight_map converts itself (torch names relative to the layer,
+    Flax names absolute). Its values go back to torch's layout when they are torch's values
+    as they are, transposed or reshaped; otherwise they are not compared."""
+    moves = []
+    for rel, value in tensors.items():
+        name, array = _join(torch_layer, rel), value.detach().cpu().numpy()
+        for k, (path, out) in enumerate(_given(weight_map(name, array)) or []):
+            out = np.asarray(out)
+            if path not in flax_state:
+                raise PortMappingError(f"weight_map maps {name} to {path!r}, which is not a Flax leaf")
+            if tuple(out.shape) != tuple(flax_state[path].shape):
+                raise PortMappingError(f"weight_map gives {path} shape {tuple(out.shape)}; the port's is "
+                                       f"{tuple(flax_state[path].shape)}")
+            back = _way_back(out, array)
+            moves.append(Move(
+                (rel,), (path,),
+                lambda t, name=name, rel=rel, path=path, k=k: {path: np.asarray(_given(weight_map(name, t[rel]))[k][1])},
+                (lambda f, rel=rel, path=path, back=back: {rel: back(f[path])}) if back else (lambda f: {})))
+    return moves
+
+
+def build_mapping(torch_layers: list, flax_layers: list, torch_model, model: PureModel,
+                  weight_map=None, flax_kinds: dict | None = None) -> Mapping:
+    """Pair the layers (torch names in call order; Flax paths in call order, `jaxtrain.flax_model`
+    calls of layers), then their tensors by the layer's rule.
+
+    `weight_map`: {torch module name: flax module path} overrides the pairing; a callable
+    `(torch tensor name, numpy value) -> (flax leaf path, value) | [(flax path, value), ...] | None`
+    converts tensors itself before any rule (None: the automatic rule)."""
     modules = dict(torch_model.named_modules())
+    canonical = {}  # a Parameter's first name (named_parameters drops its second use)
+    for name, p in torch_model.named_parameters():
+        canonical.setdefault(id(p), name)
     overrides = weight_map if isinstance(weight_map, dict) else {}
     params, buffers = leaves_by_path(model.params), leaves_by_path(model.buffers)
     buffers = {k: v for k, v in buffers.items() if _is_state(v)}
     # a linen buffer's path starts with its collection ("batch_stats.bn.mean"): its layer is "bn"
     real_path = {**{k: k for k in params}, **{(k.split(".", 1)[1] if model.kind == "linen" else k): k for k in buffers}}
     flax_state = {**params, **{(k.split(".", 1)[1] if model.kind == "linen" else k): v for k, v in buffers.items()}}
-    flax_owned = _group(flax_state, flax_layers)
-    torch_owned = {name: {**dict(modules[name].named_parameters(recurse=False)),
-                          **{k: v for k, v in modules[name].named_buffers(recurse=False) if k not in DROPPED}}
-                   for name in torch_layers}
+    flax_owned = {p: _owned(flax_state, p, flax_layers) for p in flax_layers}
+    # a module applied with weights that live elsewhere (a tied head: embedding.T) owns nothing here
+    flax_layers = [p for p in flax_layers if flax_owned[p]]
+    flax_owned = {p: flax_owned[p] for p in flax_layers}
+
+    def torch_owned(name: str) -> dict:
+        module = modules[name]
+        rule = rule_for(module)
+        recurse = rule in TORCH_COMPOSITES
+        own = dict(module.named_parameters(recurse=recurse, remove_duplicate=False))
+        wanted = RULE_BUFFERS.get(rule)
+        for k, v in module.named_buffers(recurse=recurse):
+            if k not in DROPPED and v.is_floating_point() and (wanted is None or k in wanted):
+                own.setdefault(k, v)
+        return own
 
     unknown = [k for k in overrides if k not in modules]
     if unknown:
         raise PortMappingError(f"weight_map names torch modules that do not exist: {', '.join(unknown)}; torch's "
                                f"layers: {', '.join(torch_layers)}")
-    free_flax = [p for p in flax_layers if p not in overrides.values()]
-    free_torch = [t for t in torch_layers if t not in overrides]
-    if len(free_flax) != len(free_torch):
+    # a layer whose parameters all belong to an earlier layer (a tied head) is that layer's second use
+    first_use: dict = {}
+    tied = []
+    for name in torch_layers:
+        ps = [p for p in modules[name].parameters(recurse=rule_for(modules[name]) in TORCH_COMPOSITES)]
+        if ps and all(id(p) in first_use for p in ps) and name not in overrides:
+            tied.append(name)
+        for p in ps:
+            first_use.setdefault(id(p), name)
+    # what a callable weight_map converts itself is paired by it: torch layers it converts whole, and
+    # Flax layers it fills whole, leave the automatic pairing
+    user = {}
+    if callable(weight_map):
+        for name in torch_layers:
+            user[name] = _user_moves(weight_map, name, torch_owned(name), flax_state)
+    user_flax = {path for ms in user.values() for m in ms for path in m.flax}
+    by_user = [t for t in torch_layers if user.get(t) and len({m.torch[0] for m in user[t]}) == len(torch_owned(t))]
+    pairing_torch = [t for t in torch_layers if t not in by_user]
+    pairing_flax = [p for p in flax_layers if not all(_join(p, k) in user_flax for k in flax_owned[p])]
+    pairs = _pair(pairing_torch, pairing_flax, overrides)
+    if not pairs and tied:
+        pairs = _pair([t for t in pairing_torch if t not in tied], pairing_flax, overrides)
+    if not pairs and pairing_torch:
         raise PortMappingError(
             f"the models have different numbers of layers with weights: torch {len(torch_layers)} "
-            f"[{'; '.join(f'{t}: ' + _describe({k: v.shape for k, v in torch_owned[t].items()}) for t in torch_layers)}]"
+            f"[{'; '.join(f'{t}: ' + _describe({k: v.shape for k, v in torch_owned(t).items()}) for t in torch_layers)}]"
             f", Flax {len(flax_layers)} "
             f"[{'; '.join(f'{p}: ' + _describe({k: v.shape for k, v in flax_owned[p].items()}) for p in flax_layers)}]"
-            "; pass weight_map={torch_module: flax_path} for the ones that do not pair in call order")
-    pairs = dict(zip(free_torch, free_flax))
-    pairs.update({t: p for t, p in overrides.items()})
+            "; pass weight_map={torch_module: flax_path} for the ones that do not pair by name or call order")
+    pairs.update({t: None for t in by_user})
 
-    layers, tensors = [], []
+    layers, moves, notes, used_flax = [], [], [], set()
     for torch_name in torch_layers:
+        if torch_name not in pairs:
+            continue  # a tied layer the port does not have: its tensor is the earlier layer's
         flax_path = pairs[torch_name]
+        if flax_path is None:  # converted whole by the weight_map
+            for move in user[torch_name]:
+                param_names = dict(modules[torch_name].named_parameters(
+                    recurse=rule_for(modules[torch_name]) in TORCH_COMPOSITES, remove_duplicate=False))
+                tensors = torch_owned(torch_name)
+                moves.append((move, {k: canonical.get(id(tensors[k]), _join(torch_name, k)) for k in move.torch},
+                              {k: real_path[k] for k in move.flax}, any(k not in param_names for k in move.torch)))
+                used_flax.update(move.flax)
+            layers.append((torch_name, None, "weight_map"))
+            continue
         if flax_path not in flax_owned:
             raise PortMappingError(f"weight_map: {flax_path!r} is not a Flax layer with weights; Flax's layers: "
                                    f"{', '.join(flax_layers)}")
-        rule_name, rule = rule_for(modules[torch_name])
-        torch_tensors, flax_tensors = torch_owned[torch_name], flax_owned[flax_path]
-        used = set()
-        for tensor_name, value in torch_tensors.items():
-            flax_name, to_flax, to_torch = rule.get(tensor_name, (tensor_name, _same, _same))
-            expected = to_flax(np.zeros(tuple(value.shape), np.float32)).shape
-            got = flax_tensors.get(flax_name)
-            if got is None or tuple(got.shape) != tuple(expected):
-                raise PortMappingError(
-                    f"{torch_name}.{tensor_name} {tuple(value.shape)} ({rule_name} rule: Flax {flax_name} "
-                    f"{tuple(expected)}) has no match in Flax layer {flax_path} [" +
-                    _describe({k: v.shape for k, v in flax_tensors.items()}) + "]; torch layer " +
-                    f"{torch_name} [{_describe({k: v.shape for k, v in torch_tensors.items()})}]")
-            used.add(flax_name)
-            is_buffer = tensor_name not in dict(modules[torch_name].named_parameters(recurse=False))
-            tensors.append(TensorPair(f"{torch_name}.{tensor_name}" if torch_name else tensor_name,
-                                      real_path[f"{flax_path}.{flax_name}" if flax_path else flax_name],
-                                      to_flax, to_torch, is_buffer))
-        left = set(flax_tensors) - used
+        module, rule_name = modules[torch_name], rule_for(modules[torch_name])
+        tensors, flax_tensors = torch_owned(torch_name), dict(flax_owned[flax_path])
+        param_names = dict(module.named_parameters(recurse=rule_name in TORCH_COMPOSITES, remove_duplicate=False))
+        absolute = {rel: canonical.get(id(v), f"{torch_name}.{rel}" if torch_name else rel) for rel, v in tensors.items()}
+        if callable(weight_map):
+            for move in user[torch_name]:
+                moves.append((move, {k: absolute[k] for k in move.torch}, {k: real_path[k] for k in move.flax},
+                              any(k not in param_names for k in move.torch)))
+                used_flax.update(move.flax)
+                tensors.pop(move.torch[0], None)
+            flax_tensors = {k: v for k, v in flax_tensors.items() if _join(flax_path, k) not in used_flax}
+        if tensors:
+            torch_shapes = {k: tuple(v.shape) for k, v in tensors.items()}
+            flax_shapes = {k: tuple(v.shape) for k, v in flax_tensors.items()}
+            for move in RULES[rule_name](module, torch_shapes, flax_shapes, (flax_kinds or {}).get(flax_path)):
+                _check_move(move, torch_name, flax_path, rule_name, torch_shapes, flax_shapes)
+                buffer = any(k not in param_names for k in move.torch)
+                moves.append((move, {k: absolute[k] for k in move.torch},
+                              {k: real_path[_join(flax_path, k)] for k in move.flax}, buffer))
+                used_flax.update(_join(flax_path, k) for k in move.flax)
+                if move.note:
+                    notes.append((torch_name, move.note))
+        left = [k for k in flax_tensors if _join(flax_path, k) not in used_flax]
         if left:
             raise PortMappingError(
                 f"Flax layer {flax_path} has tensors torch layer {torch_name} lacks: " +
                 _describe({k: flax_tensors[k].shape for k in sorted(left)}) +
-                f" (torch: {_describe({k: v.shape for k, v in torch_tensors.items()})})")
+                f" (torch: {_describe({k: v.shape for k, v in tensors.items()})})")
+        if rule_name == "Embedding" and getattr(module, "padding_idx", None) is not None:
+            notes.append((torch_name, f"nn.Embedding(padding_idx={module.padding_idx}): torch never trains that row"))
         layers.append((torch_name, flax_path, rule_name))
-    orphans = [k for k in flax_state if k.rpartition(".")[0] not in flax_owned]
-    if orphans:
-        raise PortMappingError(f"Flax tensors outside any layer the forward pass calls: {', '.join(orphans)}")
-    torch_orphans = [n for n, _ in torch_model.named_parameters() if n.rpartition(".")[0] not in torch_owned]
-    if torch_orphans:
-        raise PortMappingError(f"torch parameters of layers the forward pass never calls: {', '.join(torch_orphans)}")
-    return Mapping(layers, tensors, {t: type(modules[t]).__name__ for t in torch_layers},
-                   weight_map if callable(weight_map) else None)
+    unused = [f"Flax {k}" for k in flax_state if k not in used_flax]
+    called = {id(p) for t in torch_layers for p in modules[t].parameters(recurse=rule_for(modules[t]) in TORCH_COMPOSITES)}
+    unused += [f"torch {n}" for n, p in torch_model.named_parameters() if id(p) not in called]
+    return Mapping(layers, moves, {t: type(modules[t]).__name__ for t in torch_layers},
+                   weight_map if callable(weight_map) else None, notes, unused)
+
+
+def _join(layer: str, rel: str) -> str:
+    return f"{layer}.{rel}" if layer else rel
+
+
+def _owned(flax_state: dict, layer: str, flax_layers: list) -> dict:
+    """The leaves of a Flax layer by their path relative to it: its own, and its submodules' unless
+    those are layers themselves (a composite's submodules are its own)."""
+    others = [p for p in flax_layers if p != layer and (not layer or p.startswith(layer + "."))]
+    out = {}
+    for path, leaf in flax_state.items():
+        if (layer and not path.startswith(layer + ".")) or any(path.startswith(o + ".") for o in others):
+            continue
+        out[path[len(layer) + 1:] if layer else path] = leaf
+    return out
+
+
+def _check_move(move: Move, torch_name, flax_path, rule_name, torch_shapes, flax_shapes) -> None:
+    """Every leaf a move writes exists with the shape the rule gives it."""
+    try:
+        expected = move.to_flax({k: np.zeros(torch_shapes[k], np.float32) for k in move.torch})
+    except (ValueError, KeyError) as e:
+        raise PortMappingError(f"{torch_name} ({rule_name} rule) cannot be laid out as Flax layer {flax_path} "
+                               f"[{_describe(flax_shapes)}]: {e}") from None
+    for name, value in expected.items():
+        got = flax_shapes.get(name)
+        if got is None or tuple(got) != tuple(np.shape(value)):
+            raise PortMappingError(
+                f"{'+'.join(f'{_join(torch_name, k)} {tuple(torch_shapes[k])}' for k in move.torch)} ({rule_name} "
+                f"rule: Flax {name} {tuple(np.shape(value))}) has "
+                f"no match in Flax layer {flax_path} [{_describe(flax_shapes)}]; torch layer {torch_name} "
+                f"[{_describe(torch_shapes)}]")

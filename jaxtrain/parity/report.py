@@ -68,8 +68,8 @@ def format_report(report: ParityReport) -> str:
         result = report.verdict.get(part)
         if result is None:
             continue
-        lines.append(("PASS " if result["passed"] else "FAIL ") + result["sentence"])
-        if not result["passed"]:
+        lines.append({True: "PASS ", False: "FAIL ", None: "N/A  "}[result["passed"]] + result["sentence"])
+        if result["passed"] is False:
             lines.append(_where(result.get("localised")))
     if report.diagnosis:
         lines.append(f"DIAGNOSIS ({report.diagnosis['trap']}): {report.diagnosis['sentence']}")

@@ -26,6 +26,7 @@ from typing import Any, Callable
 import numpy as np
 
 from jaxtrain import data as data_lib
+from jaxtrain.inputs import rows
 from jaxtrain.metrics import append_epoch, new_record
 
 
@@ -60,6 +61,25 @@ class Port:
     channels_last: set  # torch layer names whose Flax output has the channel axis last
     flax_train_calls: list  # jaxtrain.flax_model.Call of a training forward pass, in order
     flax_eval_calls: list
+    torch_kwargs: dict = dataclasses.field(default_factory=dict)  # constant keyword arguments of torch's calls
+    torch_output: Callable | None = None  # picks the prediction from torch's return value
+
+
+class TorchCall:
+    """The user's torch model as torchref's loops call it: `model(X)` passes a tuple's arrays
+    positionally and a dict's as keywords, with the constant keyword arguments, and returns the
+    prediction (`jaxtrain.inputs.prediction`); everything else is the model's own."""
+
+    def __init__(self, model, kwargs: dict | None = None, output: Callable | None = None):
+        self.__dict__.update(model=model, kwargs=dict(kwargs or {}), output=output)
+
+    def __call__(self, X):
+        from jaxtrain.inputs import call, prediction
+
+        return prediction(call(self.model, X, **self.kwargs), self.output)
+
+    def __getattr__(self, name):
+        return getattr(self.__dict__["model"], name)
 
 
 def step_masks(port: Port, config, step: int, batch_size: int) -> tuple[list, list]:
@@ -143,7 +163,7 @@ class JaxRunner:
         """Step `step` (0-based; batch b of `plan`) through train_step's parts; every stage."""
         self._configure()
         jnp, index = self.jax.numpy, plan.index[b, : plan.sizes[b]]
-        batch = {"x": self.trainer.train_x[index], "y": self.trainer.train_y[index]}
+        batch = {"x": rows(self.trainer.train_x, index), "y": self.trainer.train_y[index]}
         if self.port.dropout:
             batch["dropout"] = tuple(jnp.asarray(m) for m in step_masks(self.port, self.config, step, len(index))[1])
         self.trainer.state, out = self._capture(self.trainer.state, batch)
@@ -157,7 +177,7 @@ class JaxRunner:
     def capture_eval(self, index: np.ndarray) -> dict:
         """model.eval() on test samples `index`: each layer's output and the model output."""
         self._configure()
-        out = self.jax.device_get(self._capture_eval(self.trainer.state, self.trainer.test_x[index]))
+        out = self.jax.device_get(self._capture_eval(self.trainer.state, rows(self.trainer.test_x, index)))
         return {"layers": _layer_outputs(self.port, self.port.flax_eval_calls, out["recorded"]),
                 "forward": np.asarray(out["outputs"], np.float64)}
 
@@ -195,16 +215,17 @@ class TorchRunner:
         dtype = torch.float64 if config.dtype == "float64" else torch.float32
         model = copy.deepcopy(port.torch_model).to(dtype)
         model.load_state_dict({k: torch.from_numpy(np.asarray(v)) for k, v in _cast(port.weights, config.dtype).items()})
-        self.model = model.to(torch_train.device())
+        self.module = model.to(torch_train.device())
+        self.model = TorchCall(self.module, port.torch_kwargs, port.torch_output)
         self.loss_fn = port.torch_loss
         self.optimizer = port.make_torch_optimizer(config, self.model.parameters())
         self.scheduler = port.make_torch_scheduler(config, self.optimizer)
-        self.train_loader = torch_train.make_dataloader(port.train, config, train=True)
-        self.test_loader = torch_train.make_dataloader(port.test or port.train, config, train=False)
+        self.train_loader = torch_train.make_dataloader(port.train, config, train=True, add_channel=False)
+        self.test_loader = torch_train.make_dataloader(port.test or port.train, config, train=False, add_channel=False)
         self.step, self._masks, self._dropout_call = 0, (None, []), 0
         self._recording: dict | None = None
-        self.model.register_forward_pre_hook(self._count_step)
-        modules = dict(self.model.named_modules())
+        self.module.register_forward_pre_hook(self._count_step)
+        modules = dict(self.module.named_modules())
         for module in modules.values():
             if isinstance(module, torch.nn.Dropout):
                 module.register_forward_hook(self._inject_mask)
@@ -241,7 +262,10 @@ class TorchRunner:
     def _record(self, name):
         def hook(module, inputs, output):
             if self._recording is not None and name not in self._recording:
-                self._recording[name] = np.array(output.detach().cpu().double().numpy(), copy=True)
+                from jaxtrain.inputs import tensor_leaves
+
+                first = tensor_leaves(output)[0]  # an LSTM's output sequence, attention's output
+                self._recording[name] = np.array(first.detach().cpu().double().numpy(), copy=True)
 
         return hook
 
@@ -258,7 +282,7 @@ class TorchRunner:
             self.scheduler.step()
 
     def buffers(self) -> dict:
-        names = {p.torch_name for p in self.port.mapping.tensors if p.buffer}
+        names = self.port.mapping.buffer_names()
         return {k: np.array(v.detach().cpu().double().numpy(), copy=True) for k, v in self.model.state_dict().items()
                 if k in names}  # a copy: a float64 buffer's .double().numpy() is the live tensor
 
@@ -270,8 +294,8 @@ class TorchRunner:
         self.model.train()
         out: dict = {}
         self._recording = {}
-        loss = self.train_lib.train_step(self.model, self.loss_fn, self.optimizer, X.to(device), y.to(device),
-                                         capture=out)
+        loss = self.train_lib.train_step(self.model, self.loss_fn, self.optimizer, self.train_lib.to_device(X),
+                                         y.to(device), capture=out)
         layers, self._recording = self._recording, None
         as_np = lambda t: np.array(t.detach().cpu().double().numpy(), copy=True)  # noqa: E731  (not the live tensor)
         return {"layers": layers, "forward": as_np(out["logits"]), "loss": np.float64(float(loss)),
@@ -284,7 +308,7 @@ class TorchRunner:
         self.model.eval()
         self._recording = {}
         with self.torch.no_grad():
-            out = self.model(X.to(self.train_lib.device()))
+            out = self.model(self.train_lib.to_device(X))
         layers, self._recording = self._recording, None
         return {"layers": layers, "forward": np.array(out.detach().cpu().double().numpy(), copy=True)}
 
@@ -378,6 +402,25 @@ def run_trajectories(port: Port, config, dtypes, max_steps=None) -> dict:
     return out
 
 
+def align_layers(stages: dict) -> dict:
+    """Layer outputs the two sides shape differently but that broadcast alike ((1, T, H) position
+    embeddings against torch's (B, T, H)) compared at their common shape: a broadcast of the same
+    values is no difference."""
+    names = {name for s in stages.values() for name in s["layers"]}
+    for name in names:
+        arrays = [s["layers"][name] for s in stages.values() if name in s["layers"]]
+        if len({np.shape(a) for a in arrays}) < 2:
+            continue
+        try:
+            shape = np.broadcast_shapes(*(np.shape(a) for a in arrays))
+        except ValueError:
+            continue
+        for s in stages.values():
+            if name in s["layers"]:
+                s["layers"][name] = np.broadcast_to(s["layers"][name], shape)
+    return stages
+
+
 def replay(port: Port, config, keys, until_step: int, visit, after=None):
     """Replay steps 1..until_step on fresh runners in lockstep. After each step,
     `visit(step, {key: stages})` may return a finding, which stops the replay and is returned.
@@ -387,7 +430,7 @@ def replay(port: Port, config, keys, until_step: int, visit, after=None):
     for epoch, num_steps in enumerate(epoch_lengths(config, num_train, until_step)):
         plan = data_lib.epoch_batches(num_train, config.batch_size, config.shuffle, config.seed, epoch)
         for b in range(num_steps):
-            stages = {key: runner.capture_step(plan, b, step) for key, runner in runners.items()}
+            stages = align_layers({key: runner.capture_step(plan, b, step) for key, runner in runners.items()})
             step += 1
             found = visit(step, stages)
             if found is not None:

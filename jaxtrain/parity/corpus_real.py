@@ -1,0 +1,436 @@
+"""Hand-written ports of common `torch.nn` layers, shaped like users' code, for the verdict corpus
+and the tests: token inputs as tuples and dicts, per-token targets, structured outputs,
+`nn.MultiheadAttention`, `nn.LSTM` (a port keeping torch's tensors, and one on Flax's LSTMCell,
+whose single bias per gate trains differently), a tied-embedding LM, modules named `value`.
+
+Each entry of `HEALTHY`/`BUGS` is `data -> check_port keyword arguments` (data unused: the cases
+make their own token data), listed by `jaxtrain.parity.corpus`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import jax.numpy as jnp
+import numpy as np
+import torch
+from flax import linen as nn, nnx
+from torch import nn as tnn
+
+VOCAB, T, N = 20, 6, 96
+SHORT = dict(optimizer="adam", optimizer_kwargs={"lr": 1e-2}, batch_size=32, steps=6)
+
+
+def tokens(seed=0, n=N):
+    """Random ids (1..VOCAB-1), an attention mask of random lengths, labels from the first id."""
+    rng = np.random.default_rng(seed)
+    ids = rng.integers(1, VOCAB, (n, T))
+    mask = (np.arange(T)[None] < rng.integers(2, T + 1, n)[:, None]).astype(np.int64)
+    return ids, mask, (ids[:, 0] % 3)
+
+
+class TorchBag(tnn.Module):
+    """Mean of the unmasked token embeddings -> Linear; returns a dict (as a model's output)."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.embed = tnn.Embedding(VOCAB, 8)
+        self.head = tnn.Linear(8, 3)
+
+    def forward(self, ids, mask):
+        m = mask.unsqueeze(-1).to(self.embed.weight.dtype)
+        return {"logits": self.head((self.embed(ids) * m).sum(1) / m.sum(1)), "aux": m}
+
+
+@dataclasses.dataclass
+class Out:
+    hidden: object
+    scores: object
+
+
+class NnxBag(nnx.Module):
+    def __init__(self):
+        self.embed = nnx.Embed(VOCAB, 8, rngs=nnx.Rngs(0))
+        self.head = nnx.Linear(8, 3, rngs=nnx.Rngs(1))
+
+    def __call__(self, ids, mask):
+        m = mask[..., None].astype(self.embed.embedding.dtype)
+        pooled = (self.embed(ids) * m).sum(1) / m.sum(1)
+        return Out(hidden=pooled, scores=self.head(pooled))
+
+
+class TorchTagger(tnn.Module):
+    """Per-token classes: (B, T) ids -> (B, T, C) logits; targets (B, T)."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.embed = tnn.Embedding(VOCAB, 8)
+        self.out = tnn.Linear(8, 4)
+
+    def forward(self, ids):
+        return self.out(torch.tanh(self.embed(ids)))
+
+
+class LinenTagger(nn.Module):
+    @nn.compact
+    def __call__(self, ids):
+        return nn.Dense(4, name="out")(jnp.tanh(nn.Embed(VOCAB, 8, name="embed")(ids)))
+
+
+class TorchAttention(tnn.Module):
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.embed = tnn.Embedding(VOCAB, 16)
+        self.attn = tnn.MultiheadAttention(16, 4, batch_first=True)
+        self.norm = tnn.LayerNorm(16)
+        self.head = tnn.Linear(16, 3)
+
+    def forward(self, ids):
+        x = self.embed(ids)
+        a, _ = self.attn(x, x, x)
+        return self.head(self.norm(x + a).mean(1))
+
+
+class NnxAttention(nnx.Module):
+    def __init__(self):
+        rngs = nnx.Rngs(0)
+        self.embed = nnx.Embed(VOCAB, 16, rngs=rngs)
+        self.attn = nnx.MultiHeadAttention(4, 16, decode=False, rngs=rngs)
+        self.norm = nnx.LayerNorm(16, epsilon=1e-5, rngs=rngs)
+        self.head = nnx.Linear(16, 3, rngs=rngs)
+
+    def __call__(self, ids):
+        x = self.embed(ids)
+        return self.head(self.norm(x + self.attn(x)).mean(1))
+
+
+class TorchLSTM(tnn.Module):
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.embed = tnn.Embedding(VOCAB, 8)
+        self.lstm = tnn.LSTM(8, 12, batch_first=True)
+        self.head = tnn.Linear(12, 3)
+
+    def forward(self, ids):
+        out, _ = self.lstm(self.embed(ids))
+        return self.head(out[:, -1])
+
+
+class TorchStyleLSTM(nn.Module):
+    """A user's Flax LSTM keeping torch's tensors (weight_ih/hh, bias_ih/hh, gates i f g o)."""
+
+    hidden: int = 12
+
+    @nn.compact
+    def __call__(self, x):
+        h4 = 4 * self.hidden
+        w_ih = self.param("weight_ih_l0", nn.initializers.lecun_normal(), (h4, x.shape[-1]))
+        w_hh = self.param("weight_hh_l0", nn.initializers.lecun_normal(), (h4, self.hidden))
+        b_ih = self.param("bias_ih_l0", nn.initializers.zeros, (h4,))
+        b_hh = self.param("bias_hh_l0", nn.initializers.zeros, (h4,))
+        h = c = jnp.zeros((x.shape[0], self.hidden), x.dtype)
+        outs = []
+        for t in range(x.shape[1]):
+            i, f, g, o = jnp.split(x[:, t] @ w_ih.T + b_ih + h @ w_hh.T + b_hh, 4, axis=-1)
+            c = nn.sigmoid(f) * c + nn.sigmoid(i) * jnp.tanh(g)
+            h = nn.sigmoid(o) * jnp.tanh(c)
+            outs.append(h)
+        return jnp.stack(outs, 1)
+
+
+class LinenLSTM(nn.Module):
+    cell: str = "torch"
+
+    @nn.compact
+    def __call__(self, ids):
+        x = nn.Embed(VOCAB, 8, name="embed")(ids)
+        x = TorchStyleLSTM(name="lstm")(x) if self.cell == "torch" else nn.RNN(nn.LSTMCell(12), name="lstm")(x)
+        return nn.Dense(3, name="head")(x[:, -1])
+
+
+class TorchTiedLM(tnn.Module):
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.embed = tnn.Embedding(VOCAB, 8)
+        self.mix = tnn.Linear(8, 8)
+        self.lm_head = tnn.Linear(8, VOCAB, bias=False)
+        self.lm_head.weight = self.embed.weight  # tied
+
+    def forward(self, ids):
+        return self.lm_head(torch.tanh(self.mix(self.embed(ids))))
+
+
+class NnxTiedLM(nnx.Module):
+    def __init__(self):
+        rngs = nnx.Rngs(0)
+        self.embed = nnx.Embed(VOCAB, 8, rngs=rngs)
+        self.mix = nnx.Linear(8, 8, rngs=rngs)
+
+    def __call__(self, ids):
+        return self.embed.attend(jnp.tanh(self.mix(self.embed(ids))))
+
+
+class TorchValue(tnn.Module):
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.key = tnn.Linear(4, 4)
+        self.value = tnn.Linear(4, 3)
+
+    def forward(self, x):
+        return self.value(torch.relu(self.key(x)))
+
+
+class NnxValue(nnx.Module):
+    def __init__(self):
+        self.key = nnx.Linear(4, 4, rngs=nnx.Rngs(0))
+        self.value = nnx.Linear(4, 3, rngs=nnx.Rngs(1))
+
+    def __call__(self, x):
+        return self.value(nnx.relu(self.key(x)))
+
+
+class NnxPackedAttention(nnx.Module):
+    """Attention ported with one packed qkv Dense (in, 3E): no rule knows it; a weight_map does."""
+
+    def __init__(self):
+        rngs = nnx.Rngs(0)
+        self.embed = nnx.Embed(VOCAB, 16, rngs=rngs)
+        self.qkv = nnx.Linear(16, 48, rngs=rngs)
+        self.proj = nnx.Linear(16, 16, rngs=rngs)
+        self.norm = nnx.LayerNorm(16, epsilon=1e-5, rngs=rngs)
+        self.head = nnx.Linear(16, 3, rngs=rngs)
+
+    def __call__(self, ids):
+        x = self.embed(ids)
+        b, t, e = x.shape
+        q, k, v = (a.reshape(b, t, 4, 4) for a in jnp.split(self.qkv(x), 3, axis=-1))
+        w = nnx.softmax(jnp.einsum("bqhd,bkhd->bhqk", q, k) / 2.0, axis=-1)
+        a = self.proj(jnp.einsum("bhqk,bkhd->bqhd", w, v).reshape(b, t, e))
+        return self.head(self.norm(x + a).mean(1))
+
+
+
+class TorchGRU(tnn.Module):
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.embed = tnn.Embedding(VOCAB, 8)
+        self.gru = tnn.GRU(8, 12, batch_first=True)
+        self.head = tnn.Linear(12, 3)
+
+    def forward(self, ids):
+        out, _ = self.gru(self.embed(ids))
+        return self.head(out[:, -1])
+
+
+class TorchStyleGRU(nn.Module):
+    """A user's Flax GRU keeping torch's tensors and equations (n = tanh(W_in x + b_in + r * (W_hn h + b_hn)))."""
+
+    hidden: int = 12
+
+    @nn.compact
+    def __call__(self, x):
+        h3 = 3 * self.hidden
+        w_ih = self.param("weight_ih_l0", nn.initializers.lecun_normal(), (h3, x.shape[-1]))
+        w_hh = self.param("weight_hh_l0", nn.initializers.lecun_normal(), (h3, self.hidden))
+        b_ih = self.param("bias_ih_l0", nn.initializers.zeros, (h3,))
+        b_hh = self.param("bias_hh_l0", nn.initializers.zeros, (h3,))
+        h = jnp.zeros((x.shape[0], self.hidden), x.dtype)
+        outs = []
+        for t in range(x.shape[1]):
+            xr, xz, xn = jnp.split(x[:, t] @ w_ih.T + b_ih, 3, axis=-1)
+            hr, hz, hn = jnp.split(h @ w_hh.T + b_hh, 3, axis=-1)
+            r, z = nn.sigmoid(xr + hr), nn.sigmoid(xz + hz)
+            h = (1 - z) * jnp.tanh(xn + r * hn) + z * h
+            outs.append(h)
+        return jnp.stack(outs, 1)
+
+
+class LinenGRU(nn.Module):
+    cell: str = "torch"
+
+    @nn.compact
+    def __call__(self, ids):
+        x = nn.Embed(VOCAB, 8, name="embed")(ids)
+        x = TorchStyleGRU(name="gru")(x) if self.cell == "torch" else nn.RNN(nn.GRUCell(12), name="gru")(x)
+        return nn.Dense(3, name="head")(x[:, -1])
+
+
+class TorchEncoder(tnn.Module):
+    """Embedding -> nn.TransformerEncoderLayer (post-norm, ReLU) -> mean -> Linear."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.embed = tnn.Embedding(VOCAB, 16)
+        self.encoder = tnn.TransformerEncoderLayer(16, 4, dim_feedforward=32, dropout=0.0, batch_first=True)
+        self.head = tnn.Linear(16, 3)
+
+    def forward(self, ids):
+        return self.head(self.encoder(self.embed(ids)).mean(1))
+
+
+class NnxEncoderLayer(nnx.Module):
+    """The encoder layer ported to NNX with torch's attribute names."""
+
+    def __init__(self, d=16, heads=4, ff=32, rngs=None):
+        self.self_attn = nnx.MultiHeadAttention(heads, d, decode=False, rngs=rngs)
+        self.linear1, self.linear2 = nnx.Linear(d, ff, rngs=rngs), nnx.Linear(ff, d, rngs=rngs)
+        self.norm1, self.norm2 = nnx.LayerNorm(d, epsilon=1e-5, rngs=rngs), nnx.LayerNorm(d, epsilon=1e-5, rngs=rngs)
+
+    def __call__(self, x):
+        x = self.norm1(x + self.self_attn(x))
+        return self.norm2(x + self.linear2(nnx.relu(self.linear1(x))))
+
+
+class NnxEncoder(nnx.Module):
+    def __init__(self):
+        rngs = nnx.Rngs(0)
+        self.embed = nnx.Embed(VOCAB, 16, rngs=rngs)
+        self.encoder = NnxEncoderLayer(rngs=rngs)
+        self.head = nnx.Linear(16, 3, rngs=rngs)
+
+    def __call__(self, ids):
+        return self.head(self.encoder(self.embed(ids)).mean(1))
+
+
+class TorchUpsample(tnn.Module):
+    """Conv2d (stride 2) -> ReLU -> ConvTranspose2d (stride 2, output_padding 1) -> Linear."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.down = tnn.Conv2d(1, 4, 3, stride=2, padding=1)
+        self.up = tnn.ConvTranspose2d(4, 2, 3, stride=2, padding=1, output_padding=1)
+        self.head = tnn.Linear(2 * 8 * 8, 3)
+
+    def forward(self, x):
+        return self.head(torch.flatten(self.up(torch.relu(self.down(x))), 1))
+
+
+class LinenUpsample(nn.Module):
+    """Its linen port, NHWC inside: torch's padding p of a transposed conv is k - 1 - p on each side
+    (plus output_padding at the end)."""
+
+    @nn.compact
+    def __call__(self, x):
+        x = nn.relu(nn.Conv(4, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)), name="down")(x))
+        x = nn.ConvTranspose(2, (3, 3), strides=(2, 2), padding=((1, 2), (1, 2)), name="up")(x)
+        return nn.Dense(3, name="head")(x.transpose(0, 3, 1, 2).reshape(x.shape[0], -1))
+
+
+class TorchDepthwise(tnn.Module):
+    """A depthwise conv (groups = channels) -> ReLU -> AvgPool2d(3, 2, padding=1) -> Linear."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.dw = tnn.Conv2d(3, 6, 3, padding=1, groups=3)
+        self.pool = tnn.AvgPool2d(3, stride=2, padding=1)
+        self.head = tnn.Linear(6 * 4 * 4, 3)
+
+    def forward(self, x):
+        return self.head(torch.flatten(self.pool(torch.relu(self.dw(x))), 1))
+
+
+class NnxDepthwise(nnx.Module):
+    def __init__(self, count_include_pad=True):
+        rngs = nnx.Rngs(0)
+        self.dw = nnx.Conv(3, 6, (3, 3), padding=1, feature_group_count=3, rngs=rngs)
+        self.head = nnx.Linear(6 * 4 * 4, 3, rngs=rngs)
+        self.count_include_pad = count_include_pad
+
+    def __call__(self, x):
+        x = nnx.avg_pool(nnx.relu(self.dw(x)), (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)),
+                         count_include_pad=self.count_include_pad)
+        return self.head(x.transpose(0, 3, 1, 2).reshape(x.shape[0], -1))
+
+
+# --------------------------------------------------------------------------- corpus cases
+
+LONG = dict(optimizer="adam", optimizer_kwargs={"lr": 1e-2}, batch_size=32, steps=30)
+
+
+def _case(torch_model, flax_model, inputs, targets, **kwargs):
+    half = len(targets) // 2
+    from jaxtrain.inputs import rows
+
+    return dict(torch_model=torch_model, flax_model=flax_model, train=(rows(inputs, slice(0, half)), targets[:half]),
+                test=(rows(inputs, slice(half, None)), targets[half:]), **{**LONG, **kwargs})
+
+
+def _bag_tuple(data):
+    ids, mask, y = tokens(10, 192)
+    return _case(TorchBag(), NnxBag(), (ids, mask), y, flax_output=lambda out: out.scores)
+
+
+def _bag_dict(data):
+    ids, mask, y = tokens(11, 192)
+    return _case(TorchBag(), NnxBag(), {"ids": ids, "mask": mask}, y, flax_output=lambda out: out.scores)
+
+
+def _tagger(data):
+    ids, _, _ = tokens(12, 192)
+    return _case(TorchTagger(), LinenTagger(), ids, ids % 4)
+
+
+def _attention(data):
+    ids, _, y = tokens(13, 192)
+    return _case(TorchAttention(), NnxAttention(), ids, y)
+
+
+def _lstm(data):
+    ids, _, y = tokens(14, 192)
+    return _case(TorchLSTM(), LinenLSTM(), ids, y)
+
+
+def _tied_lm(data):
+    ids, _, _ = tokens(15, 192)
+    return _case(TorchTiedLM(), NnxTiedLM(), ids[:, :-1], ids[:, 1:])
+
+
+def _lstm_flax_cell(data):
+    ids, _, y = tokens(14, 192)
+    return _case(TorchLSTM(), LinenLSTM(cell="flax"), ids, y, optimizer="sgd", optimizer_kwargs={"lr": 0.5})
+
+
+def _gru(data):
+    ids, _, y = tokens(16, 192)
+    return _case(TorchGRU(), LinenGRU(), ids, y)
+
+
+def _gru_flax_cell(data):
+    ids, _, y = tokens(16, 192)
+    return _case(TorchGRU(), LinenGRU(cell="flax"), ids, y, optimizer="sgd", optimizer_kwargs={"lr": 0.5})
+
+
+def _encoder(data):
+    ids, _, y = tokens(17, 192)
+    return _case(TorchEncoder(), NnxEncoder(), ids, y)
+
+
+def _images(seed, channels, size=8):
+    x = np.random.default_rng(seed).normal(size=(192, channels, size, size)).astype(np.float32)
+    return x, (x[:, 0, :4].mean(axis=(1, 2)) > 0).astype(np.int64) + (x[:, -1, 4:].mean(axis=(1, 2)) > 0)
+
+
+def _upsample(data):
+    x, y = _images(18, 1)
+    return _case(TorchUpsample(), LinenUpsample(), x, y, flax_input="nhwc")
+
+
+def _depthwise(data):
+    x, y = _images(19, 3)
+    return _case(TorchDepthwise(), NnxDepthwise(), x, y, flax_input="nhwc")
+
+
+HEALTHY = {"real_gru_torch_layout": _gru, "real_transformer_encoder_layer": _encoder,
+           "real_conv_transpose2d": _upsample, "real_depthwise_conv_avgpool": _depthwise,"real_bag_tuple_inputs": _bag_tuple, "real_bag_dict_inputs": _bag_dict,
+           "real_tagger_sequence_targets": _tagger, "real_multihead_attention": _attention,
+           "real_lstm_torch_layout": _lstm, "real_tied_embedding_lm": _tied_lm}
