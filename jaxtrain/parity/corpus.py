@@ -272,6 +272,30 @@ BUGS: dict[str, Bug] = {
         corpus_real._lstm_flax_cell, None, "same_math", "forward", 2, "lstm (output)",
         "nn.LSTM ported onto Flax's LSTMCell: one bias per gate where torch trains two (their sum moves twice as fast)",
         "layer parametrisation"),
+    "gru_on_flax_grucell": Bug(
+        corpus_real._gru_flax_cell, None, "same_math", "forward", 2, "gru (output)",
+        "nn.GRU ported onto Flax's GRUCell: torch's b_hn (inside r * (W_hn h + b_hn)) has no place, the input biases "
+        "train as one", "layer parametrisation"),
+    "lstm_gate_order_tensorflow": Bug(
+        corpus_real._lstm_gate_order, None, "same_math", "forward", 1, "lstm (output)",
+        "torch's fused LSTM rows split in TensorFlow's gate order (i, g, f, o) instead of torch's (i, f, g, o)",
+        "recurrent cell"),
+    "attention_unscaled": Bug(
+        corpus_real._attention_unscaled, None, "same_math", "forward", 1, "attn (output)",
+        "nn.MultiheadAttention ported with an attention_fn that drops the 1/sqrt(head_dim) scale",
+        "attention computation"),
+    "avgpool_padding_not_counted": Bug(
+        corpus_real._depthwise_pad_excluded, None, "same_math", "forward", 1, "head (output)",
+        "AvgPool2d(padding=1) ported as avg_pool(count_include_pad=False): torch counts the padding",
+        "AvgPool count_include_pad"),
+    "conv_transpose_kernel_unflipped": Bug(
+        corpus_real._upsample_unflipped, None, "same_math", "forward", 1, "up (output)",
+        "a weight_map laying ConvTranspose2d's kernel out as a plain conv's: not flipped in space",
+        "weights in the wrong layout"),
+    "batchnorm_running_stats_in_training": Bug(
+        corpus_real._conv_bn_running_in_training, None, "same_math", "forward", 1, "bn (output)",
+        "the port's BatchNorm called with train=False always: running statistics in training",
+        "BatchNorm running statistics in training"),
     "position_table_off_by_one": Bug(
         ports.bag(clamp_positions=True), None, "same_math", "forward", 1, "pos (output)",
         "positions clamped to max_len - 2: the last position (1 of 16 rows) reads the wrong row"),

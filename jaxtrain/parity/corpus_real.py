@@ -17,6 +17,8 @@ import torch
 from flax import linen as nn, nnx
 from torch import nn as tnn
 
+from jaxtrain.layers import LinenTorchBatchNorm
+
 VOCAB, T, N = 20, 6, 96
 SHORT = dict(optimizer="adam", optimizer_kwargs={"lr": 1e-2}, batch_size=32, steps=6)
 
@@ -94,11 +96,17 @@ class TorchAttention(tnn.Module):
         return self.head(self.norm(x + a).mean(1))
 
 
+def _unscaled_attention(query, key, value, **kwargs):
+    """dot_product_attention without its 1/sqrt(head_dim): the scale forgotten (it cancels the one inside)."""
+    return nnx.dot_product_attention(query * np.sqrt(query.shape[-1]), key, value, **kwargs)
+
+
 class NnxAttention(nnx.Module):
-    def __init__(self):
+    def __init__(self, scaled=True):
         rngs = nnx.Rngs(0)
         self.embed = nnx.Embed(VOCAB, 16, rngs=rngs)
-        self.attn = nnx.MultiHeadAttention(4, 16, decode=False, rngs=rngs)
+        self.attn = nnx.MultiHeadAttention(4, 16, decode=False, rngs=rngs, **(
+            {} if scaled else {"attention_fn": _unscaled_attention}))
         self.norm = nnx.LayerNorm(16, epsilon=1e-5, rngs=rngs)
         self.head = nnx.Linear(16, 3, rngs=rngs)
 
@@ -124,6 +132,7 @@ class TorchStyleLSTM(nn.Module):
     """A user's Flax LSTM keeping torch's tensors (weight_ih/hh, bias_ih/hh, gates i f g o)."""
 
     hidden: int = 12
+    gates: str = "ifgo"  # the order the fused gate rows are split in ("igfo": TensorFlow's i, j, f, o)
 
     @nn.compact
     def __call__(self, x):
@@ -135,7 +144,8 @@ class TorchStyleLSTM(nn.Module):
         h = c = jnp.zeros((x.shape[0], self.hidden), x.dtype)
         outs = []
         for t in range(x.shape[1]):
-            i, f, g, o = jnp.split(x[:, t] @ w_ih.T + b_ih + h @ w_hh.T + b_hh, 4, axis=-1)
+            i, f, g, o = (dict(zip(self.gates, jnp.split(x[:, t] @ w_ih.T + b_ih + h @ w_hh.T + b_hh, 4, axis=-1)))[k]
+                          for k in "ifgo")
             c = nn.sigmoid(f) * c + nn.sigmoid(i) * jnp.tanh(g)
             h = nn.sigmoid(o) * jnp.tanh(c)
             outs.append(h)
@@ -144,11 +154,12 @@ class TorchStyleLSTM(nn.Module):
 
 class LinenLSTM(nn.Module):
     cell: str = "torch"
+    gates: str = "ifgo"
 
     @nn.compact
     def __call__(self, ids):
         x = nn.Embed(VOCAB, 8, name="embed")(ids)
-        x = TorchStyleLSTM(name="lstm")(x) if self.cell == "torch" else nn.RNN(nn.LSTMCell(12), name="lstm")(x)
+        x = TorchStyleLSTM(gates=self.gates, name="lstm")(x) if self.cell == "torch" else nn.RNN(nn.LSTMCell(12), name="lstm")(x)
         return nn.Dense(3, name="head")(x[:, -1])
 
 
@@ -352,6 +363,34 @@ class NnxDepthwise(nnx.Module):
         return self.head(x.transpose(0, 3, 1, 2).reshape(x.shape[0], -1))
 
 
+class TorchConvBN(tnn.Module):
+    """Conv2d -> BatchNorm2d -> ReLU -> flatten -> Linear."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.conv = tnn.Conv2d(1, 4, 3, padding=1)
+        self.bn = tnn.BatchNorm2d(4)
+        self.head = tnn.Linear(4 * 8 * 8, 3)
+
+    def forward(self, x):
+        return self.head(torch.flatten(torch.relu(self.bn(self.conv(x))), 1))
+
+
+class LinenConvBN(nn.Module):
+    """Its linen port (jaxtrain.layers' torch-convention BatchNorm); `train_flag=False` plants the classic
+    bug: the BatchNorm called with train=False always (running statistics in training too)."""
+
+    train_flag: bool = True
+
+    @nn.compact
+    def __call__(self, x, train: bool):
+        x = nn.Conv(4, (3, 3), padding=1, name="conv")(x)
+        x = LinenTorchBatchNorm(name="bn")(x, train and self.train_flag)
+        x = nn.relu(x).transpose(0, 3, 1, 2)
+        return nn.Dense(3, name="head")(x.reshape(x.shape[0], -1))
+
+
 # --------------------------------------------------------------------------- corpus cases
 
 LONG = dict(optimizer="adam", optimizer_kwargs={"lr": 1e-2}, batch_size=32, steps=30)
@@ -400,6 +439,16 @@ def _lstm_flax_cell(data):
     return _case(TorchLSTM(), LinenLSTM(cell="flax"), ids, y, optimizer="sgd", optimizer_kwargs={"lr": 0.5})
 
 
+def _lstm_gate_order(data):
+    ids, _, y = tokens(14, 192)
+    return _case(TorchLSTM(), LinenLSTM(gates="igfo"), ids, y)
+
+
+def _attention_unscaled(data):
+    ids, _, y = tokens(13, 192)
+    return _case(TorchAttention(), NnxAttention(scaled=False), ids, y)
+
+
 def _gru(data):
     ids, _, y = tokens(16, 192)
     return _case(TorchGRU(), LinenGRU(), ids, y)
@@ -430,7 +479,32 @@ def _depthwise(data):
     return _case(TorchDepthwise(), NnxDepthwise(), x, y, flax_input="nhwc")
 
 
+def _depthwise_pad_excluded(data):
+    x, y = _images(19, 3)
+    return _case(TorchDepthwise(), NnxDepthwise(count_include_pad=False), x, y, flax_input="nhwc")
+
+
+def _unflipped(name, array):
+    """A hand-written weight_map that lays the transposed conv's kernel out as a plain conv's (no flip)."""
+    return ("up.kernel", array.transpose(2, 3, 0, 1)) if name == "up.weight" else None
+
+
+def _upsample_unflipped(data):
+    x, y = _images(18, 1)
+    return _case(TorchUpsample(), LinenUpsample(), x, y, flax_input="nhwc", weight_map=_unflipped)
+
+
+def _conv_bn(data):
+    x, y = _images(20, 1)
+    return _case(TorchConvBN(), LinenConvBN(), x, y, flax_input="nhwc")
+
+
+def _conv_bn_running_in_training(data):
+    x, y = _images(20, 1)
+    return _case(TorchConvBN(), LinenConvBN(train_flag=False), x, y, flax_input="nhwc")
+
+
 HEALTHY = {"real_gru_torch_layout": _gru, "real_transformer_encoder_layer": _encoder,
-           "real_conv_transpose2d": _upsample, "real_depthwise_conv_avgpool": _depthwise,"real_bag_tuple_inputs": _bag_tuple, "real_bag_dict_inputs": _bag_dict,
+           "real_conv_transpose2d": _upsample, "real_depthwise_conv_avgpool": _depthwise, "real_conv_batchnorm": _conv_bn, "real_bag_tuple_inputs": _bag_tuple, "real_bag_dict_inputs": _bag_dict,
            "real_tagger_sequence_targets": _tagger, "real_multihead_attention": _attention,
            "real_lstm_torch_layout": _lstm, "real_tied_embedding_lm": _tied_lm}

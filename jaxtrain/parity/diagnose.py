@@ -18,6 +18,14 @@ sentence, or a general pointer when no known signature fits. The traps:
 | float32 arithmetic                     | float64 agrees; only JAX's float32 results stray from float64  |
 | Embedding(padding_idx) row trained     | an embedding's gradient differs only in the padding row        |
 | layer parametrisation                  | the mapping's note on the layer: two LSTM/GRU biases in one     |
+| untied head                            | a tensor torch uses twice (tied) has two leaves in the port     |
+| attention computation                  | the first layer after attention projections differs (scale, mask, RoPE) |
+| activation function                    | a layer's input is another activation of the layer before's output |
+| AvgPool count_include_pad              | a pooled input differs at the borders only, by a count factor   |
+| between layers                         | a layer's input differs, the layer before agrees (no signature) |
+| BatchNorm running statistics in training | training output = normalised by the running statistics        |
+| LayerNorm eps / RMSNorm eps            | the port's output is what another eps gives                    |
+| recurrent cell                         | an LSTM/GRU/RNN's output differs, its input agrees             |
 """
 
 from __future__ import annotations
@@ -178,30 +186,38 @@ def _layer_forward(finding: dict, port, evidence) -> dict:
                         "sentence": f"{layer} differs from step 1 and the weight_map gives {name} to the "
                                     f"port as torch's values in another order: a {rule} weight must be laid out as "
                                     f"Flax expects ({_layout(rule)})."}
-    # a flatten of a channel-carrying conv output feeds this Linear: the paired layer right before it
-    # is a convolution (or BatchNorm after one) with a 4-D output, and this Linear takes 2-D input
-    previous = before[-1] if before else None
-    conv_before = previous is not None and mapping.rule_of(previous) in ("Conv", "BatchNorm") and (
-        previous in port.channels_last or (evidence is not None
-                                           and np.ndim(evidence["torch"]["layers"].get(previous, 0)) >= 4))
-    four_d_before = conv_before and (evidence is None or np.ndim(evidence["torch"]["layers"].get(layer, 0)) == 2)
-    if rule == "Linear" and four_d_before:
-        return {"trap": "flatten order (NCHW vs NHWC)",
-                "sentence": f"{layer} is the first Linear after a convolutional layer and differs while every layer "
-                            "before it agrees: the port flattens its NHWC activations as (H, W, C) where torch "
-                            "flattens (C, H, W); transpose to NCHW before the reshape "
-                            "(x.transpose(0, 3, 1, 2).reshape(n, -1)) or permute the Linear's input rows."}
     torch_type = mapping.torch_types.get(layer, "")
     previous_names = [n.rsplit(".", 1)[-1] for n in before[-3:]]
-    if rule in ("Linear", "Conv1D") and {"q_proj", "k_proj", "v_proj", "query", "key", "value", "c_attn"} & set(
-            previous_names) or (rule in ("Linear", "Conv1D") and any(
+    if rule == "MultiheadAttention" or rule in ("Linear", "Conv1D") and {
+            "q_proj", "k_proj", "v_proj", "query", "key", "value", "c_attn"} & set(previous_names[-1:]) or (rule in ("Linear", "Conv1D") and any(
             w in layer.rsplit(".", 1)[0] for w in ("attn", "attention")) and layer.endswith(("o_proj", "out_proj",
                                                                                               "c_proj", "dense"))):
         return {"trap": "attention computation",
-                "sentence": f"{layer} ({torch_type}) is the first layer after an attention's projections whose output "
-                            "differs, the projections agree: the attention itself differs; compare the scaling "
+                "sentence": f"{layer} ({torch_type}) is the first layer of an attention (or after its projections) whose "
+                            "output differs, its inputs agree: the attention itself differs; compare the scaling "
                             "(1/sqrt(head_dim), applied once), the masks (causal, padding), rotary embeddings (base "
                             "theta; interleaved vs half-rotated pairs) and the softmax axis."}
+    previous = before[-1] if before else None
+    inputs = _layer_inputs(evidence, layer)
+    if inputs is not None and not _close(*inputs):  # the layer's input differs: what lies between layers
+        return _between(layer, previous, rule, inputs, evidence)
+    if inputs is None:  # no recorded input: the layout evidence alone
+        # a flatten of a channel-carrying conv output feeds this Linear: the paired layer right before it
+        # is a convolution (or BatchNorm after one) with a 4-D output, and this Linear takes 2-D input
+        conv_before = previous is not None and mapping.rule_of(previous) in ("Conv", "BatchNorm") and (
+            previous in port.channels_last or (evidence is not None
+                                               and np.ndim(evidence["torch"]["layers"].get(previous, 0)) >= 4))
+        four_d_before = conv_before and (evidence is None or np.ndim(evidence["torch"]["layers"].get(layer, 0)) == 2)
+        if rule == "Linear" and four_d_before:
+            return {"trap": "flatten order (NCHW vs NHWC)",
+                    "sentence": f"{layer} is the first Linear after a convolutional layer and differs while every layer "
+                                "before it agrees: the port flattens its NHWC activations as (H, W, C) where torch "
+                                "flattens (C, H, W); transpose to NCHW before the reshape "
+                                "(x.transpose(0, 3, 1, 2).reshape(n, -1)) or permute the Linear's input rows."}
+    for signature in (_running_statistics_in_training, _norm_eps, _recurrent):
+        found = signature(layer, rule, port, evidence)
+        if found is not None:
+            return found
     if rule in ("BatchNorm", "LayerNorm", "GroupNorm", "RMSNorm"):
         return {"trap": f"{rule} computation",
                 "sentence": f"{layer} ({rule}) is the first layer whose output differs, every layer before it agrees: "
@@ -216,7 +232,175 @@ def _layer_forward(finding: dict, port, evidence) -> dict:
 
 def _layout(rule: str) -> str:
     return {"Conv": "torch (O, I, kH, kW) -> Flax (kH, kW, I, O): w.transpose(2, 3, 1, 0)",
+            "ConvTranspose": "torch (I, O, kH, kW) -> Flax (kH, kW, I, O) with the kernel flipped in space: "
+                             "w[:, :, ::-1, ::-1].transpose(2, 3, 0, 1), or transpose_kernel=True",
             "Linear": "torch (out, in) -> Flax (in, out): w.T"}.get(rule, "see the mapping table")
+
+
+# --------------------------------------------------------------------------- a layer's input differs
+
+FLATTEN = ("flatten order (NCHW vs NHWC)",
+           "{layer} takes the same values as torch in another order, and every layer before it agrees: the port "
+           "flattens its NHWC activations as (H, W, C) where torch flattens (C, H, W); transpose to NCHW before the "
+           "reshape (x.transpose(0, 3, 1, 2).reshape(n, -1)) or permute the Linear's input rows.")
+
+
+def _gelu_exact(x):
+    from scipy.special import erf
+
+    return 0.5 * x * (1 + erf(x / np.sqrt(2)))
+
+
+def _gelu_tanh(x):
+    return 0.5 * x * (1 + np.tanh(np.sqrt(2 / np.pi) * (x + 0.044715 * x ** 3)))
+
+
+# What users put between two layers with weights, as torch names it; each a function of the first
+# layer's output (float64 numpy).
+ACTIVATIONS = {
+    "identity": lambda x: x,
+    "ReLU": lambda x: np.maximum(x, 0),
+    "GELU (exact, erf)": _gelu_exact,
+    "GELU (tanh approximation)": _gelu_tanh,
+    "SiLU": lambda x: x / (1 + np.exp(-x)),
+    "Tanh": np.tanh,
+    "Sigmoid": lambda x: 1 / (1 + np.exp(-x)),
+    "LeakyReLU(0.01)": lambda x: np.where(x > 0, x, 0.01 * x),
+    "ELU": lambda x: np.where(x > 0, x, np.expm1(np.minimum(x, 0))),
+}
+
+
+def _close(a, b, rtol: float = 1e-6) -> bool:
+    """Equal but for float64 rounding amplified by a few layers (a real difference is far larger)."""
+    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    return a.shape == b.shape and bool(np.all(np.abs(a - b) <= rtol * max(np.max(np.abs(a), initial=0.0), 1e-300)))
+
+
+def _layer_inputs(evidence, layer):
+    """(torch's, the port's) input of `layer` in the failing step, torch's layout; None when not recorded."""
+    if evidence is None:
+        return None
+    pair = [np.asarray(evidence[k].get("inputs", {}).get(layer)) for k in ("torch", "jax")]
+    if any(p.dtype == object for p in pair):
+        return None
+    if pair[0].shape != pair[1].shape and np.size(pair[0]) == np.size(pair[1]):
+        pair[1] = pair[1].reshape(pair[0].shape)
+    return tuple(pair) if pair[0].shape == pair[1].shape else None
+
+
+def _between(layer, previous, rule, inputs, evidence) -> dict:
+    """`layer`'s input differs while `previous` (the paired layer before it) agrees: name what lies between."""
+    torch_in, port_in = inputs
+    if rule == "Linear" and np.array_equal(np.sort(torch_in, axis=None), np.sort(port_in, axis=None)):
+        return {"trap": FLATTEN[0], "sentence": FLATTEN[1].format(layer=layer)}
+    source = None if previous is None else evidence["torch"]["layers"].get(previous)
+    if source is not None and np.shape(source) == torch_in.shape:
+        theirs = [n for n, f in ACTIVATIONS.items() if _close(f(source), torch_in, 1e-5)]
+        ours = [n for n, f in ACTIVATIONS.items() if _close(f(source), port_in, 1e-5)]
+        if theirs and ours:
+            return {"trap": "activation function",
+                    "sentence": f"{layer}'s input is {ours[0]} of {previous}'s output in the port and {theirs[0]} in "
+                                f"torch, every layer before agrees: use the same activation (torch's nn.GELU() is exact, "
+                                "jax.nn.gelu defaults to the tanh approximation: approximate=False)."}
+    pooled = _pool_padding(torch_in, port_in, source)
+    if pooled is not None:
+        return pooled
+    return {"trap": "between layers",
+            "sentence": f"{layer}'s input differs while {previous or 'the model input'} agrees: what the port computes "
+                        "between them (an activation, pooling, a residual, a mask, a reshape) differs from torch's."}
+
+
+def _pool_padding(torch_in, port_in, source) -> dict | None:
+    """An average pool that counts padding differently: only border windows differ, by a factor (the
+    number of cells each one averages), the interior agrees."""
+    if source is None or np.ndim(source) != 4:
+        return None
+    n, c = np.shape(source)[:2]
+    side = int(round(np.sqrt(torch_in.size / (n * c))))
+    if side < 3 or n * c * side * side != torch_in.size:
+        return None
+    t, p = torch_in.reshape(n, c, side, side), port_in.reshape(n, c, side, side)
+    inner = (slice(None), slice(None), slice(1, -1), slice(1, -1))
+    border = np.ones((side, side), bool)
+    border[1:-1, 1:-1] = False
+    differs = ~np.isclose(t, p, rtol=1e-6, atol=1e-12 * np.abs(t).max())
+    if not _close(t[inner], p[inner]) or not differs[:, :, border].any() or differs[:, :, ~border].any():
+        return None
+    ratio = p[:, :, border] / np.where(t[:, :, border] == 0, np.nan, t[:, :, border])
+    if not np.nanmin(ratio) > 0:
+        return None
+    return {"trap": "AvgPool count_include_pad",
+            "sentence": f"the pooled values differ only at the borders, by a factor {np.nanmedian(ratio):.3g} (the "
+                        "interior agrees): torch's AvgPool2d counts the zero padding in each average "
+                        "(count_include_pad=True), the port does not; nnx.avg_pool(..., count_include_pad=True)."}
+
+
+# --------------------------------------------------------------------------- a layer's input agrees, its output not
+
+def _weights_before(evidence, layer) -> dict:
+    """torch's parameters of `layer` at the start of the failing step (after it, minus the update)."""
+    params, updates = evidence["torch"]["params"], evidence["torch"]["updates"]
+    return {k[len(layer) + 1:]: np.asarray(params[k]) - np.asarray(updates.get(k, 0.0))
+            for k in params if k.startswith(layer + ".") and "." not in k[len(layer) + 1:]}
+
+
+def _running_statistics_in_training(layer, rule, port, evidence) -> dict | None:
+    """A BatchNorm called without its train flag: in training it normalises with the running statistics."""
+    if rule != "BatchNorm" or evidence is None:
+        return None
+    x = (evidence["torch"].get("inputs") or {}).get(layer)
+    w = _weights_before(evidence, layer)
+    stats = [evidence["buffers_before"].get(f"{layer}.running_{s}") for s in ("mean", "var")]
+    if x is None or None in stats or "weight" not in w:
+        return None
+    eps = getattr(dict(port.torch_model.named_modules()).get(layer), "eps", 1e-5)
+    shape = (1, -1) + (1,) * (np.ndim(x) - 2)
+    out = (x - stats[0].reshape(shape)) / np.sqrt(stats[1].reshape(shape) + eps) * w["weight"].reshape(shape) \
+        + w.get("bias", np.zeros_like(w["weight"])).reshape(shape)
+    if not _close(out, evidence["jax"]["layers"].get(layer), 1e-5):
+        return None
+    return {"trap": "BatchNorm running statistics in training",
+            "sentence": f"in training the port's {layer} normalises with its running statistics, not the batch's: "
+                        "it is called without its train flag (use_running_average=not train; nnx: model.train())."}
+
+
+def _norm_eps(layer, rule, port, evidence) -> dict | None:
+    """A LayerNorm/RMSNorm whose port's output is what another eps gives."""
+    if rule not in ("LayerNorm", "RMSNorm") or evidence is None:
+        return None
+    x = (evidence["torch"].get("inputs") or {}).get(layer)
+    w = _weights_before(evidence, layer)
+    module = dict(port.torch_model.named_modules()).get(layer)
+    ours = next((getattr(module, a) for a in ("eps", "variance_epsilon", "epsilon") if
+                 isinstance(getattr(module, a, None), float)), None)
+    if x is None or ours is None:
+        return None
+    scale = w.get("weight", np.ones(np.shape(x)[-1]))
+    if type(module).__name__.startswith("Gemma"):
+        scale = 1 + scale
+
+    def norm(eps):
+        centred = x if rule == "RMSNorm" else x - x.mean(-1, keepdims=True)
+        return centred / np.sqrt((centred ** 2).mean(-1, keepdims=True) + eps) * scale + w.get("bias", 0.0)
+
+    if not _close(norm(ours), evidence["torch"]["layers"].get(layer), 1e-5):
+        return None  # not the formula this module computes
+    for eps in (1e-12, 1e-8, 1e-6, 1e-5, 1e-3, 1e-2):
+        if eps != ours and _close(norm(eps), evidence["jax"]["layers"].get(layer), 1e-7):
+            return {"trap": f"{rule} eps",
+                    "sentence": f"the port's {layer} computes what {rule} with eps={eps:g} gives; torch's uses "
+                                f"eps={ours:g} (Flax's LayerNorm/RMSNorm default to 1e-6, torch's LayerNorm to 1e-5; "
+                                "pass epsilon= or the config's layer_norm_eps / rms_norm_eps)."}
+    return None
+
+
+def _recurrent(layer, rule, port, evidence) -> dict | None:
+    if rule not in ("LSTM", "GRU", "RNN"):
+        return None
+    return {"trap": "recurrent cell",
+            "sentence": f"{layer} ({rule}) is the first layer whose output differs, its input agrees: compare the gate "
+                        "order (torch's LSTM i, f, g, o; GRU r, z, n, with n = tanh(W_in x + b_in + r * (W_hn h + "
+                        "b_hn))), torch's two biases b_ih + b_hh, the initial state and the direction."}
 
 
 def _buffers(finding: dict, port, evidence) -> dict | None:

@@ -103,13 +103,16 @@ def _cast(weights: dict, dtype: str) -> dict:
     return {k: (v.astype(dtype) if v.dtype.kind == "f" else v) for k, v in weights.items()}
 
 
-def _layer_outputs(port: Port, calls: list, recorded: list) -> dict:
-    """{torch layer name: its first output, torch's layout} from the Flax port's recorded calls."""
+def _layer_outputs(port: Port, calls: list, recorded: list, inputs: bool = False) -> dict:
+    """{torch layer name: its first output (or first floating input), torch's layout} from the Flax
+    port's recorded calls."""
     out = {}
-    for call, (_, output) in zip(calls, recorded):
-        name = port.mapping.torch_name_of_layer(call.path)
+    for call, pair in zip(calls, recorded):
+        name, value = port.mapping.torch_name_of_layer(call.path), pair[0 if inputs else 1]
+        if inputs and (value is None or not np.issubdtype(np.asarray(value).dtype, np.floating)):
+            continue
         if call.kind != "Dropout" and name is not None and name not in out:
-            out[name] = to_torch_layout(output, name in port.channels_last)
+            out[name] = to_torch_layout(value, name in port.channels_last)
     return out
 
 
@@ -170,6 +173,7 @@ class JaxRunner:
         out = self.jax.device_get(out)
         to_torch = self.port.mapping.to_torch
         return {"layers": _layer_outputs(self.port, self.port.flax_train_calls, out["recorded"]),
+                "inputs": _layer_outputs(self.port, self.port.flax_train_calls, out["recorded"], inputs=True),
                 "forward": np.asarray(out["outputs"], np.float64), "loss": np.float64(out["loss"]),
                 "grads": to_torch(out["grads"]), "updates": to_torch(out["updates"]),
                 "buffers": to_torch(out["buffers"], buffers=True), "params": to_torch(out["params"])}
@@ -224,13 +228,14 @@ class TorchRunner:
         self.test_loader = torch_train.make_dataloader(port.test or port.train, config, train=False, add_channel=False)
         self.step, self._masks, self._dropout_call = 0, (None, []), 0
         self._recording: dict | None = None
+        self._inputs: dict = {}  # each recorded layer's first floating input (what the diagnosis reads)
         self.module.register_forward_pre_hook(self._count_step)
         modules = dict(self.module.named_modules())
         for module in modules.values():
             if isinstance(module, torch.nn.Dropout):
                 module.register_forward_hook(self._inject_mask)
         for name, _, _ in port.mapping.layers:
-            modules[name].register_forward_hook(self._record(name))
+            modules[name].register_forward_hook(self._record(name), with_kwargs=True)
 
     def _count_step(self, module, inputs):
         self._dropout_call = 0
@@ -260,12 +265,15 @@ class TorchRunner:
         return x * (keep / (1 - module.p))  # what F.dropout computes, with our mask
 
     def _record(self, name):
-        def hook(module, inputs, output):
+        def hook(module, inputs, kwargs, output):
             if self._recording is not None and name not in self._recording:
                 from jaxtrain.inputs import tensor_leaves
 
                 first = tensor_leaves(output)[0]  # an LSTM's output sequence, attention's output
                 self._recording[name] = np.array(first.detach().cpu().double().numpy(), copy=True)
+                given = tensor_leaves([*inputs, *kwargs.values()])
+                if given and given[0].is_floating_point():
+                    self._inputs[name] = np.array(given[0].detach().cpu().double().numpy(), copy=True)
 
         return hook
 
@@ -293,12 +301,13 @@ class TorchRunner:
         self.step = step
         self.model.train()
         out: dict = {}
-        self._recording = {}
+        self._recording, self._inputs = {}, {}
         loss = self.train_lib.train_step(self.model, self.loss_fn, self.optimizer, self.train_lib.to_device(X),
                                          y.to(device), capture=out)
         layers, self._recording = self._recording, None
         as_np = lambda t: np.array(t.detach().cpu().double().numpy(), copy=True)  # noqa: E731  (not the live tensor)
-        return {"layers": layers, "forward": as_np(out["logits"]), "loss": np.float64(float(loss)),
+        return {"layers": layers, "inputs": self._inputs, "forward": as_np(out["logits"]),
+                "loss": np.float64(float(loss)),
                 "grads": {k: as_np(v) for k, v in out["grads"].items()},
                 "updates": {k: as_np(v) for k, v in out["updates"].items()}, "buffers": self.buffers(),
                 "params": {k: as_np(p) for k, p in self.model.named_parameters()}}
