@@ -8,7 +8,7 @@ import sys
 from jaxtrain import config as config_lib
 from jaxtrain import metrics
 from jaxtrain.console import Interrupts, TutorialPrinter, epoch_hook
-from jaxtrain.errors import ConfigError
+from jaxtrain.errors import ConfigError, PortMappingError
 
 
 def run_train(config) -> int:
@@ -60,8 +60,15 @@ def run_parity(config, args) -> int:
         torch_model = load_model(args.torch_model, "--torch-model")
         flax_model = load_model(args.flax_model, "--flax-model")
     train_split, test_split = data_lib.load_data(config)
-    report = parity.check_parity(config, dtypes, train_split, test_split, max_steps=args.steps,
-                                 torch_model=torch_model, flax_model=flax_model, flax_input=args.flax_input)
+    try:
+        report = parity.check_parity(config, dtypes, train_split, test_split, max_steps=args.steps,
+                                     torch_model=torch_model, flax_model=flax_model, flax_input=args.flax_input)
+    except PortMappingError as e:
+        if torch_model is None or "on inputs" not in str(e):
+            raise
+        raise PortMappingError(f"{e}. The parity CLI feeds FashionMNIST images (N, 1, 28, 28); for a model taking "
+                               "other inputs (tokens, several arrays) use the Python API: "
+                               "jaxtrain.parity.check_port(torch_model, flax_model, train=(inputs, targets))") from None
     print(report)
     if args.report:
         metrics.write_json(args.report, report.to_dict())

@@ -264,9 +264,24 @@ def _flax_layers(calls: list) -> list:
                               if not any(c.path.startswith(p + ".") or (not p and c.path) for p in composites)))
 
 
-def build_port(torch_model, flax_model, train, test, config, loss, optimizer, flax_input, weight_map,
-               calls: Calls = Calls()) -> Port:
-    """Everything both sides need: the mapping, losses, optimizers, dropout calls, layouts."""
+@dataclasses.dataclass(frozen=True)
+class Pairing:
+    """A torch model and its Flax port run once on the same inputs: the mapping between their
+    tensors, and what the run showed (each side's calls and outputs, the channels-last layers)."""
+
+    flax: object  # jaxtrain.flax_model.PureModel
+    mapping: object  # jaxtrain.parity.mapping.Mapping
+    channels_last: set
+    eval_calls: list
+    train_calls: list
+    torch_outputs: dict
+    to_flax: object  # torch-layout inputs -> the Flax model's inputs
+
+
+def pair_models(torch_model, flax_model, example_inputs, flax_input=None, weight_map=None, calls: Calls = Calls(),
+                seed: int = 0) -> Pairing:
+    """Run both models on (the first two rows of) `example_inputs`, torch's layout, and pair their
+    layers and tensors: the one mapping `check_port` and `jaxtrain.convert` share."""
     import torch
 
     from jaxtrain.flax_model import pure_model
@@ -276,10 +291,10 @@ def build_port(torch_model, flax_model, train, test, config, loss, optimizer, fl
     to_flax = FLAX_INPUTS.get(flax_input or "same", flax_input)
     if not callable(to_flax):
         raise ConfigError(f"flax_input must be 'same', 'nhwc' or a callable, got {flax_input!r}")
-    sample = inputs_lib.rows(train.images, slice(0, 2))
+    sample = inputs_lib.rows(example_inputs, slice(0, 2))
     sample_flax = to_flax(sample)
     try:
-        flax = pure_model(flax_model, sample_flax, config.seed, calls.flax_kwargs, calls.flax_output)
+        flax = pure_model(flax_model, sample_flax, seed, calls.flax_kwargs, calls.flax_output)
         eval_calls = flax.calls(sample_flax, train=False)
         train_calls = flax.calls(sample_flax, train=True)
     except (TypeError, ValueError) as e:
@@ -289,18 +304,28 @@ def build_port(torch_model, flax_model, train, test, config, loss, optimizer, fl
         raise PortMappingError(f"the Flax model fails on inputs {_shapes(sample_flax)}: "
                                f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}") from None
     torch_outputs, _ = _torch_forward(torch_model, sample, False, calls)
+    mapping = build_mapping(list(torch_outputs), _flax_layers(eval_calls), torch_model, flax, weight_map,
+                            {c.path: c.kind for c in eval_calls})
+    channels_last = _channels_last(mapping, flax, sample_flax, eval_calls, torch_outputs, port_weights(torch_model))
+    return Pairing(flax, mapping, channels_last, eval_calls, train_calls, torch_outputs, to_flax)
+
+
+def build_port(torch_model, flax_model, train, test, config, loss, optimizer, flax_input, weight_map,
+               calls: Calls = Calls()) -> Port:
+    """Everything both sides need: the mapping, losses, optimizers, dropout calls, layouts."""
+    import torch
+
+    pairing = pair_models(torch_model, flax_model, train.images, flax_input, weight_map, calls, config.seed)
+    sample = inputs_lib.rows(train.images, slice(0, 2))
     dropout_log: list = []
     _torch_forward(torch_model, sample, True, calls, dropout_log=dropout_log)
     if _random_beyond_dropout(torch_model, sample, calls):
         raise PortMappingError(
-            "the torch model's training forward pass draws random numbers outside nn.Dropout modules (functional "
-            "dropout such as F.dropout?): those draws cannot be matched in JAX, so no step could agree; use "
-            "nn.Dropout modules, or check with that dropout off")
-    flax_layers = _flax_layers(eval_calls)
-    mapping = build_mapping(list(torch_outputs), flax_layers, torch_model, flax, weight_map,
-                            {c.path: c.kind for c in eval_calls})
-    channels_last = _channels_last(mapping, flax, sample_flax, eval_calls, torch_outputs, port_weights(torch_model))
-    flax_dropout = [c for c in train_calls if c.kind == "Dropout"]
+            "the torch model's training forward pass gives other outputs under another seed with its nn.Dropout "
+            "modules off: it draws random numbers elsewhere (functional dropout such as F.dropout, layer drop) or "
+            "reads uninitialised memory, which no JAX run can match, so no step could agree; use nn.Dropout "
+            "modules, or check with that randomness off")
+    flax_dropout = [c for c in pairing.train_calls if c.kind == "Dropout"]
     if len(flax_dropout) != len(dropout_log):
         raise PortMappingError(
             f"dropout cannot be matched: a training step of the torch model calls nn.Dropout {len(dropout_log)} "
@@ -313,10 +338,11 @@ def build_port(torch_model, flax_model, train, test, config, loss, optimizer, fl
     data_lib.check_training_batches(len(train), config.batch_size, any(
         isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in torch_model.modules()))
     weights = port_weights(torch_model)
-    jax_split = lambda s: None if s is None else data_lib.Split(to_flax(s.images), s.labels)  # noqa: E731
-    return Port(torch_model, weights, flax, mapping, torch_loss, jax_loss, make_torch_optimizer, make_torch_scheduler,
-                make_tx, train, test, jax_split(train), jax_split(test), dropout, channels_last, train_calls,
-                eval_calls, dict(calls.torch_kwargs or {}), calls.torch_output)
+    jax_split = lambda s: None if s is None else data_lib.Split(pairing.to_flax(s.images), s.labels)  # noqa: E731
+    return Port(torch_model, weights, pairing.flax, pairing.mapping, torch_loss, jax_loss, make_torch_optimizer,
+                make_torch_scheduler, make_tx, train, test, jax_split(train), jax_split(test), dropout,
+                pairing.channels_last, pairing.train_calls, pairing.eval_calls, dict(calls.torch_kwargs or {}),
+                calls.torch_output)
 
 
 def port_weights(torch_model) -> dict:
@@ -380,12 +406,15 @@ def judge(port: Port, config, dtypes, max_steps=None) -> ParityReport:
                              math_result["localised"] if not math_result["passed"] else None,
                              math_result["first_failing_step"], math_result["first_failing_epoch"]))
     if "float32" in dtypes:
+        step1_evidence: dict = {}
         precision = criteria.same_precision(runs[JAX32], runs[TORCH32], runs[TORCH64],
-                                            step1_precision(port, config))
+                                            step1_precision(port, config, step1_evidence))
         results = criteria.same_results(runs[JAX32], runs[TORCH32], runs[TORCH64], len(port.test or port.train),
                                          runs[ROUNDING64], runs[ROUNDING32])
         if not precision["passed"]:
             precision["localised"] = precision["first_failure"]
+            if precision["localised"] is not None and step1_evidence:
+                precision["localised"]["evidence"] = step1_evidence
         if not results["passed"]:
             math_holds = verdict["same_math"] is not None and verdict["same_math"]["passed"]
             results["localised"] = {
@@ -409,6 +438,9 @@ def judge(port: Port, config, dtypes, max_steps=None) -> ParityReport:
     diagnosis = diagnose(failed[-1].get("localised"), port, config) if failed else None
     for check in checks:
         (check.get("localised") or {}).pop("evidence", None)
+    for part in verdict.values():
+        for key in ("localised", "first_failure"):
+            ((part or {}).get(key) or {}).pop("evidence", None)
     return ParityReport(passed=not failed and any(c["passed"] for c in checks), config=config.to_json(), checks=checks, verdict=verdict,
                         trajectories=runs, diagnosis=diagnosis, layers=[t for t, _, _ in port.mapping.layers])
 

@@ -35,6 +35,9 @@ import numpy as np
 from jaxtrain.parity import mapping as mapping_lib
 
 LOW_PRECISION_ERROR = 1e-5  # float32 rounding is ~1e-7; TF32 ~1e-3, bfloat16 ~1e-2
+NOT_ROUNDING = 5e-2  # a typical element this far off float64 is a different computation, at any precision
+NO_MATMUL = ("BatchNorm", "LayerNorm", "GroupNorm", "RMSNorm", "Embedding")  # layers no matmul precision touches
+FLOAT32_RTOL = 1e-4  # float32 rounding through a few layers, relative to a tensor's largest element
 
 
 def diagnose(finding: dict | None, port, config) -> dict | None:
@@ -46,6 +49,16 @@ def diagnose(finding: dict | None, port, config) -> dict | None:
     if "results" in finding:  # float32 test results beyond the rounding spread
         return _float32_results(finding)
     if "jax_error" in finding:  # float32 precision finding
+        median, rule = finding.get("jax_median_error", 0.0), port.mapping.rule_of(layer) if layer else None
+        names = [t for t, _, _ in port.mapping.layers]
+        # a matmul precision setting shows at the first matrix product; this one comes after some that agree
+        matmul_before = layer in names and any(port.mapping.rule_of(t) not in NO_MATMUL
+                                               for t in names[: names.index(layer)])
+        if stage == "forward" and layer is not None and median > LOW_PRECISION_ERROR and (
+                median > NOT_ROUNDING or rule in NO_MATMUL or matmul_before):
+            if evidence is not None:  # JAX float32 against torch float64: float32 rounding is no difference
+                evidence["rtol"] = FLOAT32_RTOL
+            return _layer_forward(finding, port, evidence)  # no matmul precision explains it
         return _precision(finding)
     noted = _mapping_note(finding, port)
     if noted is not None:
@@ -194,12 +207,12 @@ def _layer_forward(finding: dict, port, evidence) -> dict:
                                                                                               "c_proj", "dense"))):
         return {"trap": "attention computation",
                 "sentence": f"{layer} ({torch_type}) is the first layer of an attention (or after its projections) whose "
-                            "output differs, its inputs agree: the attention itself differs; compare the scaling "
+                            "output differs, every layer before it agrees: the attention itself differs; compare the scaling "
                             "(1/sqrt(head_dim), applied once), the masks (causal, padding), rotary embeddings (base "
                             "theta; interleaved vs half-rotated pairs) and the softmax axis."}
     previous = before[-1] if before else None
     inputs = _layer_inputs(evidence, layer)
-    if inputs is not None and not _close(*inputs):  # the layer's input differs: what lies between layers
+    if inputs is not None and not _close(*inputs, _rtol(evidence)):  # the layer's input differs: what lies between layers
         return _between(layer, previous, rule, inputs, evidence)
     if inputs is None:  # no recorded input: the layout evidence alone
         # a flatten of a channel-carrying conv output feeds this Linear: the paired layer right before it
@@ -270,6 +283,12 @@ ACTIVATIONS = {
 }
 
 
+def _rtol(evidence, at_least: float = 0.0) -> float:
+    """How close two recorded tensors must be to count as equal: float64 rounding amplified by a few
+    layers, or float32's where the evidence is a float32 run's."""
+    return max((evidence or {}).get("rtol", 1e-6), at_least)
+
+
 def _close(a, b, rtol: float = 1e-6) -> bool:
     """Equal but for float64 rounding amplified by a few layers (a real difference is far larger)."""
     a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
@@ -295,14 +314,14 @@ def _between(layer, previous, rule, inputs, evidence) -> dict:
         return {"trap": FLATTEN[0], "sentence": FLATTEN[1].format(layer=layer)}
     source = None if previous is None else evidence["torch"]["layers"].get(previous)
     if source is not None and np.shape(source) == torch_in.shape:
-        theirs = [n for n, f in ACTIVATIONS.items() if _close(f(source), torch_in, 1e-5)]
-        ours = [n for n, f in ACTIVATIONS.items() if _close(f(source), port_in, 1e-5)]
+        theirs = [n for n, f in ACTIVATIONS.items() if _close(f(source), torch_in, _rtol(evidence, 1e-5))]
+        ours = [n for n, f in ACTIVATIONS.items() if _close(f(source), port_in, _rtol(evidence, 1e-5))]
         if theirs and ours:
             return {"trap": "activation function",
                     "sentence": f"{layer}'s input is {ours[0]} of {previous}'s output in the port and {theirs[0]} in "
                                 f"torch, every layer before agrees: use the same activation (torch's nn.GELU() is exact, "
                                 "jax.nn.gelu defaults to the tanh approximation: approximate=False)."}
-    pooled = _pool_padding(torch_in, port_in, source)
+    pooled = _pool_padding(torch_in, port_in, source, _rtol(evidence))
     if pooled is not None:
         return pooled
     return {"trap": "between layers",
@@ -310,7 +329,7 @@ def _between(layer, previous, rule, inputs, evidence) -> dict:
                         "between them (an activation, pooling, a residual, a mask, a reshape) differs from torch's."}
 
 
-def _pool_padding(torch_in, port_in, source) -> dict | None:
+def _pool_padding(torch_in, port_in, source, rtol: float) -> dict | None:
     """An average pool that counts padding differently: only border windows differ, by a factor (the
     number of cells each one averages), the interior agrees."""
     if source is None or np.ndim(source) != 4:
@@ -323,8 +342,8 @@ def _pool_padding(torch_in, port_in, source) -> dict | None:
     inner = (slice(None), slice(None), slice(1, -1), slice(1, -1))
     border = np.ones((side, side), bool)
     border[1:-1, 1:-1] = False
-    differs = ~np.isclose(t, p, rtol=1e-6, atol=1e-12 * np.abs(t).max())
-    if not _close(t[inner], p[inner]) or not differs[:, :, border].any() or differs[:, :, ~border].any():
+    differs = np.abs(t - p) > rtol * np.abs(t).max()
+    if not _close(t[inner], p[inner], rtol) or not differs[:, :, border].any() or differs[:, :, ~border].any():
         return None
     ratio = p[:, :, border] / np.where(t[:, :, border] == 0, np.nan, t[:, :, border])
     if not np.nanmin(ratio) > 0:
@@ -351,13 +370,13 @@ def _running_statistics_in_training(layer, rule, port, evidence) -> dict | None:
     x = (evidence["torch"].get("inputs") or {}).get(layer)
     w = _weights_before(evidence, layer)
     stats = [evidence["buffers_before"].get(f"{layer}.running_{s}") for s in ("mean", "var")]
-    if x is None or None in stats or "weight" not in w:
+    if x is None or any(s is None for s in stats) or "weight" not in w:
         return None
     eps = getattr(dict(port.torch_model.named_modules()).get(layer), "eps", 1e-5)
     shape = (1, -1) + (1,) * (np.ndim(x) - 2)
     out = (x - stats[0].reshape(shape)) / np.sqrt(stats[1].reshape(shape) + eps) * w["weight"].reshape(shape) \
         + w.get("bias", np.zeros_like(w["weight"])).reshape(shape)
-    if not _close(out, evidence["jax"]["layers"].get(layer), 1e-5):
+    if not _close(out, evidence["jax"]["layers"].get(layer), _rtol(evidence, 1e-5)):
         return None
     return {"trap": "BatchNorm running statistics in training",
             "sentence": f"in training the port's {layer} normalises with its running statistics, not the batch's: "
@@ -383,14 +402,16 @@ def _norm_eps(layer, rule, port, evidence) -> dict | None:
         centred = x if rule == "RMSNorm" else x - x.mean(-1, keepdims=True)
         return centred / np.sqrt((centred ** 2).mean(-1, keepdims=True) + eps) * scale + w.get("bias", 0.0)
 
-    if not _close(norm(ours), evidence["torch"]["layers"].get(layer), 1e-5):
+    torch_out, port_out = (np.asarray(evidence[k]["layers"].get(layer)) for k in ("torch", "jax"))
+    if not _close(norm(ours), torch_out, 1e-5):
         return None  # not the formula this module computes
-    for eps in (1e-12, 1e-8, 1e-6, 1e-5, 1e-3, 1e-2):
-        if eps != ours and _close(norm(eps), evidence["jax"]["layers"].get(layer), 1e-7):
-            return {"trap": f"{rule} eps",
-                    "sentence": f"the port's {layer} computes what {rule} with eps={eps:g} gives; torch's uses "
-                                f"eps={ours:g} (Flax's LayerNorm/RMSNorm default to 1e-6, torch's LayerNorm to 1e-5; "
-                                "pass epsilon= or the config's layer_norm_eps / rms_norm_eps)."}
+    error = {eps: np.abs(norm(eps) - port_out).max() for eps in (1e-12, 1e-8, 1e-6, 1e-5, 1e-3, 1e-2, ours)}
+    best = min(error, key=error.get)
+    if best != ours and error[ours] > 100 * error[best]:
+        return {"trap": f"{rule} eps",
+                "sentence": f"the port's {layer} computes what {rule} with eps={best:g} gives; torch's uses "
+                            f"eps={ours:g} (Flax's LayerNorm/RMSNorm default to 1e-6, torch's LayerNorm to 1e-5; "
+                            "pass epsilon= or the config's layer_norm_eps / rms_norm_eps)."}
     return None
 
 

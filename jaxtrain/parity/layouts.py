@@ -90,7 +90,7 @@ def multihead_attention_to_flax(torch_tensors: dict, flax_shapes: dict) -> dict:
     return out
 
 
-def multihead_attention_to_torch(flax_leaves: dict, torch_shapes: dict) -> dict:
+def multihead_attention_to_torch(flax_leaves: dict, torch_shapes: dict, values: bool = False) -> dict:
     names = list(flax_leaves)
     e = torch_shapes["out_proj.weight"][0]
     weights, biases = [], []
@@ -226,7 +226,9 @@ def recurrent(kind: str):
                             _put(out, flax_shapes, slot[target], b[j])
         return out
 
-    def to_torch(flax_leaves: dict, torch_shapes: dict) -> dict:
+    def to_torch(flax_leaves: dict, torch_shapes: dict, values: bool = False) -> dict:
+        """Flax leaves (or their gradients) -> torch's tensors. A Flax bias standing for torch's two
+        (bias_ih + bias_hh) is each one's gradient; as a value (`values`) it is all bias_ih's."""
         out = {}
         flax_shapes = {k: np.shape(v) for k, v in flax_leaves.items()}
         for sfx, slots in _recurrent_plan(kind, torch_shapes, flax_shapes):
@@ -238,7 +240,9 @@ def recurrent(kind: str):
                     for gate, slot in zip(gates, slots):
                         target = _bias_plan(kind, gate, slot).get(side)
                         h = torch_shapes[f"bias_{side}{sfx}"][0] // len(gates)
-                        parts.append(np.zeros(h) if target is None else _take(flax_leaves, slot[target]))
+                        summed = side == "hh" and target is not None and target == _bias_plan(kind, gate, slot).get("ih")
+                        parts.append(np.zeros(h) if target is None or (values and summed)
+                                     else _take(flax_leaves, slot[target]))
                     out[f"bias_{side}{sfx}"] = np.concatenate(parts)
         return out
 

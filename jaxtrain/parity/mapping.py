@@ -56,6 +56,7 @@ class Move:
     to_flax: Callable  # {torch name: array} -> {flax name: array}
     to_torch: Callable  # {flax name: array} -> {torch name: array}; linear: also for grads and updates
     note: str | None = None  # why the two cannot train alike, when they cannot
+    to_torch_values: Callable | None = None  # where values go back otherwise than gradients (a summed bias)
 
 
 def _same(a):
@@ -108,7 +109,8 @@ def _layouts_rule(to_flax: Callable, to_torch: Callable, note: Callable | None =
         except ValueError as e:
             raise PortMappingError(str(e)) from None
         return [Move(tuple(torch_shapes), names, lambda t: to_flax(t, flax_shapes),
-                     lambda f: to_torch(f, torch_shapes), note and note(torch_shapes, flax_shapes))]
+                     lambda f: to_torch(f, torch_shapes), note and note(torch_shapes, flax_shapes),
+                     lambda f: to_torch(f, torch_shapes, values=True))]
 
     return rule
 
@@ -225,15 +227,17 @@ class Mapping:
                 (buffers if buffer else params)[flax_paths[rel]] = value
         return replace_leaves(model.params, params), replace_leaves(model.buffers, buffers)
 
-    def to_torch(self, tree, buffers: bool = False) -> dict:
+    def to_torch(self, tree, buffers: bool = False, values: bool = False) -> dict:
         """A params-shaped tree (params, grads, updates) or a buffers tree -> {torch name: float64 numpy}.
-        A torch tensor the port uses twice (an untied head) is read from its first leaf."""
+        A torch tensor the port uses twice (an untied head) is read from its first leaf. `values`: the
+        tree holds weights to load into torch (a Flax bias standing for torch's two goes to the first)."""
         leaves, out = leaves_by_path(tree), {}
         for move, torch_names, flax_paths, buffer in self.moves:
             if buffer != buffers or not all(p in leaves for p in flax_paths.values()):
                 continue
-            values = move.to_torch({rel: np.asarray(leaves[p], np.float64) for rel, p in flax_paths.items()})
-            for rel, value in values.items():
+            back = move.to_torch_values if values and move.to_torch_values else move.to_torch
+            values_ = back({rel: np.asarray(leaves[p], np.float64) for rel, p in flax_paths.items()})
+            for rel, value in values_.items():
                 out.setdefault(torch_names[rel], np.asarray(value, np.float64))
         return out
 
@@ -382,6 +386,12 @@ def build_mapping(torch_layers: list, flax_layers: list, torch_model, model: Pur
     pairs = _pair(pairing_torch, pairing_flax, overrides)
     if not pairs and tied:
         pairs = _pair([t for t in pairing_torch if t not in tied], pairing_flax, overrides)
+    # a layer whose parameters no optimizer trains (requires_grad=False: RoFormer's sinusoidal table) may be
+    # a constant in the port
+    frozen = [t for t in pairing_torch if t not in overrides and _frozen(modules[t])]
+    if not pairs and frozen:
+        for dropped in (frozen, frozen + tied):
+            pairs = pairs or _pair([t for t in pairing_torch if t not in dropped], pairing_flax, overrides)
     if not pairs and pairing_torch:
         raise PortMappingError(
             f"the models have different numbers of layers with weights: torch {len(torch_layers)} "
@@ -441,10 +451,17 @@ def build_mapping(torch_layers: list, flax_layers: list, torch_model, model: Pur
             notes.append((torch_name, f"nn.Embedding(padding_idx={module.padding_idx}): torch never trains that row"))
         layers.append((torch_name, flax_path, rule_name))
     unused = [f"Flax {k}" for k in flax_state if k not in used_flax]
+    unused += [f"torch {t} (not trained: requires_grad=False; a constant in the port)" for t in frozen
+               if t not in pairs]
     called = {id(p) for t in torch_layers for p in modules[t].parameters(recurse=rule_for(modules[t]) in TORCH_COMPOSITES)}
     unused += [f"torch {n}" for n, p in torch_model.named_parameters() if id(p) not in called]
     return Mapping(layers, moves, {t: type(modules[t]).__name__ for t in torch_layers},
                    weight_map if callable(weight_map) else None, notes, unused)
+
+
+def _frozen(module) -> bool:
+    ps = list(module.parameters(recurse=False))
+    return bool(ps) and not any(p.requires_grad for p in ps)
 
 
 def _join(layer: str, rel: str) -> str:
