@@ -14,9 +14,12 @@ from jaxtrain.parity.corpus_real import LinenLSTM, TorchLSTM, tokens
 
 ids, _, labels = tokens(14, 192)
 train, test = (ids[:96], labels[:96]), (ids[96:], labels[96:])
+passed = {}
 for name, port in (("torch's layout", LinenLSTM(cell="torch")), ("nn.LSTMCell", LinenLSTM(cell="flax"))):
     report = check_port(TorchLSTM(), port, train=train, test=test, optimizer="sgd",
                         optimizer_kwargs={"lr": 0.5}, batch_size=32, steps=30)
+    passed[name] = report.passed
     print(f"--- port on {name}: {'PASSED' if report.passed else 'FAILED'}")
     if report.diagnosis:
         print(report.diagnosis["sentence"])
+raise SystemExit(0 if passed["torch's layout"] and not passed["nn.LSTMCell"] else 1)  # as expected, or not

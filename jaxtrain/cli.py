@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 from jaxtrain import config as config_lib
@@ -104,6 +105,51 @@ def load_model(spec: str, flag: str):
                                "give a zero-argument factory") from None
 
 
+def run_convert(args) -> int:
+    """torch state_dict (.pt) -> orbax checkpoint of the Flax variables, or back with --to-torch."""
+    import torch
+
+    from jaxtrain import convert
+
+    torch_model = load_model(args.torch_model, "--torch-model")
+    flax_model = load_model(args.flax_model, "--flax-model")
+    example = convert.example_inputs(args.input_shape, args.vocab)
+    if args.to_torch:
+        variables = convert.load_flax(args.checkpoint, flax_model)
+        convert.flax_to_torch(variables, torch_model, example, flax_model=flax_model, flax_input=args.flax_input)
+        metrics.check_writable(args.out, "--out")
+        torch.save(torch_model.state_dict(), args.out)
+        print(f"wrote {args.out}: the torch state_dict ({len(torch_model.state_dict())} tensors)")
+        return 0
+    try:
+        state = torch.load(args.checkpoint, map_location="cpu", weights_only=True)
+    except (OSError, RuntimeError, ValueError) as e:
+        raise PortMappingError(f"--checkpoint {args.checkpoint}: cannot load a torch state_dict "
+                               f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})") from None
+    if isinstance(state, torch.nn.Module):
+        state = state.state_dict()
+    variables = convert.torch_to_flax(state, flax_model, example, torch_model=torch_model,
+                                      flax_input=args.flax_input)
+    if os.path.exists(args.out):
+        raise ConfigError(f"--out {args.out} exists; give a new directory for the orbax checkpoint")
+    convert.save_flax(variables, args.out)
+    print(f"wrote {args.out}: an orbax checkpoint of the Flax variables")
+    return 0
+
+
+def _sizes(what: str):
+    """An argparse type: comma-separated sizes >= 1, else `what` as the one-line error."""
+    def parse(text: str) -> tuple[int, ...]:
+        import argparse
+
+        sizes = config_lib.int_list(text)
+        if not sizes or min(sizes) < 1:
+            raise argparse.ArgumentTypeError(what)
+        return sizes
+
+    return parse
+
+
 def run_bench(config, args) -> int:
     import dataclasses
     import os
@@ -132,13 +178,15 @@ def run_bench(config, args) -> int:
     return 0
 
 
-def _batch_sizes(text: str) -> tuple[int, ...]:
-    import argparse
-
-    sizes = config_lib.int_list(text)
-    if not sizes or min(sizes) < 1:
-        raise argparse.ArgumentTypeError("batch sizes must be >= 1")
-    return sizes
+def _model_flags(group, required: bool) -> None:
+    """--torch-model, --flax-model, --flax-input: a torch model and its Flax port, as `parity` and
+    `convert` take them."""
+    group.add_argument("--torch-model", required=required, default=None, metavar="MODULE:ATTR",
+                       help="a torch.nn.Module class or zero-argument factory")
+    group.add_argument("--flax-model", required=required, default=None, metavar="MODULE:ATTR",
+                       help="its Flax port: an nnx.Module or linen.Module class or zero-argument factory")
+    group.add_argument("--flax-input", choices=("same", "nhwc"), default="same",
+                       help="the inputs the Flax model takes: torch's layout, or channels last (NCHW -> NHWC)")
 
 
 def build_parser() -> config_lib.OneLineParser:
@@ -154,13 +202,18 @@ def build_parser() -> config_lib.OneLineParser:
     parity.add_argument("--report", default=None, metavar="PATH", help="write the parity report JSON here")
     parity.add_argument("--plot", default=None, metavar="PATH.png",
                         help="draw both frameworks' step losses and their float32 error envelopes")
-    port = parity.add_argument_group("your own port (default: the tutorial's models)")
-    port.add_argument("--torch-model", default=None, metavar="MODULE:ATTR",
-                      help="a torch.nn.Module class or zero-argument factory")
-    port.add_argument("--flax-model", default=None, metavar="MODULE:ATTR",
-                      help="its Flax port: an nnx.Module or linen.Module class or zero-argument factory")
-    port.add_argument("--flax-input", choices=("same", "nhwc"), default="same",
-                      help="the inputs the Flax model takes: torch's layout, or channels last (NCHW -> NHWC)")
+    _model_flags(parity.add_argument_group("your own port (default: the tutorial's models)"), required=False)
+    conv = commands.add_parser("convert", help="load a torch state_dict into a Flax port (orbax), or back")
+    _model_flags(conv, required=True)
+    conv.add_argument("--checkpoint", required=True, metavar="PATH",
+                      help="a torch state_dict .pt (or, with --to-torch, the orbax directory this command wrote)")
+    conv.add_argument("--out", required=True, metavar="PATH",
+                      help="the orbax checkpoint directory to write (or, with --to-torch, the .pt file)")
+    conv.add_argument("--to-torch", action="store_true", help="Flax variables -> torch state_dict")
+    conv.add_argument("--input-shape", type=_sizes("a shape is sizes >= 1, e.g. 1,28,28"), default=(1, 28, 28),
+                      help="one example's shape, torch's layout, to pair the models on (default 1,28,28)")
+    conv.add_argument("--vocab", type=config_lib.positive_int, default=None,
+                      help="the inputs are token ids below VOCAB (shape --input-shape, e.g. 16)")
     launch = commands.add_parser("launch", help="run `train` in N local processes (like torchrun --standalone)",
                                  usage="jaxtrain launch --nproc N [--port PORT] -- train <flags>")
     launch.add_argument("--nproc", type=config_lib.positive_int, required=True, help="processes to start")
@@ -170,7 +223,7 @@ def build_parser() -> config_lib.OneLineParser:
     bench = commands.add_parser("bench", help="time JAX and PyTorch on the same training work")
     config_lib.add_train_flags(bench)
     bench.add_argument("--repeats", type=config_lib.positive_int, default=None, help="epochs per variant (5)")
-    bench.add_argument("--batch-sizes", type=_batch_sizes, default=(), help="add a scaling table, e.g. 16,64,256")
+    bench.add_argument("--batch-sizes", type=_sizes("batch sizes must be >= 1"), default=(), help="add a scaling table, e.g. 16,64,256")
     bench.add_argument("--json", default=None, metavar="PATH")
     bench.add_argument("--plot", default=None, metavar="PATH.png")
     bench.add_argument("--quick", action="store_true", help="6400 samples, 2 repeats: a smoke test")
@@ -190,4 +243,6 @@ def main(argv=None) -> int:
         return launch(args.nproc, args.forwarded, args.port)
     if args.command == "bench":
         return run_bench(config_lib.config_from_args(args), args)
+    if args.command == "convert":
+        return run_convert(args)
     return 2

@@ -128,3 +128,65 @@ def _cast(tree, dtype):
 
     return jax.tree.map(lambda a: jnp.asarray(a, dtype) if jnp.issubdtype(jnp.asarray(a).dtype, jnp.floating)
                         else a, tree)
+
+
+# --------------------------------------------------------------------------- files (the CLI's)
+
+
+def save_flax(variables_or_nnx_model, path) -> None:
+    """An orbax checkpoint of the port's variables: `{"params": ..., "batch_stats": ..., ...}` as
+    plain nested dicts (an NNX model's Param and BatchStat state in the same shape)."""
+    from pathlib import Path
+
+    import orbax.checkpoint as ocp
+
+    tree = _plain(variables_or_nnx_model)
+    checkpointer = ocp.StandardCheckpointer()
+    checkpointer.save(Path(path).resolve(), tree)
+    checkpointer.wait_until_finished()
+
+
+def load_flax(path, flax_model):
+    """What `save_flax` wrote: linen variables, or `flax_model` (NNX) with its state replaced."""
+    from pathlib import Path
+
+    import orbax.checkpoint as ocp
+    from flax import nnx
+
+    try:
+        tree = ocp.StandardCheckpointer().restore(Path(path).resolve())
+    except Exception as e:  # orbax raises many types for a missing or foreign checkpoint
+        raise PortMappingError(f"{path}: not an orbax checkpoint of Flax variables ({type(e).__name__})") from None
+    if not isinstance(flax_model, nnx.Module):
+        return dict(tree)
+    for kind, key in ((nnx.Param, "params"), (nnx.BatchStat, "batch_stats")):
+        state = nnx.state(flax_model, kind)
+        if key in tree:
+            try:
+                state.replace_by_pure_dict(tree[key])
+            except (KeyError, ValueError, TypeError) as e:
+                raise PortMappingError(f"{path}: its {key} do not fit the Flax model ({type(e).__name__}: {e})") from None
+            nnx.update(flax_model, state)
+    return flax_model
+
+
+def _plain(variables_or_nnx_model) -> dict:
+    import jax
+    from flax import nnx
+
+    if isinstance(variables_or_nnx_model, nnx.Module):
+        tree = {"params": nnx.state(variables_or_nnx_model, nnx.Param).to_pure_dict()}
+        stats = nnx.state(variables_or_nnx_model, nnx.BatchStat).to_pure_dict()
+        if jax.tree.leaves(stats):
+            tree["batch_stats"] = stats
+        return tree
+    return jax.tree.map(np.asarray, dict(variables_or_nnx_model))
+
+
+def example_inputs(shape, vocab: int | None = None, rows: int = 2, seed: int = 0):
+    """Inputs to pair two models on, torch's layout: `rows` x `shape` standard normal floats, or token
+    ids below `vocab`. Their values only need to tell layers (and channel layouts) apart."""
+    rng = np.random.default_rng(seed)
+    if vocab:
+        return rng.integers(0, vocab, (rows, *shape)).astype(np.int64)
+    return rng.normal(size=(rows, *shape)).astype(np.float32)

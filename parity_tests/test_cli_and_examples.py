@@ -93,3 +93,15 @@ def test_examples_run_and_pass_their_parity_check(script, args, fashion):
     result = run(script, *args)
     assert result.returncode == 0, result.stdout + result.stderr
     assert "FAIL" not in result.stdout and "PASS" in result.stdout
+
+
+@pytest.mark.corpus  # the long checks: third-party models and recurrent ports, about a minute
+@pytest.mark.parametrize("script, expected", [
+    ("examples/transformer_lm.py", "PARITY PASSED"),
+    ("examples/lstm_classifier.py", "two biases"),
+    ("examples/load_torch_weights.py", "every tensor equal to the checkpoint's: True"),
+])
+def test_port_examples_run_and_end_as_they_say(script, expected):
+    result = run(script)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert expected in result.stdout, result.stdout

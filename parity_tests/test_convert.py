@@ -165,3 +165,52 @@ def test_recurrent_cell_with_one_bias_round_trips_the_function_and_says_so():
 def test_bad_inputs_raise_one_port_mapping_error(call, message):
     with pytest.raises(PortMappingError, match=message):
         call()
+
+
+def _convert_cli(*args):
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = str(Path(__file__).resolve().parents[1])  # examples/ importable from any directory
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")]))}
+    return subprocess.run([sys.executable, "-m", "jaxtrain", "convert", *args], capture_output=True, text=True,
+                          timeout=600, env=env)
+
+
+@pytest.mark.parametrize("flax_model", [  # NNX with the long checks (make corpus): the suite's 20-minute budget
+    "examples.cnn:LinenCNN", pytest.param("examples.cnn:NnxCNN", marks=pytest.mark.corpus)])
+def test_cli_writes_an_orbax_checkpoint_and_back_a_state_dict_equal_to_the_original(tmp_path, flax_model):
+    torch_model = _cnn("linen")()[0]
+    torch.save(torch_model.state_dict(), tmp_path / "model.pt")
+    common = ["--torch-model", "examples.cnn:TorchCNN", "--flax-model", flax_model, "--flax-input", "nhwc"]
+    there = _convert_cli(*common, "--checkpoint", str(tmp_path / "model.pt"), "--out", str(tmp_path / "flax"))
+    assert there.returncode == 0, there.stderr
+    back = _convert_cli(*common, "--to-torch", "--checkpoint", str(tmp_path / "flax"), "--out",
+                        str(tmp_path / "back.pt"))
+    assert back.returncode == 0, back.stderr
+    original, restored = torch_model.state_dict(), torch.load(tmp_path / "back.pt")
+    assert set(original) == set(restored)
+    for key in original:
+        if not key.endswith("num_batches_tracked"):
+            assert torch.equal(original[key], restored[key]), key
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--checkpoint", "no_such.pt", "--out", "x"], "cannot load a torch state_dict"),
+    pytest.param(["--checkpoint", "no_such_dir", "--out", "x.pt", "--to-torch"], "not an orbax checkpoint",
+                 marks=pytest.mark.corpus),
+    (["--checkpoint", "model.pt", "--out", "x", "--flax-model", "examples.layernorm_mlp:NnxLayerNormMLP"],
+     "has no match in Flax layer"),
+    pytest.param(["--checkpoint", "model.pt", "--out", "model.pt"], "exists", marks=pytest.mark.corpus),
+    pytest.param(["--checkpoint", "model.pt", "--out", "x", "--input-shape", "0,3"], "sizes >= 1",
+                 marks=pytest.mark.corpus),
+])
+def test_cli_bad_inputs_give_one_line_and_exit_2(tmp_path, monkeypatch, args, message):
+    monkeypatch.chdir(tmp_path)
+    torch.save(_cnn("linen")()[0].state_dict(), tmp_path / "model.pt")
+    common = ["--torch-model", "examples.cnn:TorchCNN", "--flax-model", "examples.cnn:LinenCNN", "--flax-input", "nhwc"]
+    result = _convert_cli(*common, *args)
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert message in result.stderr and len(result.stderr.strip().splitlines()) == 1, result.stderr

@@ -104,6 +104,8 @@ HEALTHY: dict[str, dict] = {
     **corpus_real.HEALTHY,
     **{name: (lambda data, case=case: case()) for name, case in corpus_hf.CASES.items()},
 }
+# The lines of glue a user writes for the real ports (none listed: none)
+GLUE = {**{name: [] for name in corpus_real.HEALTHY}, **corpus_real.GLUE, **corpus_hf.GLUE}
 # Healthy user code whose library port differs from torch: the check must fail and name the difference.
 LIBRARY_FINDINGS = corpus_hf.FINDINGS
 
@@ -207,6 +209,10 @@ class Bug:
 
 
 W0 = "linear_relu_stack.0.weight"
+
+
+def _hf(name: str) -> Callable:
+    return lambda data: corpus_hf.BUGS[name]()
 BUGS: dict[str, Bug] = {
     "bn_momentum_flax_default": Bug(
         dict(**BN, optimizer="sgd", lr=0.05), with_model(lambda: bn_port(bn_momentum=0.01)), "same_math", "buffers",
@@ -296,6 +302,28 @@ BUGS: dict[str, Bug] = {
         corpus_real._conv_bn_running_in_training, None, "same_math", "forward", 1, "bn (output)",
         "the port's BatchNorm called with train=False always: running statistics in training",
         "BatchNorm running statistics in training"),
+    "lm_head_untied": Bug(
+        corpus_real._untied_lm, None, "same_math", "grads", 1, "embed.weight",
+        "an LM head tied to its embedding in torch (lm_head.weight = embed.weight) ported as a Linear of its own",
+        "untied head"),
+    # transformers' own pairs, the port's config changed as a porting mistake changes it (corpus_hf.BUGS)
+    "hf_bert_layernorm_eps_1e-6": Bug(
+        _hf("hf_bert_layernorm_eps_1e-6"), None, "same_math", "forward", 1, "bert.embeddings.LayerNorm (output)",
+        "BERT's LayerNorm ported with Flax's default eps 1e-6 (the config says 1e-12)", "LayerNorm eps"),
+    "hf_bert_gelu_tanh": Bug(
+        _hf("hf_bert_gelu_tanh"), None, "same_math", "forward", 1, "bert.encoder.layer.0.output.dense (output)",
+        "BERT's exact GELU ported as the tanh approximation (jax.nn.gelu's default)", "activation function"),
+    "hf_bert_attention_mask_dropped": Bug(
+        _hf("hf_bert_attention_mask_dropped"), None, "same_math", "forward", 1,
+        "bert.encoder.layer.0.attention.output.dense (output)",
+        "the port called without the attention mask: padded positions attended", "attention computation"),
+    "hf_llama_rms_eps": Bug(
+        _hf("hf_llama_rms_eps"), None, "same_precision", "forward", 1, "model.layers.0.input_layernorm (output)",
+        "Llama's RMSNorm eps 1e-6 ported as 1e-5 (float64 cannot decide: the Flax port normalises in float32)",
+        "RMSNorm eps"),
+    "hf_gpt2_untied_head": Bug(
+        _hf("hf_gpt2_untied_head"), None, "same_math", "grads", 1, "transformer.wte.weight",
+        "GPT-2's LM head, tied to the token embedding in torch, ported as a Dense of its own", "untied head"),
     "position_table_off_by_one": Bug(
         ports.bag(clamp_positions=True), None, "same_math", "forward", 1, "pos (output)",
         "positions clamped to max_len - 2: the last position (1 of 16 rows) reads the wrong row"),
@@ -380,8 +408,11 @@ def run_case(name: str, data) -> dict[str, Any]:
         failed = [p for p in ("same_math", "same_precision", "same_results") if not v[p]["passed"]]
         row["localised"] = found = next((v[p].get("localised") for p in failed), None)
         row["ok"] = report.passed
+        if name in GLUE:
+            row["glue"] = GLUE[name]
         if name in LIBRARY_FINDINGS:
             row["finding"] = (report.diagnosis or {}).get("sentence")
+            row["library_finding"] = True
             row["ok"] = not report.passed and (report.diagnosis or {}).get("trap") == LIBRARY_FINDINGS[name]
         if name in FLOAT32_FINDINGS and failed == ["same_results"]:
             row["finding"] = (report.diagnosis or {}).get("sentence")
@@ -411,22 +442,27 @@ def markdown(rows: list[dict], machine: str) -> str:
     healthy = [r for r in rows if r["kind"] == "healthy"]
     bugs = [r for r in rows if r["kind"] == "bug"]
     false_alarms = sum(not r["ok"] for r in healthy)
-    findings = sum(bool(r.get("finding")) and r["ok"] for r in healthy)
+    findings = sum(bool(r.get("finding")) and r["ok"] and not r.get("library_finding") for r in healthy)
+    library = sum(bool(r.get("library_finding")) and r["ok"] for r in healthy)
     missed = sum(not r.get("caught") for r in bugs)
     misplaced = sum(r.get("caught") and not r.get("localised_right") for r in bugs)
     lines = [f"Machine: {machine}. Healthy: {len(healthy)}, false alarms: {false_alarms}, float32 findings "
-             f"(float64 agrees, JAX's float32 less accurate than torch's; reported as such): {findings}. "
+             f"(float64 agrees, JAX's float32 less accurate than torch's; reported as such): {findings}, "
+             f"library findings (a third-party port that differs from its torch model, named): {library}. "
              f"Planted bugs: {len(bugs)}, missed: {missed}, caught but localised wrongly: {misplaced}.", "",
              margins(healthy), "",
-             "| case | kind | steps | math | precision | results | localised | right? |",
-             "| --- | --- | ---: | --- | --- | --- | --- | --- |"]
+             "| case | kind | steps | math | precision | results | localised | right? | glue lines |",
+             "| --- | --- | ---: | --- | --- | --- | --- | --- | ---: |"]
     mark = {True: "pass", False: "FAIL", None: "n/a"}
     for r in rows:
         p = r["parts"]
         right = ("yes" if r["ok"] else "NO") if r["kind"] == "bug" else (
             ("finding" if r.get("finding") else "yes") if r["ok"] else "FALSE ALARM")
+        if r["kind"] == "bug" and r.get("diagnosis"):
+            right += f" ({r['diagnosis']})"
+        glue = len(r["glue"]) if "glue" in r else "-"
         lines.append(f"| {r['case']} | {r['kind']} | {r['steps']} | {mark[p['same_math']]} | "
-                     f"{mark[p['same_precision']]} | {mark[p['same_results']]} | {r['where'] or '-'} | {right} |")
+                     f"{mark[p['same_precision']]} | {mark[p['same_results']]} | {r['where'] or '-'} | {right} | {glue} |")
     return "\n".join(lines)
 
 

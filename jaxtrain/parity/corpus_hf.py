@@ -58,8 +58,9 @@ def _pair(torch_cls: str, flax_cls: str, config_cls: str, flax_config=None, **co
     return torch_model, flax_model
 
 
-def causal_lm(torch_cls, flax_cls, config_cls, positions=True, flax_config=None, **config):
-    """Next-token prediction: inputs ids[:, :-1] (+ mask, positions), targets ids[:, 1:] (B, T)."""
+def causal_lm(torch_cls, flax_cls, config_cls, positions=True, flax_config=None, flax_positions=False, **config):
+    """Next-token prediction: inputs ids[:, :-1] (+ mask, positions), targets ids[:, 1:] (B, T).
+    `flax_positions`: positions for the Flax module only (its wrapper computes them; torch counts itself)."""
     def case():
         torch_model, flax_model = _pair(torch_cls, flax_cls, config_cls, flax_config, **config)
         ids, mask, _ = tokens()
@@ -67,9 +68,18 @@ def causal_lm(torch_cls, flax_cls, config_cls, positions=True, flax_config=None,
         if positions:
             inputs["position_ids"] = np.broadcast_to(np.arange(LENGTH), ids[:, :-1].shape).copy()
         train, test = _splits(inputs, ids[:, 1:])
-        return dict(torch_model=torch_model, flax_model=flax_model, train=train, test=test, **TRAINING)
+        extra = {"flax_input": _with_positions} if flax_positions else {}
+        return dict(torch_model=torch_model, flax_model=flax_model, train=train, test=test, **extra, **TRAINING)
 
+    case.glue = ["the linen module: FlaxModel(config, _do_init=False).module"] + (
+        ["flax_input=lambda x: {**x, 'position_ids': arange}"] if flax_positions else [])
     return case
+
+
+def _with_positions(x: dict) -> dict:
+    """What the library's Flax wrapper does before calling its module: positions 0..T-1."""
+    ids = x["input_ids"]
+    return {**x, "position_ids": np.broadcast_to(np.arange(ids.shape[1]), ids.shape).copy()}
 
 
 def classifier(torch_cls, flax_cls, config_cls, token_types=True, positions=True, pad_id=None, first_position=0,
@@ -84,11 +94,13 @@ def classifier(torch_cls, flax_cls, config_cls, token_types=True, positions=True
         if positions:
             inputs["position_ids"] = np.broadcast_to(first_position + np.arange(LENGTH), mask.shape).copy()
         train, test = _splits(inputs, labels)
-        kwargs = {"flax_kwargs": {"head_mask": None}} if token_types else {}
+        kwargs = {"flax_kwargs": {"head_mask": None}} if token_types else {}  # a required argument of the port
         if mask_dropped:  # a port called without the attention mask (every position attended)
             kwargs["flax_input"] = lambda x: {**x, "attention_mask": np.ones_like(x["attention_mask"])}
         return dict(torch_model=torch_model, flax_model=flax_model, train=train, test=test, **kwargs, **TRAINING)
 
+    case.glue = ["the linen module: FlaxModel(config, _do_init=False).module"] + (
+        ["flax_kwargs={'head_mask': None}"] if token_types else [])
     return case
 
 
@@ -105,6 +117,7 @@ def images(torch_cls, flax_cls, config_cls, **config):
         return dict(torch_model=torch_model, flax_model=flax_model, train=train, test=test, flax_input="nhwc",
                     **TRAINING)
 
+    case.glue = ["the linen module: FlaxModel(config, _do_init=False).module", "flax_input='nhwc'"]
     return case
 
 
@@ -146,8 +159,10 @@ CASES = {
                                   head_dim=8),
     "hf_gptj_lm_rotary": causal_lm("GPTJForCausalLM", "FlaxGPTJForCausalLM", "GPTJConfig", n_embd=32, n_layer=2,
                                    n_head=4, n_positions=32, rotary_dim=4),
-    # XGLM's torch model given position_ids differs from run to run (seeds 1 and 2: 0.19 apart): both count them
-    "hf_xglm_lm": causal_lm("XGLMForCausalLM", "FlaxXGLMForCausalLM", "XGLMConfig", positions=False, d_model=32,
+    # XGLM's torch model given position_ids differs from run to run (seeds 1 and 2: 0.19 apart): torch counts
+    # positions itself; its Flax module needs them given, as its wrapper gives them
+    "hf_xglm_lm": causal_lm("XGLMForCausalLM", "FlaxXGLMForCausalLM", "XGLMConfig", positions=False,
+                            flax_positions=True, d_model=32,
                             num_layers=2,
                             attention_heads=4, ffn_dim=64, pad_token_id=0),
     "hf_bloom_lm_alibi": causal_lm("BloomForCausalLM", "FlaxBloomForCausalLM", "BloomConfig", positions=False,
@@ -155,6 +170,9 @@ CASES = {
     "hf_regnet_batchnorm": images("RegNetForImageClassification", "FlaxRegNetForImageClassification",
                                   "RegNetConfig", embedding_size=8, hidden_sizes=[8, 16], depths=[1, 1], groups_width=8),
 }
+# The lines a user writes beyond the two models and the data, per case.
+GLUE = {name: case.glue for name, case in CASES.items()}
+
 # Where the library's two ports differ (findings, not false alarms): the trap the check must name.
 FINDINGS = {
     # FlaxResNet's nn.BatchNorm keeps the biased batch variance in its running statistics; torch the unbiased

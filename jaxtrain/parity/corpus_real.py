@@ -177,13 +177,16 @@ class TorchTiedLM(tnn.Module):
 
 
 class NnxTiedLM(nnx.Module):
-    def __init__(self):
+    def __init__(self, tied=True):
         rngs = nnx.Rngs(0)
         self.embed = nnx.Embed(VOCAB, 8, rngs=rngs)
         self.mix = nnx.Linear(8, 8, rngs=rngs)
+        if not tied:  # the porting mistake: a head of its own, starting from the embedding's values
+            self.lm_head = nnx.Linear(8, VOCAB, use_bias=False, rngs=rngs)
 
     def __call__(self, ids):
-        return self.embed.attend(jnp.tanh(self.mix(self.embed(ids))))
+        x = jnp.tanh(self.mix(self.embed(ids)))
+        return self.lm_head(x) if hasattr(self, "lm_head") else self.embed.attend(x)
 
 
 class TorchValue(tnn.Module):
@@ -434,6 +437,11 @@ def _tied_lm(data):
     return _case(TorchTiedLM(), NnxTiedLM(), ids[:, :-1], ids[:, 1:])
 
 
+def _untied_lm(data):
+    ids, _, _ = tokens(15, 192)
+    return _case(TorchTiedLM(), NnxTiedLM(tied=False), ids[:, :-1], ids[:, 1:])
+
+
 def _lstm_flax_cell(data):
     ids, _, y = tokens(14, 192)
     return _case(TorchLSTM(), LinenLSTM(cell="flax"), ids, y, optimizer="sgd", optimizer_kwargs={"lr": 0.5})
@@ -503,6 +511,11 @@ def _conv_bn_running_in_training(data):
     x, y = _images(20, 1)
     return _case(TorchConvBN(), LinenConvBN(train_flag=False), x, y, flax_input="nhwc")
 
+
+# The lines a user writes beyond the two models and the data, per case.
+GLUE = {"real_conv_transpose2d": ["flax_input='nhwc'"], "real_depthwise_conv_avgpool": ["flax_input='nhwc'"],
+        "real_conv_batchnorm": ["flax_input='nhwc'"], "real_bag_tuple_inputs": ["flax_output=lambda out: out.scores"],
+        "real_bag_dict_inputs": ["flax_output=lambda out: out.scores"]}
 
 HEALTHY = {"real_gru_torch_layout": _gru, "real_transformer_encoder_layer": _encoder,
            "real_conv_transpose2d": _upsample, "real_depthwise_conv_avgpool": _depthwise, "real_conv_batchnorm": _conv_bn, "real_bag_tuple_inputs": _bag_tuple, "real_bag_dict_inputs": _bag_dict,

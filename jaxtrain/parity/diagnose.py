@@ -49,11 +49,10 @@ def diagnose(finding: dict | None, port, config) -> dict | None:
     if "results" in finding:  # float32 test results beyond the rounding spread
         return _float32_results(finding)
     if "jax_error" in finding:  # float32 precision finding
-        median, rule = finding.get("jax_median_error", 0.0), port.mapping.rule_of(layer) if layer else None
+        median, rule = finding.get("jax_median_error", 0.0), _kind(port, layer) if layer else None
         names = [t for t, _, _ in port.mapping.layers]
         # a matmul precision setting shows at the first matrix product; this one comes after some that agree
-        matmul_before = layer in names and any(port.mapping.rule_of(t) not in NO_MATMUL
-                                               for t in names[: names.index(layer)])
+        matmul_before = layer in names and any(_kind(port, t) not in NO_MATMUL for t in names[: names.index(layer)])
         if stage == "forward" and layer is not None and median > LOW_PRECISION_ERROR and (
                 median > NOT_ROUNDING or rule in NO_MATMUL or matmul_before):
             if evidence is not None:  # JAX float32 against torch float64: float32 rounding is no difference
@@ -199,7 +198,7 @@ def _layer_forward(finding: dict, port, evidence) -> dict:
                         "sentence": f"{layer} differs from step 1 and the weight_map gives {name} to the "
                                     f"port as torch's values in another order: a {rule} weight must be laid out as "
                                     f"Flax expects ({_layout(rule)})."}
-    torch_type = mapping.torch_types.get(layer, "")
+    torch_type, rule = mapping.torch_types.get(layer, ""), _kind(port, layer)
     previous_names = [n.rsplit(".", 1)[-1] for n in before[-3:]]
     if rule == "MultiheadAttention" or rule in ("Linear", "Conv1D") and {
             "q_proj", "k_proj", "v_proj", "query", "key", "value", "c_attn"} & set(previous_names[-1:]) or (rule in ("Linear", "Conv1D") and any(
@@ -241,6 +240,16 @@ def _layer_forward(finding: dict, port, evidence) -> dict:
             "sentence": f"{layer} ({mapping.torch_types.get(layer, rule)}) is the first layer whose output differs, "
                         "every layer before it agrees: compare how the port computes it (padding, stride, dilation, "
                         "groups, the activation right after it, what feeds it)."}
+
+
+def _kind(port, layer: str) -> str | None:
+    """The layer's family: its mapping rule, or for a layer the mapping copies by name (a library's own
+    RMSNorm/LayerNorm class), the family its class name says."""
+    rule = port.mapping.rule_of(layer)
+    if rule not in (None, "same names"):
+        return rule
+    name = port.mapping.torch_types.get(layer, "").lower()
+    return next((k for k in ("RMSNorm", "LayerNorm", "GroupNorm", "BatchNorm") if name.endswith(k.lower())), rule)
 
 
 def _layout(rule: str) -> str:
