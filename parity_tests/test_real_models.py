@@ -104,3 +104,24 @@ def test_callable_weight_map_runs_before_the_rules():
     report = check_port(TorchAttention(), NnxPackedAttention(), train=(ids, y), test=None, weight_map=weight_map,
                         **SHORT)
     assert report.passed, report
+
+
+def test_a_torch_model_failing_in_one_dtype_is_one_line_naming_the_run():
+    """A model that runs in float32 but not in float64 (transformers' XGLM builds its causal mask with
+    float64's min in a float32 tensor): one PortMappingError naming the run, not a traceback."""
+    import torch
+
+    from jaxtrain.errors import PortMappingError
+    from jaxtrain.parity import check_port
+    from jaxtrain.parity.corpus_real import LinenTagger, TorchTagger, tokens
+
+    class Float32Only(TorchTagger):
+        def forward(self, ids):
+            out = super().forward(ids)
+            if out.dtype == torch.float64:
+                torch.full((2, 2), torch.finfo(torch.float64).min, dtype=torch.float32)
+            return out
+
+    ids, _, _ = tokens(12, 64)
+    with pytest.raises(PortMappingError, match=r"the torch model fails in the float64 run \(epoch 1\): RuntimeError"):
+        check_port(Float32Only(), LinenTagger(), train=(ids, ids % 4), optimizer="sgd", batch_size=32, steps=2)

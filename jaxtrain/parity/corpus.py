@@ -287,8 +287,9 @@ BUGS: dict[str, Bug] = {
         "torch's fused LSTM rows split in TensorFlow's gate order (i, g, f, o) instead of torch's (i, f, g, o)",
         "recurrent cell"),
     "attention_unscaled": Bug(
-        corpus_real._attention_unscaled, None, "same_math", "forward", 1, "attn (output)",
-        "nn.MultiheadAttention ported with an attention_fn that drops the 1/sqrt(head_dim) scale",
+        corpus_real._attention_unscaled, None, "same_precision", "forward", 1, "attn (output)",
+        "nn.MultiheadAttention ported with an attention_fn that drops the 1/sqrt(head_dim) scale (float64 cannot "
+        "decide: nnx attention's softmax is float32)",
         "attention computation"),
     "avgpool_padding_not_counted": Bug(
         corpus_real._depthwise_pad_excluded, None, "same_math", "forward", 1, "head (output)",
@@ -338,7 +339,8 @@ FLOAT32_TOO = {"accumulation_sum": "same_results", "embedding_padding_row_traine
 QUICK_HEALTHY = ["adagrad_zero_acc_lr1e-2", "rmsprop_momentum_lr1e-3", "bn_dropout_sgd",
                  "conv_bias_bn_adam"]
 QUICK_BUGS = ["adam_eps_inside_sqrt", "optax_adam_float32", "matmul_below_float32",
-              "dropout_on_in_eval", "accumulation_sum", "cross_entropy_on_softmax", "embedding_padding_row_trained"]
+              "dropout_on_in_eval", "accumulation_sum", "cross_entropy_on_softmax", "embedding_padding_row_trained",
+              "avgpool_padding_not_counted", "batchnorm_running_stats_in_training"]
 
 
 # --------------------------------------------------------------------------- running a case
@@ -367,28 +369,28 @@ def run_case(name: str, data) -> dict[str, Any]:
     bug = BUGS.get(name)
     start = time.perf_counter()
     report, steps = _check(name, data)
-    v = report.verdict
+    v = {part: result or {"passed": None} for part, result in report.verdict.items()}  # a dtype not run: n/a
     row: dict[str, Any] = {
         "case": name, "kind": "bug" if bug else "healthy", "steps": steps, "passed": report.passed,
-        "parts": {p: v[p]["passed"] for p in ("same_math", "same_precision", "same_results")},
+        "parts": {p: v[p].get("passed") for p in ("same_math", "same_precision", "same_results")},
         "seconds": round(time.perf_counter() - start, 1),
         "stats": {
-            "max_rel_step_loss_diff_64": v["same_math"]["max_rel_step_loss_diff"],
-            "max_rel_buffer_diff_64": v["same_math"]["max_rel_buffer_diff"],
-            "step1_worst": v["same_precision"]["step1_worst"],
-            "rms_jax": v["same_precision"]["rms_rel_loss_error_jax"],
-            "rms_torch": v["same_precision"]["rms_rel_loss_error_torch"],
-            "drift_onset_step": v["same_precision"]["drift_onset_step"],
+            "max_rel_step_loss_diff_64": v["same_math"].get("max_rel_step_loss_diff"),
+            "max_rel_buffer_diff_64": v["same_math"].get("max_rel_buffer_diff"),
+            "step1_worst": v["same_precision"].get("step1_worst"),
+            "rms_jax": v["same_precision"].get("rms_rel_loss_error_jax"),
+            "rms_torch": v["same_precision"].get("rms_rel_loss_error_torch"),
+            "drift_onset_step": v["same_precision"].get("drift_onset_step"),
             "math_localised": v["same_math"].get("localised"),
-            "results_loss_diff": v["same_results"]["max_test_loss_diff"],
-            "results_acc_diff": v["same_results"]["max_accuracy_diff"],
-            "results_needed_factor_loss": v["same_results"]["needed_factor_loss"],
-            "results_needed_factor_accuracy": v["same_results"]["needed_factor_accuracy"],
+            "results_loss_diff": v["same_results"].get("max_test_loss_diff"),
+            "results_acc_diff": v["same_results"].get("max_accuracy_diff"),
+            "results_needed_factor_loss": v["same_results"].get("needed_factor_loss"),
+            "results_needed_factor_accuracy": v["same_results"].get("needed_factor_accuracy"),
             # how much of each allowance the case used (1 = at the limit): the margins, on this machine
-            "math_steps_beyond_rounding": v["same_math"]["max_step_beyond_rounding"],
-            "math_buffers_beyond_rounding": v["same_math"]["max_buffer_beyond_rounding"],
-            "step1_pattern_excess": v["same_precision"]["max_pattern_excess"],
-            "step1_element_excess": v["same_precision"]["max_element_excess"],
+            "math_steps_beyond_rounding": v["same_math"].get("max_step_beyond_rounding"),
+            "math_buffers_beyond_rounding": v["same_math"].get("max_buffer_beyond_rounding"),
+            "step1_pattern_excess": v["same_precision"].get("max_pattern_excess"),
+            "step1_element_excess": v["same_precision"].get("max_element_excess"),
         },
     }
     found = None
@@ -405,7 +407,7 @@ def run_case(name: str, data) -> dict[str, Any]:
         row["diagnosis"] = (report.diagnosis or {}).get("trap")
         row["ok"] = row["caught"] and row["localised_right"] and (bug.trap is None or row["diagnosis"] == bug.trap)
     else:
-        failed = [p for p in ("same_math", "same_precision", "same_results") if not v[p]["passed"]]
+        failed = [p for p in ("same_math", "same_precision", "same_results") if v[p]["passed"] is False]
         row["localised"] = found = next((v[p].get("localised") for p in failed), None)
         row["ok"] = report.passed
         if name in GLUE:

@@ -58,9 +58,8 @@ def _pair(torch_cls: str, flax_cls: str, config_cls: str, flax_config=None, **co
     return torch_model, flax_model
 
 
-def causal_lm(torch_cls, flax_cls, config_cls, positions=True, flax_config=None, flax_positions=False, **config):
-    """Next-token prediction: inputs ids[:, :-1] (+ mask, positions), targets ids[:, 1:] (B, T).
-    `flax_positions`: positions for the Flax module only (its wrapper computes them; torch counts itself)."""
+def causal_lm(torch_cls, flax_cls, config_cls, positions=True, flax_config=None, **config):
+    """Next-token prediction: inputs ids[:, :-1] (+ mask, positions), targets ids[:, 1:] (B, T)."""
     def case():
         torch_model, flax_model = _pair(torch_cls, flax_cls, config_cls, flax_config, **config)
         ids, mask, _ = tokens()
@@ -68,18 +67,10 @@ def causal_lm(torch_cls, flax_cls, config_cls, positions=True, flax_config=None,
         if positions:
             inputs["position_ids"] = np.broadcast_to(np.arange(LENGTH), ids[:, :-1].shape).copy()
         train, test = _splits(inputs, ids[:, 1:])
-        extra = {"flax_input": _with_positions} if flax_positions else {}
-        return dict(torch_model=torch_model, flax_model=flax_model, train=train, test=test, **extra, **TRAINING)
+        return dict(torch_model=torch_model, flax_model=flax_model, train=train, test=test, **TRAINING)
 
-    case.glue = ["the linen module: FlaxModel(config, _do_init=False).module"] + (
-        ["flax_input=lambda x: {**x, 'position_ids': arange}"] if flax_positions else [])
+    case.glue = ["the linen module: FlaxModel(config, _do_init=False).module"]
     return case
-
-
-def _with_positions(x: dict) -> dict:
-    """What the library's Flax wrapper does before calling its module: positions 0..T-1."""
-    ids = x["input_ids"]
-    return {**x, "position_ids": np.broadcast_to(np.arange(ids.shape[1]), ids.shape).copy()}
 
 
 def classifier(torch_cls, flax_cls, config_cls, token_types=True, positions=True, pad_id=None, first_position=0,
@@ -121,6 +112,8 @@ def images(torch_cls, flax_cls, config_cls, **config):
     return case
 
 
+# Not here: XGLM. Its torch model cannot run in float64 (its causal mask puts float64's min into a float32
+# tensor), and every verdict needs torch's float64 run as the reference: check_port refuses in one line.
 CASES = {
     "hf_gpt2_lm_tied": causal_lm("GPT2LMHeadModel", "FlaxGPT2LMHeadModel", "GPT2Config", n_embd=32, n_layer=2,
                                  n_head=4, n_positions=32),
@@ -159,12 +152,6 @@ CASES = {
                                   head_dim=8),
     "hf_gptj_lm_rotary": causal_lm("GPTJForCausalLM", "FlaxGPTJForCausalLM", "GPTJConfig", n_embd=32, n_layer=2,
                                    n_head=4, n_positions=32, rotary_dim=4),
-    # XGLM's torch model given position_ids differs from run to run (seeds 1 and 2: 0.19 apart): torch counts
-    # positions itself; its Flax module needs them given, as its wrapper gives them
-    "hf_xglm_lm": causal_lm("XGLMForCausalLM", "FlaxXGLMForCausalLM", "XGLMConfig", positions=False,
-                            flax_positions=True, d_model=32,
-                            num_layers=2,
-                            attention_heads=4, ffn_dim=64, pad_token_id=0),
     "hf_bloom_lm_alibi": causal_lm("BloomForCausalLM", "FlaxBloomForCausalLM", "BloomConfig", positions=False,
                                    n_layer=2, n_head=4),
     "hf_regnet_batchnorm": images("RegNetForImageClassification", "FlaxRegNetForImageClassification",

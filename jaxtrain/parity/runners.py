@@ -26,6 +26,7 @@ from typing import Any, Callable
 import numpy as np
 
 from jaxtrain import data as data_lib
+from jaxtrain.errors import DivergedError, Interrupted, PortMappingError, UserError
 from jaxtrain.inputs import rows
 from jaxtrain.metrics import append_epoch, new_record
 
@@ -400,9 +401,17 @@ def run_trajectories(port: Port, config, dtypes, max_steps=None) -> dict:
         buffers, ends, step = [], [], 0
         for epoch, num_steps in enumerate(epoch_lengths(config, len(port.train), max_steps)):
             start = time.perf_counter()
-            losses = runner.train_epoch(epoch, num_steps, step)
-            test_loss, accuracy = runner.evaluate()
-            runner.end_epoch()
+            try:
+                losses = runner.train_epoch(epoch, num_steps, step)
+                test_loss, accuracy = runner.evaluate()
+                runner.end_epoch()
+            except (UserError, DivergedError, Interrupted):
+                raise
+            except Exception as e:  # the user's model (or its library) fails in this dtype: one line
+                model = "torch model" if key[0] == "torch" else "Flax model"
+                first = str(e).splitlines()[0] if str(e) else ""
+                raise PortMappingError(f"the {model} fails in the {key[1]} run (epoch {epoch + 1}): "
+                                       f"{type(e).__name__}: {first}") from None
             append_epoch(record, epoch, losses, test_loss, accuracy, time.perf_counter() - start)
             buffers.append(runner.buffers())
             step += num_steps
