@@ -163,7 +163,7 @@ def test_functional_dropout_in_torch_is_refused_with_the_reason():
 
     x = np.random.default_rng(0).random((4, 1, 28, 28))
     flax_model = nnx.Linear(784, 10, rngs=nnx.Rngs(0))
-    with pytest.raises(PortMappingError, match="outside nn.Dropout modules"):
+    with pytest.raises(PortMappingError, match="under another seed with its nn.Dropout modules off"):
         check_port(FunctionalDropout(), flax_model, train=(x, np.zeros(4, np.int64)), steps=1,
                    flax_input=lambda a: a.reshape(len(a), -1))
 

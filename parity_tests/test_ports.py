@@ -85,7 +85,8 @@ def test_layernorm_mlp_port_passes_and_flax_default_eps_is_caught(fashion):
     report = check_port(TorchLayerNormMLP(), NnxLayerNormMLP(epsilon=1e-6), optimizer="adam", steps=2,
                         dtypes=("float64",), **data)
     assert (report.checks[0]["stage"], report.checks[0]["layer"]) == ("forward", "net.2")
-    assert report.diagnosis["trap"] == "LayerNorm computation"
+    assert report.diagnosis["trap"] == "LayerNorm eps"  # the eps that reproduces the port's output, fitted
+    assert "eps=1e-06" in report.diagnosis["sentence"] and "eps=1e-05" in report.diagnosis["sentence"]
 
 
 def test_regression_with_the_users_optax_pair_and_no_test_set():

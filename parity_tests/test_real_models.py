@@ -2,8 +2,12 @@
 targets, structured outputs, attention and recurrent layers, tied weights, a callable weight_map
 that runs before the rules, modules named `value`, and float64 that stays float64."""
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
+import torch
+from flax import nnx
 
 from jaxtrain.errors import PortMappingError
 from jaxtrain.parity import check_port
@@ -76,6 +80,8 @@ def test_lstm_port_on_flax_cell_names_the_bias_trap():
     check = report.checks[0]
     assert check["layer"] == "lstm" or (check["tensor"] or "").startswith("lstm."), check
     assert "twice as fast" in report.diagnosis["sentence"]
+    assert any(n.startswith("lstm: ") and "twice as fast" in n for n in report.mapping_notes)  # said up front too
+    assert "MAPPING: lstm: " in str(report)
 
 
 # --------------------------------------------------------------------------- tied weights, weight_map, names
@@ -125,3 +131,119 @@ def test_a_torch_model_failing_in_one_dtype_is_one_line_naming_the_run():
     ids, _, _ = tokens(12, 64)
     with pytest.raises(PortMappingError, match=r"the torch model fails in the float64 run \(epoch 1\): RuntimeError"):
         check_port(Float32Only(), LinenTagger(), train=(ids, ids % 4), optimizer="sgd", batch_size=32, steps=2)
+
+
+def test_equal_shape_siblings_paired_by_call_order_are_named_not_hidden():
+    """Two Linear(4, 8) siblings whose names do not pair (up/gate against wi_0/wi_1) pair by call order;
+    the mapping says so for both, so a swapped call order in the port cannot pass unnoticed."""
+    import torch
+    from flax import nnx
+
+    from jaxtrain.parity.check import mapping_notes, pair_models
+
+    class TorchGated(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.up, self.gate, self.down = torch.nn.Linear(4, 8), torch.nn.Linear(4, 8), torch.nn.Linear(8, 3)
+
+        def forward(self, x):
+            return self.down(torch.relu(self.gate(x)) * self.up(x))
+
+    class NnxGated(nnx.Module):
+        def __init__(self):
+            rngs = nnx.Rngs(0)
+            self.wi_0, self.wi_1, self.wo = nnx.Linear(4, 8, rngs=rngs), nnx.Linear(4, 8, rngs=rngs), nnx.Linear(
+                8, 3, rngs=rngs)
+
+        def __call__(self, x):
+            return self.wo(nnx.relu(self.wi_0(x)) * self.wi_1(x))
+
+    x = np.random.default_rng(0).normal(size=(4, 4)).astype(np.float32)
+    notes = mapping_notes(pair_models(TorchGated(), NnxGated(), x).mapping)
+    assert any(n.startswith("gate paired with wi_0 by call order") and "up" in n for n in notes), notes
+    assert any(n.startswith("up paired with wi_1 by call order") for n in notes), notes
+    assert not any(n.startswith("down") for n in notes), notes
+
+
+# --------------------------------------------------------------------------- torch parametrizations
+
+
+class _TorchWeightNorm(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.fc = torch.nn.utils.parametrizations.weight_norm(torch.nn.Linear(6, 8))
+        self.head = torch.nn.Linear(8, 3)
+
+    def forward(self, x):
+        return self.head(torch.tanh(self.fc(x)))
+
+
+class _NnxWeightNormLinear(nnx.Module):
+    """A user's weight-normed Linear keeping torch's legacy names: w = g * v / ||v|| (each output row)."""
+
+    def __init__(self, fan_in, fan_out, axis=1, rngs=None):
+        self.weight_g = nnx.Param(jnp.ones((fan_out,)))
+        self.weight_v = nnx.Param(jax.random.normal(rngs.params(), (fan_out, fan_in)))
+        self.bias = nnx.Param(jnp.zeros((fan_out,)))
+        self.axis = axis  # 1: torch's norm over each output row; 0 the porting mistake (over each input column)
+
+    def __call__(self, x):
+        v = self.weight_v[...]
+        w = v / jnp.sqrt((v ** 2).sum(self.axis, keepdims=True)) * self.weight_g[...][:, None]
+        return x @ w.T + self.bias[...]
+
+
+class _NnxWeightNorm(nnx.Module):
+    def __init__(self, axis=1):
+        rngs = nnx.Rngs(0)
+        self.fc = _NnxWeightNormLinear(6, 8, axis, rngs)
+        self.head = nnx.Linear(8, 3, rngs=rngs)
+
+    def __call__(self, x):
+        return self.head(jnp.tanh(self.fc(x)))
+
+
+def _weight_norm_data():
+    x = np.random.default_rng(3).normal(size=(96, 6)).astype(np.float32)
+    return x, (x[:, 0] > 0).astype(np.int64) + (x[:, 1] > 0)
+
+
+def test_weight_norm_parametrization_belongs_to_its_layer_and_trains_alike():
+    """torch's parametrizations.weight.original0/1 (g, v) are layer fc's, mapped to the port's weight_g /
+    weight_v; a port normalising over the wrong axis is caught at fc, step 1."""
+    x, y = _weight_norm_data()
+    common = dict(train=(x[:64], y[:64]), test=(x[64:], y[64:]), optimizer="adam", optimizer_kwargs={"lr": 1e-2},
+                  batch_size=32, steps=6)
+    report = check_port(_TorchWeightNorm(), _NnxWeightNorm(), **common)
+    assert report.passed, report.checks
+    assert report.layers == ["fc", "head"] and not report.mapping_notes, (report.layers, report.mapping_notes)
+    bad = check_port(_TorchWeightNorm(), _NnxWeightNorm(axis=0), dtypes=("float64",), **common)
+    assert not bad.passed and bad.checks[0]["layer"] == "fc" and bad.checks[0]["first_failing_step"] == 1, bad.checks
+
+
+def test_weight_norm_round_trips_through_convert():
+    from jaxtrain.convert import flax_to_torch, torch_to_flax
+
+    x, _ = _weight_norm_data()
+    torch_model = _TorchWeightNorm()
+    port = torch_to_flax(torch_model, _NnxWeightNorm(), x)
+    np.testing.assert_array_equal(np.asarray(port.fc.weight_g[...]),
+                                  torch_model.fc.parametrizations.weight.original0.detach().numpy()[:, 0])
+    fresh = _TorchWeightNorm()
+    with torch.no_grad():
+        fresh.fc.parametrizations.weight.original1.add_(1)
+    flax_to_torch(port, fresh, x)
+    for key, value in torch_model.state_dict().items():
+        assert torch.equal(fresh.state_dict()[key], value), key
+
+
+def test_a_parametrization_no_rule_maps_is_one_line_naming_it():
+    class TorchSpectral(_TorchWeightNorm):
+        def __init__(self):
+            super().__init__()
+            self.fc = torch.nn.utils.parametrizations.spectral_norm(torch.nn.Linear(6, 8))
+
+    x, y = _weight_norm_data()
+    with pytest.raises(PortMappingError, match="parametrized by _SpectralNorm, which no rule maps"):
+        check_port(TorchSpectral(), _NnxWeightNorm(), train=(x, y), steps=1)

@@ -183,8 +183,8 @@ def _torch_layers(model) -> list:
     attention/recurrent modules (their submodules are theirs)."""
     names, composites = [], []
     for name, module in model.named_modules():
-        if any(name.startswith(c + ".") or not c for c in composites):
-            continue
+        if any(name.startswith(c + ".") or not c for c in composites) or "parametrizations" in name.split("."):
+            continue  # a composite's submodules, and parametrizations (the layer they parametrize owns them)
         if rule_for(module) in TORCH_COMPOSITES:
             composites.append(name)
         if is_torch_layer(module):
@@ -442,7 +442,17 @@ def judge(port: Port, config, dtypes, max_steps=None) -> ParityReport:
         for key in ("localised", "first_failure"):
             ((part or {}).get(key) or {}).pop("evidence", None)
     return ParityReport(passed=not failed and any(c["passed"] for c in checks), config=config.to_json(), checks=checks, verdict=verdict,
-                        trajectories=runs, diagnosis=diagnosis, layers=[t for t, _, _ in port.mapping.layers])
+                        trajectories=runs, diagnosis=diagnosis, layers=[t for t, _, _ in port.mapping.layers],
+                        mapping_notes=mapping_notes(port.mapping))
+
+
+def mapping_notes(mapping) -> list[str]:
+    """What the report says of the mapping: parameters one side never uses, layers paired by call
+    order alone where equal-shape siblings could have been swapped, what cannot train alike."""
+    notes = [f"{layer}: {note}" for layer, note in mapping.notes if "padding_idx" not in note]
+    notes += [f"not paired (never called in the checked computation): {name}" for name in mapping.unused]
+    notes += mapping.guesses
+    return notes
 
 
 def float32_inside(port: Port) -> list[str]:

@@ -319,7 +319,7 @@ def _layer_inputs(evidence, layer):
 def _between(layer, previous, rule, inputs, evidence) -> dict:
     """`layer`'s input differs while `previous` (the paired layer before it) agrees: name what lies between."""
     torch_in, port_in = inputs
-    if rule == "Linear" and np.array_equal(np.sort(torch_in, axis=None), np.sort(port_in, axis=None)):
+    if rule == "Linear" and _close(np.sort(torch_in, axis=None), np.sort(port_in, axis=None), _rtol(evidence)):
         return {"trap": FLATTEN[0], "sentence": FLATTEN[1].format(layer=layer)}
     source = None if previous is None else evidence["torch"]["layers"].get(previous)
     if source is not None and np.shape(source) == torch_in.shape:

@@ -187,8 +187,43 @@ def rule_for(torch_module) -> str:
 def is_torch_layer(module) -> bool:
     """A module the mapping pairs: it owns parameters, a rule's trained buffers, or is a composite."""
     rule = rule_for(module)
-    return (rule in TORCH_COMPOSITES or any(True for _ in module.parameters(recurse=False))
+    return (rule in TORCH_COMPOSITES or any(True for _ in module.parameters(recurse=False)) or bool(parametrized(module))
             or any(k in RULE_BUFFERS.get(rule, ()) for k, _ in module.named_buffers(recurse=False)))
+
+
+# --------------------------------------------------------------------------- torch parametrizations
+
+
+def parametrized(module) -> dict:
+    """{relative name: tensor} of the parametrizations on `module` (torch.nn.utils.parametrize):
+    `parametrizations.weight.original0`, ... belong to the layer they parametrize."""
+    plists = getattr(module, "parametrizations", None)
+    if plists is None or not hasattr(plists, "items"):
+        return {}
+    return {f"parametrizations.{p}.{k}": v for p, plist in plists.items() for k, v in plist.named_parameters(recurse=False)}
+
+
+def parametrization_moves(module, rule_name: str, torch_shapes: dict, flax_shapes: dict) -> list[Move]:
+    """torch's weight_norm on tensor `w` (original0 = g, original1 = v): in the port as `w_g` and `w_v`
+    (torch's legacy weight_norm names), as they are but for g's shape; or as `scale` and the family's leaf
+    for `w` (v in that family's layout, as Flax's WeightNorm keeps them)."""
+    moves = []
+    for name, plist in module.parametrizations.items():
+        kinds = sorted({type(m).__name__ for m in plist})
+        g, v = f"parametrizations.{name}.original0", f"parametrizations.{name}.original1"
+        if kinds != ["_WeightNorm"] or g not in torch_shapes or v not in torch_shapes:
+            raise PortMappingError(f"{type(module).__name__}.{name} is parametrized by {', '.join(kinds)}, which no "
+                                   "rule maps (weight_norm is mapped); pass a callable weight_map for its tensors")
+        if f"{name}_g" in flax_shapes and f"{name}_v" in flax_shapes:
+            to_g, to_v, layout = f"{name}_g", f"{name}_v", (_same, _same)
+        else:
+            to_v, to_flax, to_torch = TABLES.get(rule_name, {}).get(name, (name, _same, _same))
+            to_g, layout = "scale", (to_flax, to_torch)
+        g_flax, g_torch = tuple(flax_shapes.get(to_g, ())), tuple(torch_shapes[g])
+        moves.append(one(g, to_g, lambda a, s=g_flax: np.asarray(a).reshape(s),
+                         lambda a, s=g_torch: np.asarray(a).reshape(s)))
+        moves.append(one(v, to_v, *layout))
+    return moves
 
 
 # --------------------------------------------------------------------------- the mapping
@@ -205,6 +240,7 @@ class Mapping:
     weight_map: Callable | None = None
     notes: list = dataclasses.field(default_factory=list)  # [(torch layer, sentence)]: what cannot train alike
     unused: list = dataclasses.field(default_factory=list)  # parameters one side owns and never calls
+    guesses: list = dataclasses.field(default_factory=list)  # equal-shape siblings paired by call order alone
 
     @property
     def tensors(self) -> list:
@@ -353,7 +389,7 @@ def build_mapping(torch_layers: list, flax_layers: list, torch_model, model: Pur
         module = modules[name]
         rule = rule_for(module)
         recurse = rule in TORCH_COMPOSITES
-        own = dict(module.named_parameters(recurse=recurse, remove_duplicate=False))
+        own = {**dict(module.named_parameters(recurse=recurse, remove_duplicate=False)), **parametrized(module)}
         wanted = RULE_BUFFERS.get(rule)
         for k, v in module.named_buffers(recurse=recurse):
             if k not in DROPPED and v.is_floating_point() and (wanted is None or k in wanted):
@@ -421,7 +457,8 @@ def build_mapping(torch_layers: list, flax_layers: list, torch_model, model: Pur
                                    f"{', '.join(flax_layers)}")
         module, rule_name = modules[torch_name], rule_for(modules[torch_name])
         tensors, flax_tensors = torch_owned(torch_name), dict(flax_owned[flax_path])
-        param_names = dict(module.named_parameters(recurse=rule_name in TORCH_COMPOSITES, remove_duplicate=False))
+        param_names = {**dict(module.named_parameters(recurse=rule_name in TORCH_COMPOSITES, remove_duplicate=False)),
+                       **parametrized(module)}
         absolute = {rel: canonical.get(id(v), f"{torch_name}.{rel}" if torch_name else rel) for rel, v in tensors.items()}
         if callable(weight_map):
             for move in user[torch_name]:
@@ -433,7 +470,16 @@ def build_mapping(torch_layers: list, flax_layers: list, torch_model, model: Pur
         if tensors:
             torch_shapes = {k: tuple(v.shape) for k, v in tensors.items()}
             flax_shapes = {k: tuple(v.shape) for k, v in flax_tensors.items()}
-            for move in RULES[rule_name](module, torch_shapes, flax_shapes, (flax_kinds or {}).get(flax_path)):
+            rule_moves = []
+            if parametrized(module):  # the parametrization's factors first, then the family's rule for the rest
+                rule_moves = parametrization_moves(module, rule_name, torch_shapes, flax_shapes)
+                taken = {k for m in rule_moves for k in m.flax}
+                torch_shapes = {k: v for k, v in torch_shapes.items() if not k.startswith("parametrizations.")}
+                flax_shapes = {k: v for k, v in flax_shapes.items() if k not in taken}
+            rule_moves += RULES[rule_name](module, torch_shapes, flax_shapes, (flax_kinds or {}).get(flax_path))
+            torch_shapes = {k: tuple(v.shape) for k, v in tensors.items()}
+            flax_shapes = {k: tuple(v.shape) for k, v in flax_tensors.items()}
+            for move in rule_moves:
                 _check_move(move, torch_name, flax_path, rule_name, torch_shapes, flax_shapes)
                 buffer = any(k not in param_names for k in move.torch)
                 moves.append((move, {k: absolute[k] for k in move.torch},
@@ -453,10 +499,30 @@ def build_mapping(torch_layers: list, flax_layers: list, torch_model, model: Pur
     unused = [f"Flax {k}" for k in flax_state if k not in used_flax]
     unused += [f"torch {t} (not trained: requires_grad=False; a constant in the port)" for t in frozen
                if t not in pairs]
-    called = {id(p) for t in torch_layers for p in modules[t].parameters(recurse=rule_for(modules[t]) in TORCH_COMPOSITES)}
+    called = {id(p) for t in torch_layers for p in [*modules[t].parameters(recurse=rule_for(modules[t]) in TORCH_COMPOSITES),
+                                                     *parametrized(modules[t]).values()]}
     unused += [f"torch {n}" for n, p in torch_model.named_parameters() if id(p) not in called]
     return Mapping(layers, moves, {t: type(modules[t]).__name__ for t in torch_layers},
-                   weight_map if callable(weight_map) else None, notes, unused)
+                   weight_map if callable(weight_map) else None, notes, unused,
+                   _order_guesses(pairs, overrides, {t: torch_owned(t) for t in pairs if pairs[t] is not None}))
+
+
+def _order_guesses(pairs: dict, overrides: dict, owned: dict) -> list[str]:
+    """Pairs made by call order alone whose torch layer has an equal-shape sibling (same parent, same
+    tensor shapes) also paired by call order: if the port calls them in another order they pair wrongly,
+    and only names or a weight_map can tell. Said, not hidden."""
+    def shapes(t):
+        return tuple(sorted((k, tuple(v.shape)) for k, v in owned[t].items()))
+
+    by_order = [t for t, f in pairs.items() if f is not None and t not in overrides and _name_key(t) != _name_key(f)]
+    out = []
+    for t in by_order:
+        siblings = [s for s in by_order if s != t and s.rpartition(".")[0] == t.rpartition(".")[0]
+                    and shapes(s) == shapes(t)]
+        if siblings:
+            out.append(f"{t} paired with {pairs[t]} by call order; equal-shape sibling(s) {', '.join(siblings)}: "
+                       "if the port calls them in another order, pass weight_map={torch: flax} for them")
+    return out
 
 
 def _frozen(module) -> bool:

@@ -20,11 +20,12 @@ class ParityReport:
     trajectories: dict  # (framework, dtype) -> runners.Trajectory
     diagnosis: dict | None = None  # {"trap", "sentence"} for the first failure with a known signature
     layers: list = dataclasses.field(default_factory=list)  # the torch layers mapped, in call order
+    mapping_notes: list = dataclasses.field(default_factory=list)  # what the mapping could not pair, or guessed
 
     def to_dict(self) -> dict:
         first = self.checks[0]["dtype"]
         return {"passed": self.passed, "config": self.config, "checks": self.checks, "verdict": self.verdict,
-                "diagnosis": self.diagnosis, "layers": self.layers,
+                "diagnosis": self.diagnosis, "layers": self.layers, "mapping_notes": self.mapping_notes,
                 "jax": self.trajectories[("jax", first)].record, "torch": self.trajectories[("torch", first)].record}
 
     def __str__(self) -> str:
@@ -74,6 +75,8 @@ def format_report(report: ParityReport) -> str:
     if report.diagnosis:
         lines.append(f"DIAGNOSIS ({report.diagnosis['trap']}): {report.diagnosis['sentence']}")
     lines.append("")
+    for note in report.mapping_notes:
+        lines.append(f"MAPPING: {note}")
     lines.append("PARITY " + ("PASSED" if report.passed else "FAILED"))
     return "\n".join(lines)
 
