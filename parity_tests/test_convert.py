@@ -91,7 +91,10 @@ def _torch_outputs(model, x, dtype):
         return model(t if not t.is_floating_point() else t.to(dtype)).double().numpy()
 
 
-@pytest.mark.parametrize("name", sorted(CASES))
+QUICK = ("cnn_batchnorm_linen", "lstm_linen", "multihead_attention_nnx", "tied_embedding_lm_nnx")  # the rest: corpus
+
+
+@pytest.mark.parametrize("name", [n if n in QUICK else pytest.param(n, marks=pytest.mark.corpus) for n in sorted(CASES)])
 def test_torch_to_flax_gives_torchs_outputs_and_flax_to_torch_restores_every_tensor(name):
     jax.config.update("jax_enable_x64", True)
     torch_model, flax_model, x, flax_input = CASES[name]()

@@ -57,6 +57,7 @@ def test_sequence_targets_with_linen_port():
 # --------------------------------------------------------------------------- attention and recurrent layers
 
 
+@pytest.mark.corpus  # the corpus' real_* case trains the same pair; the suite's 20-minute budget
 def test_multihead_attention_rule_trains_alike():
     ids, _, y = tokens(3)
     report = check_port(TorchAttention(), NnxAttention(), train=(ids, y), test=(ids[:32], y[:32]), **SHORT)
@@ -64,6 +65,7 @@ def test_multihead_attention_rule_trains_alike():
     assert report.layers == ["embed", "attn", "norm", "head"]
 
 
+@pytest.mark.corpus  # the corpus' real_* case trains the same pair; the suite's 20-minute budget
 def test_lstm_port_keeping_torch_tensors_trains_alike():
     ids, _, y = tokens(4)
     report = check_port(TorchLSTM(), LinenLSTM(), train=(ids, y), test=(ids[:32], y[:32]), **SHORT)
