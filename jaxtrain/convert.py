@@ -28,12 +28,14 @@ def torch_to_flax(torch_model_or_state_dict, flax_model, example_inputs, *, torc
     `dtype`: cast the floating variables (default: the torch tensors' own)."""
     from flax import nnx
 
+    from jaxtrain.flax_model import cast_floats
+
     model, state = _torch_side(torch_model_or_state_dict, torch_model)
     pairing = _pair(model, flax_model, example_inputs, flax_input, weight_map)
     weights = {k: v.detach().cpu().numpy() for k, v in state.items()}
     params, buffers = pairing.mapping.to_flax(pairing.flax, weights)
     if dtype is not None:
-        params, buffers = (_cast(t, dtype) for t in (params, buffers))
+        params, buffers = (cast_floats(t, dtype) for t in (params, buffers))
     if pairing.flax.kind == "linen":
         return {"params": params, **buffers}
     nnx.update(flax_model, params, buffers)
@@ -120,14 +122,6 @@ def _pair(torch_model, flax_model, example_inputs, flax_input, weight_map):
         if "padding_idx" not in note:
             warnings.warn(f"{layer}: {note}", UserWarning, stacklevel=3)
     return pairing
-
-
-def _cast(tree, dtype):
-    import jax
-    import jax.numpy as jnp
-
-    return jax.tree.map(lambda a: jnp.asarray(a, dtype) if jnp.issubdtype(jnp.asarray(a).dtype, jnp.floating)
-                        else a, tree)
 
 
 # --------------------------------------------------------------------------- files (the CLI's)
