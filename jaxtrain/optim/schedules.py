@@ -1,0 +1,163 @@
+"""Learning-rate schedules: the ones a Config names, torch schedulers read off, and ReduceLROnPlateau.
+
+Three ways a torch scheduler becomes a schedule of the optax update count:
+
+- `lr_schedule(config, steps_per_epoch)`: the schedulers `jaxtrain train` names, in closed form
+  (the trainer does not import torch).
+- `tabulate(optimizer, scheduler, ...)`: any torch scheduler a user built (LambdaLR with their own
+  function, SequentialLR, ChainedScheduler, OneCycleLR with momentum cycling, ...) is stepped on a
+  copy, never on the user's object, and every group's lr (and momentum or beta1, where the
+  scheduler cycles them) is recorded after each step. The schedule looks the value up by update
+  count: count // steps_per_epoch per epoch, count per batch. Exact by construction, quirks
+  included, since torch's own code computes every value.
+- `plateau(scheduler, group)`: ReduceLROnPlateau depends on a metric, so it cannot be tabulated; its
+  lr is held in the optimizer state and `plateau_step(opt_state, metric)` moves it as
+  `scheduler.step(metric)` does, once per epoch, after the loop has the epoch's metric.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import warnings
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from flax import struct
+
+from jaxtrain.optim.rules import Held
+
+# --------------------------------------------------------------------------- the Config's schedulers
+
+
+def lr_schedule(config, steps_per_epoch: int) -> optax.Schedule:
+    """A torch scheduler stepped once per epoch, as a function of the update count.
+
+    torch's lr during epoch e (0-based) is f(e); optax evaluates a schedule at the
+    0-based count of updates so far, so the epoch is count // steps_per_epoch.
+    """
+    lr, gamma, spe = config.lr, config.gamma, steps_per_epoch
+    if config.scheduler == "none":
+        return optax.constant_schedule(lr)
+    # (optax.exponential_decay computes in float32 even under x64, so the staircases are written out)
+    if config.scheduler == "step":  # StepLR(step_size, gamma)
+        return lambda count: lr * gamma ** (count // (config.step_size * spe))
+    if config.scheduler == "multistep":  # MultiStepLR(milestones, gamma)
+        # a milestone listed k times multiplies by gamma**k, as torch's Counter of milestones does
+        counts = {m: config.milestones.count(m) for m in config.milestones}
+        return optax.piecewise_constant_schedule(lr, {m * spe: gamma ** k for m, k in counts.items()})
+    if config.scheduler == "exponential":  # ExponentialLR(gamma)
+        return lambda count: lr * gamma ** (count // spe)
+    if config.scheduler == "cosine":  # CosineAnnealingLR(T_max, eta_min): periodic past T_max, unlike optax's
+        t_max, eta_min = config.t_max, config.eta_min
+
+        def cosine(count):
+            epoch = count // spe
+            return eta_min + (lr - eta_min) * (1 + jnp.cos(math.pi * epoch / t_max)) / 2
+
+        return cosine
+    raise ValueError(f"unknown scheduler {config.scheduler!r}")
+
+
+# --------------------------------------------------------------------------- any torch scheduler
+
+SCHEDULED = ("lr", "momentum", "betas")  # what torch's schedulers write into a param group
+
+
+def tabulate(optimizer, scheduler, scheduler_steps: int) -> list[dict]:
+    """For each param group, {hyperparameter: values after 0, 1, ..., scheduler_steps steps} of the
+    ones that change; the user's optimizer and scheduler are copied, not stepped."""
+    params = [p for g in optimizer.param_groups for p in g["params"]]
+    memo = {id(p): p.new_empty(0) for p in params}  # the copy needs no parameter values
+    opt, sched = copy.deepcopy((optimizer, scheduler), memo)
+    rows = []
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # "scheduler.step() before optimizer.step()": nothing is trained here
+        for k in range(scheduler_steps + 1):
+            if k:
+                sched.step()
+            rows.append([{key: _read(g[key]) for key in SCHEDULED if key in g} for g in opt.param_groups])
+    tables = []
+    for i in range(len(opt.param_groups)):
+        values = {key: np.array([row[i][key] for row in rows], np.float64) for key in rows[0][i]}
+        tables.append({key: v for key, v in values.items() if not np.all(v == v[0])})
+    return tables
+
+
+def _read(value):
+    return [float(v) for v in value] if isinstance(value, (tuple, list)) else float(value)
+
+
+def lookup(values: np.ndarray, per: int):
+    """count -> values[count // per], holding the last value past the table's end."""
+    last = len(values) - 1
+
+    def schedule(count):
+        return jnp.asarray(values)[jnp.minimum(count // per, last)]
+
+    return schedule
+
+
+# --------------------------------------------------------------------------- ReduceLROnPlateau
+
+
+@struct.dataclass
+class PlateauState:
+    lr: jax.Array
+    best: jax.Array
+    num_bad_epochs: jax.Array
+    cooldown_counter: jax.Array
+    min_lr: jax.Array
+    # the scheduler's settings, static, kept with the state so that plateau_step needs nothing else
+    factor: float = struct.field(pytree_node=False)
+    patience: int = struct.field(pytree_node=False)
+    threshold: float = struct.field(pytree_node=False)
+    cooldown: int = struct.field(pytree_node=False)
+    eps: float = struct.field(pytree_node=False)
+    mode_max: bool = struct.field(pytree_node=False)
+    rel: bool = struct.field(pytree_node=False)
+
+
+def plateau(scheduler, group: int) -> Held:
+    """group's lr as ReduceLROnPlateau moves it, held in the optimizer state."""
+    s, lr = scheduler, float(scheduler.optimizer.param_groups[group]["lr"])
+    scalar = lambda x: jnp.asarray(x, jnp.result_type(float))  # noqa: E731
+
+    def init():
+        return PlateauState(scalar(lr), scalar(s.best), jnp.asarray(s.num_bad_epochs), jnp.asarray(s.cooldown_counter),
+                            scalar(s.min_lrs[group]), s.factor, s.patience, s.threshold, s.cooldown, s.eps,
+                            s.mode == "max", s.threshold_mode == "rel")
+
+    return Held(init, lambda state: state.lr)
+
+
+def _plateau_step(s: PlateauState, metric) -> PlateauState:
+    """ReduceLROnPlateau.step(metric), for one group."""
+    a = jnp.asarray(metric, s.best.dtype)
+    if s.mode_max:
+        better = a > (s.best * (s.threshold + 1.0) if s.rel else s.best + s.threshold)
+    else:
+        better = a < (s.best * (1.0 - s.threshold) if s.rel else s.best - s.threshold)
+    best = jnp.where(better, a, s.best)
+    bad = jnp.where(better, 0, s.num_bad_epochs + 1)
+    cooling = s.cooldown_counter > 0
+    cooldown_counter = jnp.where(cooling, s.cooldown_counter - 1, s.cooldown_counter)
+    bad = jnp.where(cooling, 0, bad)
+    reduce = bad > s.patience
+    new_lr = jnp.maximum(s.lr * s.factor, s.min_lr)
+    lr = jnp.where(reduce & (s.lr - new_lr > s.eps), new_lr, s.lr)
+    return s.replace(lr=lr, best=best, num_bad_epochs=jnp.where(reduce, 0, bad),
+                      cooldown_counter=jnp.where(reduce, s.cooldown, cooldown_counter))
+
+
+def plateau_step(opt_state, metric):
+    """The optimizer state after `scheduler.step(metric)` of every ReduceLROnPlateau in it (once per
+    epoch, with the metric the torch loop passes, e.g. the epoch's test loss). Without one: unchanged."""
+    is_plateau = lambda x: isinstance(x, PlateauState)  # noqa: E731
+    return jax.tree.map(lambda x: _plateau_step(x, metric) if is_plateau(x) else x, opt_state, is_leaf=is_plateau)
+
+
+def has_plateau(opt_state) -> bool:
+    is_plateau = lambda x: isinstance(x, PlateauState)  # noqa: E731
+    return any(is_plateau(x) for x in jax.tree.leaves(opt_state, is_leaf=is_plateau))
