@@ -6,7 +6,9 @@ same samples in the same order as JAX.
 
 from __future__ import annotations
 
+import dataclasses
 import time
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -103,30 +105,62 @@ def to_device(X):
     return inputs_lib.map_leaves(lambda t: t.to(device()), X)
 
 
-def train_step(model, loss_fn, optimizer, X, y, capture=None, parallel=ONE_PROCESS, global_rows=None):
+@dataclasses.dataclass(frozen=True)
+class Loop:
+    """What a user's loop does besides zero_grad -> backward -> step, in their order: the loss of
+    each of `accumulate` micro-batches divided by `accumulate` and backpropagated, then
+    `torch_step(model, optimizer)` (clipping, gradient surgery), optimizer.step(), zero_grad(), and
+    `scheduler.step()` when the schedule is stepped per batch."""
+
+    accumulate: int = 1
+    torch_step: Callable | None = None
+    scheduler: Any = None
+
+
+PLAIN = Loop()
+
+
+def train_step(model, loss_fn, optimizer, X, y, capture=None, parallel=ONE_PROCESS, global_rows=None,
+               loop=PLAIN, step=True):
     """The body of the tutorial's train_loop; returns the global batch's loss. `capture` (a dict)
-    receives the logits, gradients and parameter updates, for the parity harness. Under DDP,
-    X is this rank's block of a global batch of `global_rows`."""
+    receives the logits, gradients (this batch's, before `loop.torch_step`) and parameter updates,
+    for the parity harness. Under DDP, X is this rank's block of a global batch of `global_rows`.
+    `step`: whether this batch ends an accumulation (always, without one)."""
     before = {n: p.detach().clone() for n, p in model.named_parameters()} if capture is not None else None
+    accumulated = {}
+    if capture is not None and loop.accumulate > 1:  # set aside earlier micro-batches' sum to see this one's
+        for n, p in model.named_parameters():
+            if p.grad is not None:
+                accumulated[n], p.grad = p.grad, None
     # Compute prediction and loss
     pred = model(X)
     loss = loss_fn(pred, y)
     loss = parallel.loss_share(loss, loss_fn, len(y), global_rows or len(y))  # DDP: this rank's share
 
     # Backpropagation
-    parallel.backward(loss)
+    parallel.backward(loss / loop.accumulate if loop.accumulate > 1 else loss)
     if capture is not None:
         capture["logits"] = pred.detach().clone()
-        capture["grads"] = {n: p.grad.detach().clone() for n, p in model.named_parameters() if p.grad is not None}
-    optimizer.step()
-    optimizer.zero_grad()
+        capture["grads"] = {n: p.grad.detach() * loop.accumulate for n, p in model.named_parameters()
+                            if p.grad is not None}
+        for n, p in model.named_parameters():  # then the sum, as autograd would have made it
+            if n in accumulated:
+                p.grad = accumulated[n] + p.grad if p.grad is not None else accumulated[n]
+    if step:
+        if loop.torch_step is not None:
+            loop.torch_step(model, optimizer)
+        optimizer.step()
+        optimizer.zero_grad()
+        if loop.scheduler is not None:
+            loop.scheduler.step()
     if capture is not None:
         capture["updates"] = {n: p.detach() - before[n] for n, p in model.named_parameters()}
     return parallel.sum(loss.detach())
 
 
-def train_loop(dataloader, model, loss_fn, optimizer, report=None, parallel=ONE_PROCESS):
-    """One epoch; returns every step's loss. `report(loss, current, size)` every 100 batches."""
+def train_loop(dataloader, model, loss_fn, optimizer, report=None, parallel=ONE_PROCESS, loop=PLAIN):
+    """One epoch; returns every batch's loss. `report(loss, current, size)` every 100 batches.
+    `loop`: the user's accumulation, gradient code and per-batch scheduler (see Loop)."""
     size, batch_size = len(dataloader.dataset), dataloader.batch_sampler.batch_size
     # Set the model to training mode - important for batch normalization and dropout layers
     model.train()
@@ -134,7 +168,8 @@ def train_loop(dataloader, model, loss_fn, optimizer, report=None, parallel=ONE_
     for batch, (X, y) in enumerate(dataloader):
         X, y = to_device(X), y.to(device())
         global_rows = min(batch_size, size - batch * batch_size)  # len(X) on one process
-        loss = train_step(model, loss_fn, optimizer, X, y, parallel=parallel, global_rows=global_rows)
+        loss = train_step(model, loss_fn, optimizer, X, y, parallel=parallel, global_rows=global_rows, loop=loop,
+                          step=(batch + 1) % loop.accumulate == 0)
         losses.append(loss)
         if batch % 100 == 0 and report is not None:
             loss, current = loss.item(), batch * batch_size + global_rows

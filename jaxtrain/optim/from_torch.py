@@ -77,9 +77,30 @@ def _schedules(optimizer, scheduler, interval, steps_per_epoch, steps) -> list[d
     return [{key: schedules.lookup(values, per) for key, values in table.items()} for table in tables]
 
 
+class TorchTwin(optax.GradientTransformation):
+    """What `from_torch` returns: an optax transformation over `{torch name: array}` that keeps its
+    parts, so that `retarget` can carry it onto another tree of the same tensors (a Flax port's)."""
+
+    rule: str
+    parts: dict
+
+
+def _assemble(transforms: dict, labels, no_grad, clips: list) -> optax.GradientTransformation:
+    chain = [optax.masked(optax.set_to_zero(), no_grad)] if no_grad is not None else []
+    return optax.chain(*chain, *clips, optax.multi_transform(transforms, labels))
+
+
+def retarget(twin: TorchTwin, relabel) -> optax.GradientTransformation:
+    """`twin` acting on another tree: `relabel({torch name: value})` gives a function of that tree's
+    params -> the same tree with each leaf's value (its torch tensor's)."""
+    p = twin.parts
+    no_grad = relabel(p["no_grad"]) if any(p["no_grad"].values()) else None
+    return _assemble(p["transforms"], relabel(p["labels"]), no_grad, p["clips"])
+
+
 def from_torch(optimizer, scheduler=None, *, model, interval: str = "epoch", steps_per_epoch: int | None = None,
                steps: int | None = None, clip_grad_norm: float | None = None, norm_type: float = 2.0,
-               clip_grad_value: float | None = None) -> optax.GradientTransformation:
+               clip_grad_value: float | None = None) -> TorchTwin:
     """The optax transformation that does what `optimizer` (and `scheduler`) do to `model`'s parameters.
 
     It acts on `{name: array}` keyed by `model.named_parameters()`; parameters in no param group are
@@ -107,9 +128,12 @@ def from_torch(optimizer, scheduler=None, *, model, interval: str = "epoch", ste
             labels[names[id(p)]] = f"group {i}"
         transforms[f"group {i}"] = rules.transform(name, **{**_group_hyper(optimizer, group), **scheduled})
     no_grad = {n: not p.requires_grad for n, p in model.named_parameters()}
-    chain = [optax.masked(optax.set_to_zero(), no_grad)] if any(no_grad.values()) else []
+    clips = []
     if clip_grad_norm is not None:
-        chain.append(clip.clip_grad_norm(clip_grad_norm, norm_type))
+        clips.append(clip.clip_grad_norm(clip_grad_norm, norm_type))
     if clip_grad_value is not None:
-        chain.append(clip.clip_grad_value(clip_grad_value))
-    return optax.chain(*chain, optax.multi_transform(transforms, labels))
+        clips.append(clip.clip_grad_value(clip_grad_value))
+    tx = _assemble(transforms, labels, no_grad if any(no_grad.values()) else None, clips)
+    twin = TorchTwin(tx.init, tx.update)
+    twin.rule, twin.parts = name, {"transforms": transforms, "labels": labels, "no_grad": no_grad, "clips": clips}
+    return twin

@@ -16,6 +16,7 @@ from jaxtrain import data as data_lib
 from jaxtrain import inputs as inputs_lib
 from jaxtrain.errors import ConfigError, PortMappingError
 from jaxtrain.parity import criteria
+from jaxtrain.parity import optimizers as optimizers_lib
 from jaxtrain.parity.diagnose import diagnose
 from jaxtrain.parity.localise import (JAX32, JAX64, ROUNDING32, ROUNDING64, TORCH32, TORCH64, localise_math,
                                       step1_precision)
@@ -37,7 +38,8 @@ def check_port(torch_model, flax_model, train, test=None, loss="cross_entropy", 
                optimizer="sgd", optimizer_kwargs=None, scheduler=None, scheduler_kwargs=None, batch_size=64,
                steps=None, epochs=1, shuffle=False, seed=0, dtypes=("float32", "float64"), flax_input=None,
                weight_map=None, torch_kwargs=None, flax_kwargs=None, torch_output=None,
-               flax_output=None) -> ParityReport:
+               flax_output=None, scheduler_interval="epoch", torch_step=None, accumulate=1, clip_grad_norm=None,
+               norm_type=2.0, clip_grad_value=None) -> ParityReport:
     """Train `torch_model` (a torch.nn.Module) and `flax_model` (its port: a flax.nnx.Module, or a
     flax.linen.Module the harness initialises) from the same weights on the same batches, in float32
     and float64, and judge them: the report's `passed`, `checks` (stage/layer/tensor in torch's
@@ -47,11 +49,18 @@ def check_port(torch_model, flax_model, train, test=None, loss="cross_entropy", 
     model's positional arguments: `model(ids, mask)`) or a dict (its keyword arguments:
     `model(input_ids=..., attention_mask=...)`); float arrays run in each dtype, integer ones (token
     ids, masks) stay integers. Targets: class labels (N,) or (N, T) for sequences, or float
-    regression targets. `test=None` skips the evaluation. `loss`: "cross_entropy" | "nll" | "mse" or a (torch_fn, jax_fn) pair. `optimizer`: a
-    torch.optim name with torch's keyword arguments (mapped through jaxtrain.optim), or a pair
-    (params -> torch optimizer, optax transformation). `scheduler`: jaxtrain's scheduler names,
-    stepped per epoch. `steps`: optimizer steps to run (over as many epochs as that takes), else
-    `epochs` full epochs. `flax_input`: "same", "nhwc" or a callable applied to input arrays
+    regression targets. `test=None` skips the evaluation. `loss`: "cross_entropy" | "nll" | "mse" or a
+    (torch_fn, jax_fn) pair. `optimizer`: a torch.optim name with torch's keyword arguments (and
+    `scheduler`, one of jaxtrain's names, with `scheduler_kwargs`); a factory `params -> optimizer` or
+    `-> (optimizer, scheduler)` whose JAX twin is `jaxtrain.optim.from_torch`; or a pair (factory,
+    optax transformation). `scheduler_interval`: "epoch" or "step" (scheduler.step() after every
+    batch). The loop: `accumulate` batches per optimizer step (loss / accumulate each, as torch users
+    write it; optax.MultiSteps on the JAX side), `torch_step(model, optimizer)` run after backward()
+    and before step() (the JAX side must do the same in its tx), `clip_grad_norm`/`norm_type`/
+    `clip_grad_value`: clip_grad_norm_/clip_grad_value_ in torch's loop and their twins in front of a
+    JAX side jaxtrain builds (a tx of your own clips itself). A ReduceLROnPlateau steps on each
+    epoch's test loss (the train split's without `test`). `steps`: batches to run (over as many
+    epochs as that takes), else `epochs` full epochs. `flax_input`: "same", "nhwc" or a callable applied to input arrays
     before the Flax model. `weight_map`: see `jaxtrain.parity.mapping.build_mapping`.
     `torch_kwargs`/`flax_kwargs`: constant keyword arguments of every call (`return_dict=True`).
     `torch_output`/`flax_output`: callables picking the prediction from what each model returns;
@@ -63,7 +72,14 @@ def check_port(torch_model, flax_model, train, test=None, loss="cross_entropy", 
     train_split, test_split = _split(train, "train"), None if test is None else _split(test, "test")
     config = _config(loss, mse_reduction, optimizer, optimizer_kwargs, scheduler, scheduler_kwargs, batch_size,
                      steps, epochs, shuffle, seed, len(train_split))
-    port = build_port(torch_model, flax_model, train_split, test_split, config, loss, optimizer, flax_input,
+    optimizers = optimizers_lib.build(optimizer, scheduler_interval, accumulate, torch_step,
+                                      {"clip_grad_norm": clip_grad_norm, "clip_grad_value": clip_grad_value},
+                                      norm_type)
+    if -(-len(train_split) // batch_size) % accumulate:
+        raise ConfigError(f"accumulate={accumulate} must divide the {-(-len(train_split) // batch_size)} batches of "
+                          "an epoch (or an epoch would end mid-accumulation)")
+    optimizers.probe(config, torch_model)
+    port = build_port(torch_model, flax_model, train_split, test_split, config, loss, optimizers, flax_input,
                       weight_map, Calls(torch_kwargs, flax_kwargs, torch_output, flax_output))
     return judge(port, config, tuple(dtypes), steps)
 
@@ -131,8 +147,8 @@ def _config(loss, mse_reduction, optimizer, optimizer_kwargs, scheduler, schedul
         raise ConfigError("optimizer_kwargs go with an optimizer name; a (torch, optax) pair carries its own")
     if scheduler not in (None, "none"):
         if not isinstance(optimizer, str):
-            raise ConfigError("a scheduler needs a named optimizer; put the schedule in your optax transformation "
-                              "and torch optimizer pair yourself")
+            raise ConfigError("scheduler= names go with an optimizer name; an optimizer factory returns its own "
+                              "(optimizer, scheduler) pair")
         values["scheduler"] = scheduler
         values.update({SCHEDULER_ARGS.get(k, k): (tuple(v) if isinstance(v, list) else v)
                        for k, v in (scheduler_kwargs or {}).items()})
@@ -153,19 +169,6 @@ def _losses(loss, config):
             raise ConfigError(str(e)) from None
     torch_loss, jax_loss = loss
     return torch_loss, jax_loss
-
-
-def _optimizers(optimizer):
-    """(make_torch_optimizer(config, params), make_torch_scheduler(config, opt), make_tx(config, steps))."""
-    from torchref.optim import make_scheduler
-
-    if isinstance(optimizer, str):
-        from jaxtrain.optim import make_optimizer
-        from torchref.optim import make_optimizer as make_torch_optimizer
-
-        return make_torch_optimizer, make_scheduler, make_optimizer
-    torch_factory, tx = optimizer
-    return (lambda config, params: torch_factory(params)), (lambda config, opt: None), (lambda config, steps: tx)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -310,7 +313,7 @@ def pair_models(torch_model, flax_model, example_inputs, flax_input=None, weight
     return Pairing(flax, mapping, channels_last, eval_calls, train_calls, torch_outputs, to_flax)
 
 
-def build_port(torch_model, flax_model, train, test, config, loss, optimizer, flax_input, weight_map,
+def build_port(torch_model, flax_model, train, test, config, loss, optimizers, flax_input, weight_map,
                calls: Calls = Calls()) -> Port:
     """Everything both sides need: the mapping, losses, optimizers, dropout calls, layouts."""
     import torch
@@ -334,13 +337,11 @@ def build_port(torch_model, flax_model, train, test, config, loss, optimizer, fl
     dropout = [DropoutCall(p, c.dropout_rate, shape, _is_channels_last(c.in_shape, (2, *shape)))
                for (p, shape), c in zip(dropout_log, flax_dropout)]
     torch_loss, jax_loss = _losses(loss, config)
-    make_torch_optimizer, make_torch_scheduler, make_tx = _optimizers(optimizer)
     data_lib.check_training_batches(len(train), config.batch_size, any(
         isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in torch_model.modules()))
     weights = port_weights(torch_model)
     jax_split = lambda s: None if s is None else data_lib.Split(pairing.to_flax(s.images), s.labels)  # noqa: E731
-    return Port(torch_model, weights, pairing.flax, pairing.mapping, torch_loss, jax_loss, make_torch_optimizer,
-                make_torch_scheduler, make_tx, train, test, jax_split(train), jax_split(test), dropout,
+    return Port(torch_model, weights, pairing.flax, pairing.mapping, torch_loss, jax_loss, optimizers, train, test, jax_split(train), jax_split(test), dropout,
                 pairing.channels_last, pairing.train_calls, pairing.eval_calls, dict(calls.torch_kwargs or {}),
                 calls.torch_output)
 

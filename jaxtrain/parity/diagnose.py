@@ -73,7 +73,7 @@ def diagnose(finding: dict | None, port, config) -> dict | None:
     if stage == "buffers" and evidence is not None:
         return _buffers(finding, port, evidence)
     if stage == "updates" and evidence is not None:
-        return _updates(finding, _learning_rate(port, config), evidence)
+        return _updates(finding, _learning_rate(port, config), evidence, port.optimizers)
     if stage == "loss":
         return {"trap": "loss function",
                 "sentence": "the loss differs while the model output agrees: the loss is computed differently "
@@ -474,26 +474,90 @@ def _elements_per_channel(evidence, layer) -> int | None:
 
 def _learning_rate(port, config) -> float:
     """The torch optimizer's learning rate at step 1 (the user's own pair carries it, not the config)."""
-    import torch
+    import copy
 
-    probe = torch.zeros(1, requires_grad=True)
-    return float(port.make_torch_optimizer(config, [probe]).param_groups[0]["lr"])
+    return float(port.optimizers.make_torch(config, copy.deepcopy(port.torch_model))[0].param_groups[0]["lr"])
 
 
-def _updates(finding: dict, lr: float, evidence) -> dict:
+def _updates(finding: dict, lr: float, evidence, optimizers=None) -> dict:
+    """An update that differs while the gradients agree: the first of the update diagnoses that the
+    evidence (every tensor's update and gradient at the failing step) bears out, else the optimizer."""
+    for diagnosis in (_update_scale, _decay):
+        found = diagnosis(finding, lr, evidence, optimizers)
+        if found is not None:
+            return found
+    return {"trap": "optimizer",
+            "sentence": f"the update of {finding['tensor']} differs while its gradient agrees: the optimizer differs "
+                        "(its hyperparameters and defaults: eps and where it enters, momentum/nesterov, bias "
+                        "correction, when the schedule steps)."}
+
+
+def _factor(a, b) -> tuple[float, float]:
+    """(c, residual): a ~ c * b by least squares, and how much of a that leaves unexplained."""
+    c = float(a @ b / max(b @ b, 1e-300))
+    return c, float(np.linalg.norm(a - c * b) / max(np.linalg.norm(a), 1e-300))
+
+
+def _update_scale(finding: dict, lr: float, evidence, optimizers) -> dict | None:
+    """Every tensor's update is torch's times a factor: one factor for all (the lr, a global clip, a
+    sum for a mean) or one per tensor (clipping tensor by tensor)."""
+    factors, torch_updates = {}, evidence["torch"]["updates"]
+    rms = {name: float(np.sqrt(np.mean(np.square(u)))) if np.size(u) else 0.0 for name, u in torch_updates.items()}
+    for name, tu in torch_updates.items():
+        ju, tu = np.asarray(evidence["jax"]["updates"].get(name, np.nan)).ravel(), np.asarray(tu).ravel()
+        if ju.shape != tu.shape or rms[name] <= 1e-6 * max(rms.values()):
+            continue  # no update to compare (a conv bias before a BatchNorm gets only rounding noise)
+        c, residual = _factor(ju, tu)
+        if residual > 1e-6:
+            return None
+        factors[name] = c
+    if not factors or all(abs(c - 1) < 1e-6 for c in factors.values()):
+        return None
+    values = np.array(list(factors.values()))
+    step, n = finding["step"], getattr(optimizers, "accumulate", 1)
+    clipped = bool(getattr(optimizers, "clip", None) or getattr(optimizers, "torch_step", None))
+    if values.max() - values.min() > 1e-6 * np.abs(values).max():
+        return {"trap": "per-tensor vs global norm clipping",
+                "sentence": f"at step {step} each tensor's update is torch's times a factor of its own "
+                            f"({values.min():.3g} to {values.max():.3g}): the gradients are clipped tensor by tensor "
+                            "(a per-parameter norm, optax.clip_by_block_rms) where torch's clip_grad_norm_ scales "
+                            "them all by one factor from their global norm."}
+    c = float(values.mean())
+    if n > 1 and min(abs(c - n), abs(c - 1 / n)) < 1e-6 * n:
+        return {"trap": "accumulated sum instead of mean",
+                "sentence": f"at step {step}, an accumulation's last micro-batch, every update is {c:.4g} x torch's "
+                            f"with accumulate={n}: one side sums the {n} micro-batches' gradients where the other "
+                            "averages them (torch's loss / N per micro-batch; optax.MultiSteps takes the mean)."}
+    if clipped:
+        return {"trap": "gradient clipping",
+                "sentence": f"at step {step} every update is {c:.4g} x torch's, one factor for all tensors: the "
+                            "gradients are clipped on one side only or to another bound (torch's clip_grad_norm_ "
+                            "scales by max_norm / (norm + 1e-6) over all gradients; optax.clip_by_global_norm has "
+                            "no 1e-6)."}
+    return {"trap": "learning rate at this step",
+            "sentence": f"at step {step} every update is {c:.4g} x torch's, one factor for all tensors: the learning "
+                        "rate differs at this step (a schedule stepped per epoch instead of per batch, a warmup off "
+                        "by one step, or another lr)."}
+
+
+def _decay(finding: dict, lr: float, evidence, optimizers) -> dict | None:
+    """The difference is a multiple of the parameter itself: weight decay, where torch has other (or none)."""
     name = finding["tensor"]
     ju, tu = (np.asarray(evidence[k]["updates"][name]).ravel() for k in ("jax", "torch"))
     theta = np.asarray(evidence["torch"]["params"][name]).ravel() - tu  # the parameter before the step
-    diff = ju - tu
-    c = float(diff @ theta / max(theta @ theta, 1e-300))
-    residual = np.linalg.norm(diff - c * theta) / max(np.linalg.norm(diff), 1e-300)
-    if residual < 1e-3:
-        return {"trap": "weight-decay default",
-                "sentence": f"the step-{finding['step']} update of {name} differs from torch's by {c:.3g} x the "
-                            f"parameter itself: the port's weight decay is {-c / lr:+.3g} off torch's (lr {lr:g}), e.g. "
-                            "optax.adamw's default weight_decay=1e-4 against torch.optim.AdamW's 1e-2, or L2 "
-                            "added to the gradient where AdamW decays the weights."}
-    return {"trap": "optimizer",
-            "sentence": f"the update of {name} differs while its gradient agrees: the optimizer differs (its "
-                        "hyperparameters and defaults: eps and where it enters, momentum/nesterov, bias correction, "
-                        "when the schedule steps)."}
+    c, residual = _factor(ju - tu, theta)
+    if residual >= 1e-3:
+        return None
+    matrices_agree = all(_close(evidence["jax"]["updates"].get(n), t) for n, t in evidence["torch"]["updates"].items()
+                         if np.ndim(t) >= 2)
+    if np.ndim(evidence["torch"]["params"][name]) <= 1 and matrices_agree:
+        return {"trap": "decay on biases and norms",
+                "sentence": f"the step-{finding['step']} update of {name}, a bias or norm weight, differs from "
+                            f"torch's by {c:.3g} x the parameter itself: the port decays it ({-c / lr:+.3g} off "
+                            "torch's) where the torch optimizer's param groups give it another weight_decay (the "
+                            "common no-decay group of biases and norms; optax.masked / multi_transform)."}
+    return {"trap": "weight-decay default",
+            "sentence": f"the step-{finding['step']} update of {name} differs from torch's by {c:.3g} x the "
+                        f"parameter itself: the port's weight decay is {-c / lr:+.3g} off torch's (lr {lr:g}), e.g. "
+                        "optax.adamw's default weight_decay=1e-4 against torch.optim.AdamW's 1e-2, or L2 "
+                        "added to the gradient where AdamW decays the weights."}

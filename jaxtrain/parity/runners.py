@@ -51,9 +51,7 @@ class Port:
     mapping: Any  # jaxtrain.parity.mapping.Mapping
     torch_loss: Callable
     jax_loss: Callable
-    make_torch_optimizer: Callable  # (config, params) -> torch.optim.Optimizer
-    make_torch_scheduler: Callable  # (config, optimizer) -> scheduler or None
-    make_tx: Callable  # (config, steps_per_epoch) -> optax.GradientTransformation
+    optimizers: Any  # jaxtrain.parity.optimizers.Optimizers: both sides' optimizer and the loop around it
     train: data_lib.Split  # inputs in torch's layout
     test: data_lib.Split | None
     jax_train: data_lib.Split  # the same, through flax_input
@@ -117,6 +115,21 @@ def _layer_outputs(port: Port, calls: list, recorded: list, inputs: bool = False
     return out
 
 
+def jax_tx(port: Port, config, params):
+    """The JAX side's optax transformation for a run: the port's optimizer, counting optimizer steps,
+    behind optax.MultiSteps (its mean of the micro-batches' gradients) when batches accumulate."""
+    import optax
+
+    o = port.optimizers
+    batches = -(-len(port.train) // config.batch_size)
+    per_epoch = batches // o.accumulate
+    tx = o.make_tx(config, per_epoch, per_epoch * config.epochs, port.mapping, params, port.torch_model)
+    if o.accumulate == 1 or isinstance(getattr(tx.init, "__self__", None), optax.MultiSteps):
+        return tx  # no accumulation, or the user's own optax.MultiSteps
+    # MultiSteps sums in float32 unless told: the run's dtype, as torch's .grad accumulates
+    return optax.MultiSteps(tx, o.accumulate, accumulator_dtype=config.dtype).gradient_transformation()
+
+
 class JaxRunner:
     """jaxtrain's Trainer in one dtype, training the Flax port."""
 
@@ -131,9 +144,8 @@ class JaxRunner:
         train_lib.configure_jax(config.dtype)
         flax = port.flax.computing_in(config.dtype)  # float64 means float64, whatever a module fixed
         params, buffers = port.mapping.to_flax(flax, _cast(port.weights, config.dtype))
-        steps_per_epoch = -(-len(port.train) // config.batch_size)
-        state = train_lib.create_state(config, steps_per_epoch, model=flax, params=params, buffers=buffers,
-                                       tx=port.make_tx(config, steps_per_epoch), loss_fn=port.jax_loss)
+        state = train_lib.create_state(config, 1, model=flax, params=params, buffers=buffers,
+                                       tx=jax_tx(port, config, params), loss_fn=port.jax_loss)
         self.trainer = train_lib.Trainer(config, port.jax_train, port.jax_test or port.jax_train, state=state,
                                          precompile=False)
         self._capture = jax.jit(_capture_step)
@@ -158,7 +170,12 @@ class JaxRunner:
         return self.trainer.evaluate()
 
     def end_epoch(self) -> None:
-        """Nothing to do: the optax schedule follows the step count."""
+        """A ReduceLROnPlateau's step on the epoch's test loss; other schedules follow the step count."""
+        from jaxtrain.optim import has_plateau, plateau_step
+
+        state = self.trainer.state
+        if has_plateau(state.opt_state):
+            self.trainer.state = state.replace(opt_state=plateau_step(state.opt_state, self.evaluate()[0]))
 
     def buffers(self) -> dict:
         return self.port.mapping.to_torch(self.jax.device_get(self.trainer.state.buffers), buffers=True)
@@ -223,8 +240,8 @@ class TorchRunner:
         self.module = model.to(torch_train.device())
         self.model = TorchCall(self.module, port.torch_kwargs, port.torch_output)
         self.loss_fn = port.torch_loss
-        self.optimizer = port.make_torch_optimizer(config, self.model.parameters())
-        self.scheduler = port.make_torch_scheduler(config, self.optimizer)
+        self.optimizer, self.scheduler = port.optimizers.make_torch(config, self.module)
+        self.loop = port.optimizers.torch_loop(self.module, self.scheduler)
         self.train_loader = torch_train.make_dataloader(port.train, config, train=True, add_channel=False)
         self.test_loader = torch_train.make_dataloader(port.test or port.train, config, train=False, add_channel=False)
         self.step, self._masks, self._dropout_call = 0, (None, []), 0
@@ -281,13 +298,17 @@ class TorchRunner:
     def train_epoch(self, epoch: int, num_steps: int, first_step: int) -> np.ndarray:
         self.step = first_step
         self.train_loader.batch_sampler.set_epoch(epoch, num_steps)
-        return self.train_lib.train_loop(self.train_loader, self.model, self.loss_fn, self.optimizer)
+        return self.train_lib.train_loop(self.train_loader, self.model, self.loss_fn, self.optimizer, loop=self.loop)
 
     def evaluate(self) -> tuple[float, float]:
         return self.train_lib.test_loop(self.test_loader, self.model, self.loss_fn)
 
     def end_epoch(self) -> None:
-        if self.scheduler is not None:
+        if self.scheduler is None or self.loop.scheduler is not None:
+            return  # none, or stepped after every batch
+        if isinstance(self.scheduler, self.torch.optim.lr_scheduler.ReduceLROnPlateau):
+            self.scheduler.step(self.evaluate()[0])
+        else:
             self.scheduler.step()
 
     def buffers(self) -> dict:
@@ -304,7 +325,8 @@ class TorchRunner:
         out: dict = {}
         self._recording, self._inputs = {}, {}
         loss = self.train_lib.train_step(self.model, self.loss_fn, self.optimizer, self.train_lib.to_device(X),
-                                         y.to(device), capture=out)
+                                         y.to(device), capture=out, loop=self.loop,
+                                         step=(step + 1) % self.loop.accumulate == 0)
         layers, self._recording = self._recording, None
         as_np = lambda t: np.array(t.detach().cpu().double().numpy(), copy=True)  # noqa: E731  (not the live tensor)
         return {"layers": layers, "inputs": self._inputs, "forward": as_np(out["logits"]),
