@@ -21,6 +21,7 @@ schedule), or a `Held` value kept in the state (ReduceLROnPlateau's lr).
 
 from __future__ import annotations
 
+import math
 from typing import Any, Callable, NamedTuple
 
 import jax
@@ -202,6 +203,128 @@ def rmsprop(g, p, s, h):
         new["momentum_buffer"] = s["momentum_buffer"] * h["momentum"] + g / avg
         return -h["lr"] * new["momentum_buffer"], new
     return -h["lr"] * g / avg, new
+
+
+def _lerp(a, b, w):
+    """torch.lerp: a + w (b - a), or b - (b - a)(1 - w) when |w| >= 0.5, as torch computes it."""
+    if isinstance(w, jax.Array):
+        return jnp.where(jnp.abs(w) < 0.5, a + w * (b - a), b - (b - a) * (1 - w))
+    return a + w * (b - a) if abs(w) < 0.5 else b - (b - a) * (1 - w)
+
+
+@rule("Rprop", init=lambda p, h: {"prev": jnp.zeros_like(p), "step_size": jnp.full_like(p, h["lr"])})
+def rprop(g, p, s, h):
+    """step_size *= etaplus/etaminus/1 as sign(g * prev) is +/-/0, clamped; param -= sign(g) * step_size."""
+    etaminus, etaplus = h["etas"]
+    step_size_min, step_size_max = h["step_sizes"]
+    sign = jnp.sign(g * s["prev"])
+    factor = jnp.where(sign > 0, etaplus, sign)
+    factor = jnp.where(factor < 0, etaminus, factor)
+    factor = jnp.where(factor == 0, 1, factor)
+    step_size = jnp.clip(s["step_size"] * factor, step_size_min, step_size_max)
+    g = jnp.where(factor == etaminus, 0, g)  # after a sign change: no step, and no sign change next time
+    return -jnp.sign(g) * step_size, {"prev": g, "step_size": step_size}
+
+
+def _asgd_init(p, h):
+    # torch keeps eta, mu (and step) as float32 scalar tensors, whatever the parameter's dtype
+    return {"eta": jnp.asarray(h["lr"]).astype(jnp.float32), "mu": jnp.ones([], jnp.float32), "ax": jnp.zeros_like(p)}
+
+
+@rule("ASGD", init=_asgd_init)
+def asgd(g, p, s, h):
+    """param = param (1 - lambd eta) - eta g; ax averages param once t > t0; eta = lr / (1 + lambd lr t)^alpha."""
+    eta, t, lr, lambd = s["eta"].astype(jnp.result_type(float)), h["step"], h["lr"], h["lambd"]
+    g = _l2(g, p, h)
+    new_p = p * (1 - lambd * eta) + (-eta) * g
+    ax = jnp.where(s["mu"] != 1, s["ax"] + (new_p - s["ax"]) * s["mu"], new_p)
+    new_eta = jnp.asarray(lr / ((1 + lambd * lr * t) ** h["alpha"])).astype(jnp.float32)
+    new_mu = jnp.asarray(1 / jnp.maximum(1.0, t - h["t0"])).astype(jnp.float32)
+    return new_p - p, {"eta": new_eta, "mu": new_mu, "ax": ax}
+
+
+def _adafactor_init(p, h):
+    if p.ndim > 1:  # factored: row and column means of g^2 over the last two dims
+        *batch, rows, cols = p.shape
+        return {"row_var": jnp.zeros((*batch, rows, 1), p.dtype), "col_var": jnp.zeros((*batch, 1, cols), p.dtype)}
+    return {"variance": jnp.zeros_like(p)}
+
+
+def _rsqrt(x):
+    """torch's rsqrt, 1 / sqrt(x) rounded twice (XLA would fuse 1 / sqrt into its rsqrt, which rounds otherwise)."""
+    return 1 / jax.lax.optimization_barrier(jnp.sqrt(x))
+
+
+def _rms(x):
+    """torch's x.norm(2).item() / x.numel() ** 0.5."""
+    return jnp.sqrt(jnp.sum(x * x)).astype(jnp.result_type(float)) / x.size**0.5
+
+
+@rule("Adafactor", init=_adafactor_init)
+def adafactor(g, p, s, h):
+    """param -= max(eps2, rms(param)) min(lr, t^-1/2) u / max(1, rms(u) / d), u = g / sqrt(v); v factored if >= 2-D."""
+    eps1, eps2 = h["eps"]
+    eps1 = float(jnp.finfo(p.dtype).eps) if eps1 is None else eps1  # torch: finfo(param.dtype).eps
+    t, lr = h["step"], h["lr"]
+    w = t ** h["beta2_decay"]  # 1 - beta2_t
+    alpha = jnp.maximum(eps2, _rms(p)) * jnp.minimum(lr, 1 / t**0.5)
+    decay = -lr * h["weight_decay"] * p if h["weight_decay"] else 0.0
+    if p.ndim > 1:
+        row_mean = jnp.sqrt(jnp.sum(g * g, axis=-1, keepdims=True)) ** 2 / g.shape[-1]  # torch: norm, square_, div_
+        col_mean = jnp.sqrt(jnp.sum(g * g, axis=-2, keepdims=True)) ** 2 / g.shape[-2]
+        row_var, col_var = _lerp(s["row_var"], row_mean, w), _lerp(s["col_var"], col_mean, w)
+        new = {"row_var": row_var, "col_var": col_var}
+        var = (row_var @ col_var) / jnp.maximum(jnp.mean(row_var, axis=-2, keepdims=True), eps1)
+    else:
+        var = _lerp(s["variance"], g * g, w)
+        new = {"variance": var}
+    u = _rsqrt(jnp.maximum(var, eps1 * eps1)) * g
+    return decay - (alpha / jnp.maximum(1.0, _rms(u) / h["d"])) * u, new
+
+
+def _newton_schulz(x, coefficients, steps, eps):
+    """torch's Muon orthogonalisation, in bfloat16 as torch does on every device: x -> a x + (b A + c A^2) x, A = x x^T.
+
+    Each torch op rounds once to bfloat16 from float32 (CPU addmm: beta * C + alpha * A @ B accumulated in float32).
+    Bit-identical to torch on CPU while their float32 sums round alike (small matrices); on large ones torch's gemm
+    sums in its own order, so a bfloat16 rounding differs now and then: agreement to ~1e-2 of the update there.
+    """
+    bf16, f32 = jnp.bfloat16, jnp.float32
+    a, b, c = (jnp.asarray(v, f32) for v in coefficients)  # torch's addmm takes alpha and beta as float32 for bfloat16
+    x = x.astype(f32).astype(bf16)  # torch's .bfloat16() of a float64 tensor goes through float32
+    tall = x.shape[0] > x.shape[1]
+    x = x.T if tall else x
+    norm = jnp.sqrt(jnp.sum(jnp.square(x.astype(f32)))).astype(bf16)
+    x = (x.astype(f32) / jnp.maximum(norm.astype(f32), eps).astype(bf16).astype(f32)).astype(bf16)
+
+    def mm(u, v):
+        return jnp.matmul(u, v, preferred_element_type=f32)
+
+    for _ in range(steps):
+        gram = mm(x, x.T).astype(bf16)
+        update = (b * gram.astype(f32) + c * mm(gram, gram)).astype(bf16)
+        x = (a * x.astype(f32) + mm(update, x)).astype(bf16)
+    return x.T if tall else x
+
+
+@rule("Muon", init=_zeros("momentum_buffer"))
+def muon(g, p, s, h):
+    """buf = lerp(buf, g, 1 - mu); param *= 1 - lr wd; param -= adjusted lr * NS(nesterov ? lerp(g, buf, mu) : buf)."""
+    if p.ndim != 2:
+        raise ValueError(f"torch.optim.Muon updates 2-D parameters only, got shape {p.shape}")
+    momentum, lr = h["momentum"], h["lr"]
+    buf = _lerp(s["momentum_buffer"], g, 1 - momentum)
+    update = _lerp(g, buf, momentum) if h["nesterov"] else buf
+    update = _newton_schulz(update, h["ns_coefficients"], h["ns_steps"], h["eps"]).astype(p.dtype)
+    rows, cols = p.shape
+    if h["adjust_lr_fn"] in (None, "original"):
+        ratio = math.sqrt(max(1, rows / cols))
+    elif h["adjust_lr_fn"] == "match_rms_adamw":
+        ratio = 0.2 * math.sqrt(max(rows, cols))
+    else:
+        ratio = 1.0
+    decay = -lr * h["weight_decay"] * p if h["weight_decay"] else 0.0
+    return decay - (lr * ratio) * update, {"momentum_buffer": buf}
 
 
 # --------------------------------------------------------------------------- the optax wrapper
