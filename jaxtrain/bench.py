@@ -186,8 +186,7 @@ def _worker(conn, variant: str, config_json: dict, xla_flags: str | None) -> Non
     from jaxtrain import data as data_lib
     from jaxtrain.config import Config
 
-    config = Config(**{**config_json, "betas": tuple(config_json["betas"]),
-                       "milestones": tuple(config_json["milestones"])})
+    config = Config.from_json(config_json)
     train, test = data_lib.load_data(config)
     start = time.perf_counter()
     if variant.startswith("torch"):

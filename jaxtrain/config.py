@@ -14,8 +14,10 @@ import sys
 
 from jaxtrain.errors import ConfigError
 
-OPTIMIZERS = ("sgd", "adam", "adamw", "rmsprop", "adagrad")
-SCHEDULERS = ("none", "step", "multistep", "exponential", "cosine")
+OPTIMIZERS = ("sgd", "adam", "adamw", "rmsprop", "adagrad", "adamax", "nadam", "radam", "adadelta", "rprop", "asgd",
+              "adafactor")
+SCHEDULERS = ("none", "step", "multistep", "exponential", "cosine", "constant", "linear", "polynomial",
+              "cosine_restarts", "cyclic", "onecycle", "plateau")
 LOSSES = ("cross_entropy", "nll", "mse")
 MODELS = ("mlp", "mlp_bn_dropout")
 
@@ -26,12 +28,32 @@ OPTIMIZER_ARGS = {
     "adamw": ("lr", "betas", "eps", "weight_decay", "amsgrad"),
     "rmsprop": ("lr", "alpha", "eps", "weight_decay", "momentum", "centered"),
     "adagrad": ("lr", "lr_decay", "weight_decay", "initial_accumulator_value", "eps"),
+    "adamax": ("lr", "betas", "eps", "weight_decay"),
+    "nadam": ("lr", "betas", "eps", "weight_decay", "momentum_decay", "decoupled_weight_decay"),
+    "radam": ("lr", "betas", "eps", "weight_decay", "decoupled_weight_decay"),
+    "adadelta": ("lr", "rho", "eps", "weight_decay"),
+    "rprop": ("lr", "etas", "step_sizes"),
+    "asgd": ("lr", "lambd", "alpha", "t0", "weight_decay"),
+    "adafactor": ("lr", "beta2_decay", "eps", "d", "weight_decay"),
 }
+# each scheduler's arguments, jaxtrain's field names (torchref.optim spells them as torch does)
 SCHEDULER_ARGS = {"step": ("step_size", "gamma"), "multistep": ("milestones", "gamma"),
-                  "exponential": ("gamma",), "cosine": ("t_max", "eta_min")}
-# torch.optim's defaults where they depend on the optimizer.
-DEFAULT_EPS = {"sgd": 0.0, "adam": 1e-8, "adamw": 1e-8, "rmsprop": 1e-8, "adagrad": 1e-10}
+                  "exponential": ("gamma",), "cosine": ("t_max", "eta_min"),
+                  "constant": ("factor", "total_iters"), "linear": ("start_factor", "end_factor", "total_iters"),
+                  "polynomial": ("total_iters", "power"), "cosine_restarts": ("t_0", "t_mult", "eta_min"),
+                  "cyclic": ("base_lr", "max_lr", "step_size_up", "step_size_down", "cyclic_mode", "gamma",
+                             "cycle_momentum", "base_momentum", "max_momentum"),
+                  "onecycle": ("max_lr", "pct_start", "anneal_strategy", "cycle_momentum", "base_momentum",
+                               "max_momentum", "div_factor", "final_div_factor", "three_phase"),
+                  "plateau": ("factor", "patience", "threshold", "cooldown", "min_lr")}
+# torch.optim's defaults where they depend on the optimizer or scheduler.
+DEFAULT_EPS = {"sgd": 0.0, "adam": 1e-8, "adamw": 1e-8, "rmsprop": 1e-8, "adagrad": 1e-10, "adamax": 1e-8,
+               "nadam": 1e-8, "radam": 1e-8, "adadelta": 1e-6, "rprop": 0.0, "asgd": 0.0, "adafactor": 1e-3}
 DEFAULT_WEIGHT_DECAY = {"adamw": 1e-2}
+DEFAULT_ALPHA = {"asgd": 0.75}  # RMSprop's 0.99 otherwise
+DEFAULT_FACTOR = {"plateau": 0.1}  # ConstantLR's 1/3 otherwise
+DEFAULT_MOMENTA = {"cyclic": (0.8, 0.9)}  # OneCycleLR's (0.85, 0.95) otherwise
+NO_DECAY_KINDS = ("bias", "norm")
 
 
 @dataclasses.dataclass
@@ -61,13 +83,51 @@ class Config:
     amsgrad: bool = False
     lr_decay: float = 0.0
     initial_accumulator_value: float = 0.0
-    # scheduler, stepped once per epoch as in torch
+    rho: float = 0.9
+    momentum_decay: float = 4e-3
+    decoupled_weight_decay: bool = False
+    etas: tuple[float, float] = (0.5, 1.2)
+    step_sizes: tuple[float, float] = (1e-6, 50.0)
+    lambd: float = 1e-4
+    t0: float = 1e6
+    beta2_decay: float = -0.8
+    d: float = 1.0
+    # scheduler (torch.optim.lr_scheduler), stepped once per epoch or after every batch
     scheduler: str = "none"
+    scheduler_interval: str = "epoch"
     step_size: int = 1
     milestones: tuple[int, ...] = ()
     gamma: float = 0.1
     t_max: int = 0
     eta_min: float = 0.0
+    factor: float = 1 / 3
+    total_iters: int = 5
+    start_factor: float = 1 / 3
+    end_factor: float = 1.0
+    power: float = 1.0
+    t_0: int = 1
+    t_mult: int = 1
+    base_lr: float | None = None  # CyclicLR: default --lr
+    max_lr: float | None = None  # CyclicLR, OneCycleLR: default --lr
+    step_size_up: int = 2000
+    step_size_down: int | None = None
+    cyclic_mode: str = "triangular"
+    cycle_momentum: bool = True
+    base_momentum: float = 0.85
+    max_momentum: float = 0.95
+    pct_start: float = 0.3
+    anneal_strategy: str = "cos"
+    div_factor: float = 25.0
+    final_div_factor: float = 1e4
+    three_phase: bool = False
+    patience: int = 10
+    threshold: float = 1e-4
+    cooldown: int = 0
+    min_lr: float = 0.0
+    # the loop between backward() and step()
+    clip_grad_norm: float | None = None
+    accumulate: int = 1
+    no_decay_on: tuple[str, ...] = ()
     # data
     data_source: str = "idx"
     tfds_name: str = "fashion_mnist"
@@ -94,14 +154,25 @@ class Config:
         """The torch.optim keyword arguments of this config's optimizer (torch's names)."""
         return {name: getattr(self, name) for name in OPTIMIZER_ARGS[self.optimizer]}
 
+    def torch_optimizer_kwargs(self) -> dict:
+        """optimizer_kwargs as torch takes them: Adafactor's eps is (eps1, eps2), eps1 None by default."""
+        kwargs = self.optimizer_kwargs()
+        if self.optimizer == "adafactor":
+            kwargs["eps"] = (None, self.eps)
+        return kwargs
+
     def scheduler_kwargs(self) -> dict:
         """The jaxtrain scheduler arguments of this config's scheduler (T_max spelled t_max)."""
         return {name: getattr(self, name) for name in SCHEDULER_ARGS.get(self.scheduler, ())}
 
     def to_json(self) -> dict:
         out = dataclasses.asdict(self)
-        out["betas"], out["milestones"] = list(self.betas), list(self.milestones)
-        return out
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in out.items()}
+
+    @classmethod
+    def from_json(cls, values: dict) -> "Config":
+        tuples = {f.name for f in dataclasses.fields(cls) if str(f.type).startswith("tuple")}
+        return cls(**{k: tuple(v) if k in tuples and isinstance(v, list) else v for k, v in values.items()})
 
 
 class OneLineParser(argparse.ArgumentParser):
@@ -133,6 +204,14 @@ def _milestones(text: str) -> tuple[int, ...]:
     return values
 
 
+def _kinds(text: str) -> tuple[str, ...]:
+    kinds = tuple(k.strip() for k in text.split(",") if k.strip())
+    wrong = [k for k in kinds if k not in NO_DECAY_KINDS]
+    if wrong or not kinds:
+        raise argparse.ArgumentTypeError(f"expected bias, norm or bias,norm, got {text!r}")
+    return kinds
+
+
 def add_train_flags(parser: argparse.ArgumentParser, dtypes=("float32", "float64"), default_dtype="float32") -> None:
     """The flags of a training run, named as the torch objects name them."""
     d = Config()
@@ -162,13 +241,55 @@ def add_train_flags(parser: argparse.ArgumentParser, dtypes=("float32", "float64
     o.add_argument("--amsgrad", action="store_true")
     o.add_argument("--lr-decay", type=float, default=d.lr_decay, help="Adagrad")
     o.add_argument("--initial-accumulator-value", type=float, default=d.initial_accumulator_value)
-    s = parser.add_argument_group("scheduler (stepped once per epoch)")
+    o.add_argument("--rho", type=float, default=d.rho, help="Adadelta")
+    o.add_argument("--momentum-decay", type=float, default=d.momentum_decay, help="NAdam")
+    o.add_argument("--decoupled-weight-decay", action="store_true", help="NAdam, RAdam: AdamW-style decay")
+    o.add_argument("--etas", type=float, nargs=2, default=d.etas, metavar=("MINUS", "PLUS"), help="Rprop")
+    o.add_argument("--step-sizes", type=float, nargs=2, default=d.step_sizes, metavar=("MIN", "MAX"), help="Rprop")
+    o.add_argument("--lambd", type=float, default=d.lambd, help="ASGD decay term")
+    o.add_argument("--t0", type=float, default=d.t0, help="ASGD: the step averaging starts at")
+    o.add_argument("--beta2-decay", type=float, default=d.beta2_decay, help="Adafactor")
+    o.add_argument("--d", type=float, default=d.d, help="Adafactor clipping threshold")
+    o.add_argument("--no-decay-on", type=_kinds, default=d.no_decay_on, metavar="bias,norm",
+                   help="no weight decay on biases and/or normalisation layers' weights (a second param group)")
+    o.add_argument("--clip-grad-norm", type=float, default=None, metavar="MAX_NORM",
+                   help="torch.nn.utils.clip_grad_norm_(model.parameters(), MAX_NORM) before each step")
+    o.add_argument("--accumulate", type=positive_int, default=d.accumulate, metavar="N",
+                   help="N batches per optimizer step (each batch's loss / N, as torch users write it)")
+    s = parser.add_argument_group("scheduler (torch.optim.lr_scheduler; see README for each one's flags)")
     s.add_argument("--scheduler", choices=SCHEDULERS, default=d.scheduler)
+    s.add_argument("--scheduler-interval", choices=("epoch", "step"), default=d.scheduler_interval,
+                   help="scheduler.step() after every epoch (default) or after every optimizer step")
     s.add_argument("--step-size", type=positive_int, default=d.step_size, help="StepLR")
     s.add_argument("--milestones", type=_milestones, default=d.milestones, help="MultiStepLR, e.g. 3,6")
     s.add_argument("--gamma", type=float, default=d.gamma)
     s.add_argument("--t-max", type=positive_int, default=None, help="CosineAnnealingLR (default: --epochs)")
     s.add_argument("--eta-min", type=float, default=d.eta_min)
+    s.add_argument("--factor", type=float, default=None, help="ConstantLR (1/3), ReduceLROnPlateau (0.1)")
+    s.add_argument("--total-iters", type=positive_int, default=d.total_iters, help="ConstantLR, LinearLR, PolynomialLR")
+    s.add_argument("--start-factor", type=float, default=d.start_factor, help="LinearLR")
+    s.add_argument("--end-factor", type=float, default=d.end_factor, help="LinearLR")
+    s.add_argument("--power", type=float, default=d.power, help="PolynomialLR")
+    s.add_argument("--t-0", type=positive_int, default=d.t_0, help="CosineAnnealingWarmRestarts")
+    s.add_argument("--t-mult", type=positive_int, default=d.t_mult, help="CosineAnnealingWarmRestarts")
+    s.add_argument("--base-lr", type=float, default=None, help="CyclicLR (default --lr)")
+    s.add_argument("--max-lr", type=float, default=None, help="CyclicLR, OneCycleLR (default --lr)")
+    s.add_argument("--step-size-up", type=positive_int, default=d.step_size_up, help="CyclicLR")
+    s.add_argument("--step-size-down", type=positive_int, default=None, help="CyclicLR")
+    s.add_argument("--cyclic-mode", choices=("triangular", "triangular2", "exp_range"), default=d.cyclic_mode)
+    s.add_argument("--no-cycle-momentum", dest="cycle_momentum", action="store_false",
+                   help="CyclicLR, OneCycleLR: leave momentum / beta1 alone")
+    s.add_argument("--base-momentum", type=float, default=None, help="CyclicLR (0.8), OneCycleLR (0.85)")
+    s.add_argument("--max-momentum", type=float, default=None, help="CyclicLR (0.9), OneCycleLR (0.95)")
+    s.add_argument("--pct-start", type=float, default=d.pct_start, help="OneCycleLR")
+    s.add_argument("--anneal-strategy", choices=("cos", "linear"), default=d.anneal_strategy, help="OneCycleLR")
+    s.add_argument("--div-factor", type=float, default=d.div_factor, help="OneCycleLR")
+    s.add_argument("--final-div-factor", type=float, default=d.final_div_factor, help="OneCycleLR")
+    s.add_argument("--three-phase", action="store_true", help="OneCycleLR")
+    s.add_argument("--patience", type=int, default=d.patience, help="ReduceLROnPlateau (on the epoch's test loss)")
+    s.add_argument("--threshold", type=float, default=d.threshold, help="ReduceLROnPlateau")
+    s.add_argument("--cooldown", type=int, default=d.cooldown, help="ReduceLROnPlateau")
+    s.add_argument("--min-lr", type=float, default=d.min_lr, help="ReduceLROnPlateau")
     a = parser.add_argument_group("data")
     a.add_argument("--data-source", choices=("idx", "tfds"), default=d.data_source)
     a.add_argument("--tfds-name", default=d.tfds_name)
@@ -205,7 +326,8 @@ def config_from_args(args: argparse.Namespace) -> Config:
     values = {k: v for k, v in vars(args).items() if k in fields}
     if values.get("dtype") == "both":
         values["dtype"] = "float32"
-    values["betas"] = tuple(values["betas"])
+    for name in ("betas", "etas", "step_sizes"):
+        values[name] = tuple(values[name])
     return make_config(**values)
 
 
@@ -220,6 +342,14 @@ def make_config(**values) -> Config:
         values["weight_decay"] = DEFAULT_WEIGHT_DECAY.get(opt, 0.0)
     if values.get("t_max") is None:  # CosineAnnealingLR's T_max defaults to the run's length
         values["t_max"] = values.get("epochs", d.epochs) if values.get("scheduler") == "cosine" else 0
+    sched = values.get("scheduler", d.scheduler)
+    defaults = {"alpha": DEFAULT_ALPHA.get(opt, d.alpha), "factor": DEFAULT_FACTOR.get(sched, d.factor),
+                "base_momentum": DEFAULT_MOMENTA.get(sched, (d.base_momentum, d.max_momentum))[0],
+                "max_momentum": DEFAULT_MOMENTA.get(sched, (d.base_momentum, d.max_momentum))[1],
+                "base_lr": values.get("lr", d.lr), "max_lr": values.get("lr", d.lr)}
+    for name, value in defaults.items():
+        if values.get(name) is None:
+            values[name] = value
     config = Config(**values)
     validate(config)
     return config
@@ -234,6 +364,10 @@ def validate(c: Config) -> None:
 
     for name in ("lr", "momentum", "dampening", "weight_decay", "eps", "alpha", "lr_decay",
                  "initial_accumulator_value", "gamma", "eta_min", "dropout"):
+        check(math.isfinite(getattr(c, name)), f"--{name.replace('_', '-')} must be a finite number")
+    for name in ("rho", "momentum_decay", "lambd", "t0", "beta2_decay", "d", "factor", "start_factor", "end_factor",
+                 "power", "base_lr", "max_lr", "base_momentum", "max_momentum", "pct_start", "div_factor",
+                 "final_div_factor", "threshold", "min_lr"):
         check(math.isfinite(getattr(c, name)), f"--{name.replace('_', '-')} must be a finite number")
     check(c.lr > 0, f"--lr must be > 0, got {c.lr}")
     check(c.momentum >= 0, f"invalid momentum value: {c.momentum} (must be >= 0)")
@@ -261,6 +395,36 @@ def validate(c: Config) -> None:
     check_flags(c.devices, c.coordinator, c.num_processes, c.process_id)
     if c.scheduler == "multistep":
         check(len(c.milestones) > 0, "--scheduler multistep needs --milestones, e.g. --milestones 3,6")
+    _validate_loop(c, check)
+
+
+def _validate_loop(c: Config, check) -> None:
+    """The newer optimizers', schedulers' and loop flags: what torch rejects, said before anything runs."""
+    check(0.0 <= c.rho <= 1.0, f"invalid rho value: {c.rho} (must be in [0, 1])")
+    check(0.0 < c.etas[0] < 1.0 < c.etas[1], f"invalid eta values: {c.etas} (need 0 < minus < 1 < plus)")
+    check(0.0 < c.step_sizes[0] <= c.step_sizes[1], f"invalid step sizes: {c.step_sizes} (need 0 < min <= max)")
+    check(c.momentum_decay >= 0, f"invalid momentum_decay value: {c.momentum_decay} (must be >= 0)")
+    check(c.beta2_decay <= 0, f"beta2_decay should be <= 0 but is: {c.beta2_decay}")
+    check(c.d >= 1.0, f"clipping threshold d should be >= 1 but is: {c.d}")
+    check(not c.decoupled_weight_decay or c.optimizer in ("nadam", "radam"),
+          "--decoupled-weight-decay applies to nadam and radam only (use adamw for Adam)")
+    check(c.clip_grad_norm is None or (math.isfinite(c.clip_grad_norm) and c.clip_grad_norm > 0),
+          f"--clip-grad-norm must be a finite number > 0, got {c.clip_grad_norm}")
+    check(not c.no_decay_on or "weight_decay" in OPTIMIZER_ARGS[c.optimizer],
+          f"--no-decay-on: --optimizer {c.optimizer} has no weight decay")
+    check(0.0 < c.factor <= 1.0 if c.scheduler == "constant" else 0.0 < c.factor < 1.0 if c.scheduler == "plateau"
+          else True, f"--factor must be in (0, 1] for constant, (0, 1) for plateau; got {c.factor}")
+    check(0.0 < c.start_factor <= 1.0 and 0.0 <= c.end_factor <= 1.0,
+          "--start-factor must be in (0, 1], --end-factor in [0, 1]")
+    check(0.0 < c.pct_start < 1.0, f"--pct-start must be in (0, 1), got {c.pct_start}")
+    check(c.max_lr > 0 and c.base_lr > 0, "--max-lr and --base-lr must be > 0")
+    check(c.patience >= 0 and c.cooldown >= 0, "--patience and --cooldown must be >= 0")
+    check(c.scheduler != "plateau" or c.scheduler_interval == "epoch",
+          "--scheduler plateau steps once per epoch on the test loss: --scheduler-interval epoch")
+    if c.scheduler in ("cyclic", "onecycle") and c.cycle_momentum:
+        check(c.optimizer in ("sgd", "rmsprop") or "betas" in OPTIMIZER_ARGS[c.optimizer],
+              f"--scheduler {c.scheduler} cycles momentum, which --optimizer {c.optimizer} lacks: "
+              "add --no-cycle-momentum")
 
 
 def exit_on_user_error(fn):

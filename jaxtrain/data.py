@@ -197,6 +197,7 @@ def load_data(config) -> tuple[Split, Split]:
         train, test = load_fashion_mnist(config.data_dir)
     train, test = train.take(config.train_limit), test.take(config.test_limit)
     check_training_batches(len(train), config.batch_size, config.model == "mlp_bn_dropout")
+    check_accumulation(len(train), config.batch_size, config.accumulate)
     return train, test
 
 
@@ -237,6 +238,18 @@ def epoch_batches(num_samples: int, batch_size: int, shuffle: bool = False, seed
 def is_classification(split: Split) -> bool:
     """Integer targets are class labels (accuracy is measured); float targets are regression's."""
     return np.issubdtype(split.labels.dtype, np.integer)
+
+
+def check_accumulation(num_train: int, batch_size: int, accumulate: int) -> None:
+    """--accumulate N must divide an epoch's batches: an epoch ending mid-accumulation would carry
+    gradients into the next one, where torch's loop and optax.MultiSteps part ways."""
+    from jaxtrain.errors import ConfigError
+
+    batches = -(-num_train // batch_size)
+    if batches % accumulate:
+        raise ConfigError(f"--accumulate {accumulate} must divide the {batches} batches of an epoch "
+                          f"({num_train} samples in batches of {batch_size}); change --accumulate, --batch-size "
+                          "or --train-limit")
 
 
 def check_training_batches(num_train: int, batch_size: int, has_batchnorm: bool) -> None:

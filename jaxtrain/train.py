@@ -34,7 +34,7 @@ from jaxtrain.flax_model import PureModel, cast_floats, pure_model
 from jaxtrain.inputs import is_integer, map_leaves, rows
 from jaxtrain.losses import make_loss
 from jaxtrain.models import make_model
-from jaxtrain.optim import make_optimizer
+from jaxtrain.optim import has_plateau, make_optimizer, plateau_step
 
 
 class TrainState(train_state.TrainState):
@@ -266,6 +266,8 @@ def fit(config, train: data_lib.Split, test: data_lib.Split, report=None, traine
             check_finite(losses, epoch, len(record["steps"]))
         report("train_losses", epoch=epoch, losses=losses, batches=trainer.batches(epoch), size=len(train))
         test_loss, accuracy = trainer.evaluate()
+        if has_plateau(trainer.state.opt_state):  # ReduceLROnPlateau: scheduler.step(test_loss)
+            trainer.state = trainer.state.replace(opt_state=plateau_step(trainer.state.opt_state, test_loss))
         seconds = time.perf_counter() - start
         append_epoch(record, epoch, losses, test_loss, accuracy, seconds)
         report("epoch_end", epoch=epoch, test_loss=test_loss, accuracy=accuracy,

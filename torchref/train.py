@@ -31,11 +31,12 @@ def device_kind() -> str:
     return "gpu" if device().type == "cuda" else "cpu"
 
 
-def setup(config, model=None):
-    """The tutorial's objects for a config: model (on the device), loss_fn, optimizer, scheduler."""
+def setup(config, model=None, steps_per_epoch: int = 1):
+    """The tutorial's objects for a config: model (on the device), loss_fn, optimizer, scheduler
+    (`steps_per_epoch`: batches per epoch, for a OneCycleLR stepped per batch)."""
     model = (model or make_model(config)).to(device())
-    optimizer = make_optimizer(config, model.parameters())
-    return model, make_loss(config), optimizer, make_scheduler(config, optimizer)
+    optimizer = make_optimizer(config, model)
+    return model, make_loss(config), optimizer, make_scheduler(config, optimizer, steps_per_epoch)
 
 
 class SharedBatchSampler(Sampler):
@@ -211,8 +212,12 @@ def fit(config, train: data_lib.Split, test: data_lib.Split, report=None, model=
     from jaxtrain.metrics import append_epoch, check_finite, new_record
 
     report = report or (lambda event, **kw: None)
-    model, loss_fn, optimizer, scheduler = setup(config, model)
+    model, loss_fn, optimizer, scheduler = setup(config, model, -(-len(train) // config.batch_size))
     train_dataloader = make_dataloader(train, config, True, parallel)
+    clip = (lambda m, o: torch.nn.utils.clip_grad_norm_(m.parameters(), config.clip_grad_norm)) \
+        if config.clip_grad_norm is not None else None
+    per_batch = scheduler if config.scheduler_interval == "step" else None
+    loop = Loop(config.accumulate, clip, per_batch)
     test_dataloader = make_dataloader(test, config, False, parallel)
     record, start_epoch = new_record("torch", config, device_kind()), 0
     if restore is not None:
@@ -225,12 +230,14 @@ def fit(config, train: data_lib.Split, test: data_lib.Split, report=None, model=
         start = time.perf_counter()
         losses = train_loop(train_dataloader, net, loss_fn, optimizer,
                             lambda loss, current, size: report("train_progress", loss=loss, current=current, size=size),
-                            parallel)
+                            parallel, loop)
         train_seconds = time.perf_counter() - start
         if config.nan_guard:
             check_finite(losses, t, len(record["steps"]))
         test_loss, accuracy = test_loop(test_dataloader, net, loss_fn, parallel)
-        if scheduler is not None:
+        if isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
+            scheduler.step(test_loss)
+        elif scheduler is not None and per_batch is None:
             scheduler.step()
         seconds = time.perf_counter() - start
         append_epoch(record, t, losses, test_loss, accuracy, seconds)

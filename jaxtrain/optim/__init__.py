@@ -11,7 +11,7 @@ from jaxtrain.optim.clip import clip_grad_norm, clip_grad_value
 from jaxtrain.optim.from_torch import from_torch
 from jaxtrain.optim.named import adagrad, adam, adamw, make_optimizer, rmsprop, sgd
 from jaxtrain.optim.rules import RULES, transform
-from jaxtrain.optim.schedules import has_plateau, lr_schedule, plateau_step
+from jaxtrain.optim.schedules import for_config, has_plateau, lr_schedule, plateau_step
 
-__all__ = ["RULES", "adagrad", "adam", "adamw", "clip_grad_norm", "clip_grad_value", "from_torch", "has_plateau",
+__all__ = ["RULES", "adagrad", "adam", "adamw", "clip_grad_norm", "clip_grad_value", "for_config", "from_torch", "has_plateau",
            "lr_schedule", "make_optimizer", "plateau_step", "rmsprop", "sgd", "transform"]

@@ -2,14 +2,13 @@
 
 Three ways a torch scheduler becomes a schedule of the optax update count:
 
-- `lr_schedule(config, steps_per_epoch)`: the schedulers `jaxtrain train` names, in closed form
-  (the trainer does not import torch).
 - `tabulate(optimizer, scheduler, ...)`: any torch scheduler a user built (LambdaLR with their own
   function, SequentialLR, ChainedScheduler, OneCycleLR with momentum cycling, ...) is stepped on a
   copy, never on the user's object, and every group's lr (and momentum or beta1, where the
   scheduler cycles them) is recorded after each step. The schedule looks the value up by update
   count: count // steps_per_epoch per epoch, count per batch. Exact by construction, quirks
-  included, since torch's own code computes every value.
+  included, since torch's own code computes every value. The schedulers `jaxtrain train` names
+  (`for_config`) are the same mechanism on the scheduler torchref builds from the same flags.
 - `plateau(scheduler, group)`: ReduceLROnPlateau depends on a metric, so it cannot be tabulated; its
   lr is held in the optimizer state and `plateau_step(opt_state, metric)` moves it as
   `scheduler.step(metric)` does, once per epoch, after the loop has the epoch's metric.
@@ -20,6 +19,7 @@ from __future__ import annotations
 import copy
 import math
 import warnings
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -31,33 +31,32 @@ from jaxtrain.optim.rules import Held
 # --------------------------------------------------------------------------- the Config's schedulers
 
 
-def lr_schedule(config, steps_per_epoch: int) -> optax.Schedule:
-    """A torch scheduler stepped once per epoch, as a function of the update count.
-
-    torch's lr during epoch e (0-based) is f(e); optax evaluates a schedule at the
-    0-based count of updates so far, so the epoch is count // steps_per_epoch.
-    """
-    lr, gamma, spe = config.lr, config.gamma, steps_per_epoch
+def for_config(config, batches_per_epoch: int) -> dict:
+    """{hyperparameter: schedule or Held} of the scheduler `config` names, for a run of config.epochs
+    epochs of `batches_per_epoch` batches (config.accumulate batches per optimizer step): torch's own
+    scheduler (torchref builds it as `torchref train` does) tabulated on a one-tensor copy. {} without one."""
     if config.scheduler == "none":
-        return optax.constant_schedule(lr)
-    # (optax.exponential_decay computes in float32 even under x64, so the staircases are written out)
-    if config.scheduler == "step":  # StepLR(step_size, gamma)
-        return lambda count: lr * gamma ** (count // (config.step_size * spe))
-    if config.scheduler == "multistep":  # MultiStepLR(milestones, gamma)
-        # a milestone listed k times multiplies by gamma**k, as torch's Counter of milestones does
-        counts = {m: config.milestones.count(m) for m in config.milestones}
-        return optax.piecewise_constant_schedule(lr, {m * spe: gamma ** k for m, k in counts.items()})
-    if config.scheduler == "exponential":  # ExponentialLR(gamma)
-        return lambda count: lr * gamma ** (count // spe)
-    if config.scheduler == "cosine":  # CosineAnnealingLR(T_max, eta_min): periodic past T_max, unlike optax's
-        t_max, eta_min = config.t_max, config.eta_min
+        return {}
+    import dataclasses
 
-        def cosine(count):
-            epoch = count // spe
-            return eta_min + (lr - eta_min) * (1 + jnp.cos(math.pi * epoch / t_max)) / 2
+    import torch
 
-        return cosine
-    raise ValueError(f"unknown scheduler {config.scheduler!r}")
+    from torchref.optim import make_optimizer, make_scheduler
+
+    optimizer = make_optimizer(dataclasses.replace(config, no_decay_on=()), [torch.nn.Parameter(torch.zeros(1))])
+    scheduler = make_scheduler(config, optimizer, batches_per_epoch)
+    if isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
+        return {"lr": plateau(scheduler, 0)}
+    steps_per_epoch = max(1, batches_per_epoch // config.accumulate)
+    per = steps_per_epoch if config.scheduler_interval == "epoch" else 1
+    table = tabulate(optimizer, scheduler, math.ceil(config.epochs * steps_per_epoch / per))[0]
+    return {key: lookup(values, per) for key, values in table.items()}
+
+
+def lr_schedule(config, batches_per_epoch: int) -> optax.Schedule:
+    """The config's learning rate as a function of the optimizer step count."""
+    schedule = for_config(config, batches_per_epoch).get("lr")
+    return schedule if callable(schedule) and not isinstance(schedule, Held) else optax.constant_schedule(config.lr)
 
 
 # --------------------------------------------------------------------------- any torch scheduler

@@ -50,7 +50,8 @@ def check_port(torch_model, flax_model, train, test=None, loss="cross_entropy", 
     `model(input_ids=..., attention_mask=...)`); float arrays run in each dtype, integer ones (token
     ids, masks) stay integers. Targets: class labels (N,) or (N, T) for sequences, or float
     regression targets. `test=None` skips the evaluation. `loss`: "cross_entropy" | "nll" | "mse" or a
-    (torch_fn, jax_fn) pair. `optimizer`: a torch.optim name with torch's keyword arguments (and
+    (torch_fn, jax_fn) pair. `optimizer`: a torch.optim name with torch's keyword arguments (plus
+    `no_decay_on=("bias", "norm")`, the common second param group without weight decay; and
     `scheduler`, one of jaxtrain's names, with `scheduler_kwargs`); a factory `params -> optimizer` or
     `-> (optimizer, scheduler)` whose JAX twin is `jaxtrain.optim.from_torch`; or a pair (factory,
     optax transformation). `scheduler_interval`: "epoch" or "step" (scheduler.step() after every
@@ -70,11 +71,11 @@ def check_port(torch_model, flax_model, train, test=None, loss="cross_entropy", 
 
     devices.parity_mode()
     train_split, test_split = _split(train, "train"), None if test is None else _split(test, "test")
-    config = _config(loss, mse_reduction, optimizer, optimizer_kwargs, scheduler, scheduler_kwargs, batch_size,
-                     steps, epochs, shuffle, seed, len(train_split))
     optimizers = optimizers_lib.build(optimizer, scheduler_interval, accumulate, torch_step,
                                       {"clip_grad_norm": clip_grad_norm, "clip_grad_value": clip_grad_value},
                                       norm_type)
+    config = _config(loss, mse_reduction, optimizer, optimizer_kwargs, scheduler, scheduler_kwargs, batch_size,
+                     steps, epochs, shuffle, seed, len(train_split), scheduler_interval, accumulate)
     if -(-len(train_split) // batch_size) % accumulate:
         raise ConfigError(f"accumulate={accumulate} must divide the {-(-len(train_split) // batch_size)} batches of "
                           "an epoch (or an epoch would end mid-accumulation)")
@@ -96,11 +97,12 @@ def check_parity(config, dtypes=("float32", "float64"), train=None, test=None, m
         flax_model if flax_model is not None else make_model(config),
         train=(_torch_images(train.images), train.labels), test=(_torch_images(test.images), test.labels),
         loss=loss or config.loss, mse_reduction=config.mse_reduction, optimizer=optimizer or config.optimizer,
-        optimizer_kwargs=None if optimizer else config.optimizer_kwargs(),
+        optimizer_kwargs=None if optimizer else {**config.optimizer_kwargs(), "no_decay_on": config.no_decay_on},
         scheduler=None if config.scheduler == "none" or optimizer else config.scheduler,
         scheduler_kwargs=None if optimizer else config.scheduler_kwargs(), batch_size=config.batch_size,
         steps=max_steps, epochs=config.epochs, shuffle=config.shuffle, seed=config.seed, dtypes=dtypes,
-        flax_input=flax_input)
+        flax_input=flax_input, scheduler_interval=config.scheduler_interval, accumulate=config.accumulate,
+        clip_grad_norm=config.clip_grad_norm)
 
 
 def _torch_images(images: np.ndarray) -> np.ndarray:
@@ -134,11 +136,12 @@ def _split(arrays, name: str) -> data_lib.Split:
 
 
 def _config(loss, mse_reduction, optimizer, optimizer_kwargs, scheduler, scheduler_kwargs, batch_size, steps,
-            epochs, shuffle, seed, num_train):
+            epochs, shuffle, seed, num_train, scheduler_interval="epoch", accumulate=1):
     from jaxtrain.config import make_config
 
     values = {"batch_size": batch_size, "shuffle": shuffle, "seed": seed, "mse_reduction": mse_reduction,
-              "loss": loss if isinstance(loss, str) else "cross_entropy"}
+              "loss": loss if isinstance(loss, str) else "cross_entropy", "scheduler_interval": scheduler_interval,
+              "accumulate": accumulate}
     values["epochs"] = epochs if steps is None else max(1, math.ceil(steps / math.ceil(num_train / batch_size)))
     if isinstance(optimizer, str):
         values["optimizer"] = optimizer

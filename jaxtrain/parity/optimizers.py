@@ -31,7 +31,7 @@ LAYOUT_BOUND = ("Adafactor", "Muon")
 
 @dataclasses.dataclass
 class Optimizers:
-    """Both sides' optimizer for one check. `make_torch(config, model) -> (optimizer, scheduler)`,
+    """Both sides' optimizer for one check. `make_torch(config, model, batches_per_epoch) -> (optimizer, scheduler)`,
     `make_tx(config, steps_per_epoch, steps, mapping, params, torch_model) -> optax`, counting optimizer steps
     (an accumulation's micro-batches make one)."""
 
@@ -127,11 +127,11 @@ def build(optimizer, interval: str, accumulate, torch_step, clip: dict, norm_typ
     return Optimizers(_factory_torch(factory), _given_tx(tx), **common)
 
 
-def _named_torch(config, module):
+def _named_torch(config, module, batches_per_epoch=1):
     from torchref.optim import make_optimizer, make_scheduler
 
-    optimizer = make_optimizer(config, module.parameters())
-    return optimizer, make_scheduler(config, optimizer)
+    optimizer = make_optimizer(config, module)
+    return optimizer, make_scheduler(config, optimizer, batches_per_epoch)
 
 
 def _named_tx(clip: dict, interval: str):
@@ -140,13 +140,15 @@ def _named_tx(clip: dict, interval: str):
 
         from jaxtrain.optim import make_optimizer
 
-        return optax.chain(*_jax_clip(clip), make_optimizer(config, 1 if interval == "step" else steps_per_epoch))
+        # counting optimizer steps: the accumulation and the clipping are the harness's (Optimizers)
+        plain = dataclasses.replace(config, accumulate=1, clip_grad_norm=None)
+        return optax.chain(*_jax_clip(clip), make_optimizer(plain, steps_per_epoch))
 
     return make_tx
 
 
 def _factory_torch(factory):
-    def make_torch(config, module):
+    def make_torch(config, module, batches_per_epoch=1):
         try:
             made = factory(module.parameters())
         except Exception as e:

@@ -240,7 +240,8 @@ class TorchRunner:
         self.module = model.to(torch_train.device())
         self.model = TorchCall(self.module, port.torch_kwargs, port.torch_output)
         self.loss_fn = port.torch_loss
-        self.optimizer, self.scheduler = port.optimizers.make_torch(config, self.module)
+        self.optimizer, self.scheduler = port.optimizers.make_torch(config, self.module,
+                                                                    -(-len(port.train) // config.batch_size))
         self.loop = port.optimizers.torch_loop(self.module, self.scheduler)
         self.train_loader = torch_train.make_dataloader(port.train, config, train=True, add_channel=False)
         self.test_loader = torch_train.make_dataloader(port.test or port.train, config, train=False, add_channel=False)
