@@ -34,7 +34,7 @@ def make_optimizer(config, model_or_params) -> torch.optim.Optimizer:
 
 def _total_steps(config, steps_per_epoch):
     """OneCycleLR's total_steps: the scheduler steps a run makes (epochs, or optimizer steps)."""
-    per_epoch = 1 if config.scheduler_interval == "epoch" else steps_per_epoch // config.accumulate
+    per_epoch = 1 if config.scheduler_interval == "epoch" else max(1, steps_per_epoch // config.accumulate)
     return config.epochs * per_epoch
 
 

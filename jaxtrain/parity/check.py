@@ -79,7 +79,7 @@ def check_port(torch_model, flax_model, train, test=None, loss="cross_entropy", 
     if -(-len(train_split) // batch_size) % accumulate:
         raise ConfigError(f"accumulate={accumulate} must divide the {-(-len(train_split) // batch_size)} batches of "
                           "an epoch (or an epoch would end mid-accumulation)")
-    optimizers.probe(config, torch_model)
+    optimizers.probe(config, torch_model, -(-len(train_split) // batch_size))
     port = build_port(torch_model, flax_model, train_split, test_split, config, loss, optimizers, flax_input,
                       weight_map, Calls(torch_kwargs, flax_kwargs, torch_output, flax_output))
     return judge(port, config, tuple(dtypes), steps)

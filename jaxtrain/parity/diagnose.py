@@ -476,7 +476,8 @@ def _learning_rate(port, config) -> float:
     """The torch optimizer's learning rate at step 1 (the user's own pair carries it, not the config)."""
     import copy
 
-    return float(port.optimizers.make_torch(config, copy.deepcopy(port.torch_model))[0].param_groups[0]["lr"])
+    batches = -(-len(port.train) // config.batch_size)
+    return float(port.optimizers.make_torch(config, copy.deepcopy(port.torch_model), batches)[0].param_groups[0]["lr"])
 
 
 def _updates(finding: dict, lr: float, evidence, optimizers=None) -> dict:

@@ -43,12 +43,12 @@ class Optimizers:
     clip: dict = dataclasses.field(default_factory=dict)
     twin_of_factory: bool = False  # the JAX side is from_torch of the factory's optimizer
 
-    def probe(self, config, torch_model) -> None:
+    def probe(self, config, torch_model, batches_per_epoch: int) -> None:
         """Make torch's optimizer once on a copy, before anything trains: a factory that fails, returns
         something else, or makes an optimizer from_torch cannot twin is reported now, in one line."""
         from jaxtrain.optim.from_torch import torch_class
 
-        optimizer, _ = self.make_torch(config, copy.deepcopy(torch_model))
+        optimizer, _ = self.make_torch(config, copy.deepcopy(torch_model), batches_per_epoch)
         if self.twin_of_factory:
             torch_class(optimizer)
 
@@ -130,8 +130,11 @@ def build(optimizer, interval: str, accumulate, torch_step, clip: dict, norm_typ
 def _named_torch(config, module, batches_per_epoch=1):
     from torchref.optim import make_optimizer, make_scheduler
 
-    optimizer = make_optimizer(config, module)
-    return optimizer, make_scheduler(config, optimizer, batches_per_epoch)
+    try:
+        optimizer = make_optimizer(config, module)
+        return optimizer, make_scheduler(config, optimizer, batches_per_epoch)
+    except (ValueError, TypeError) as e:  # what torch rejects and the config's checks did not
+        raise ConfigError(f"torch.optim rejects the settings: {first_line(e)}") from None
 
 
 def _named_tx(clip: dict, interval: str):
