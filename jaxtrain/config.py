@@ -346,7 +346,8 @@ def make_config(**values) -> Config:
     defaults = {"alpha": DEFAULT_ALPHA.get(opt, d.alpha), "factor": DEFAULT_FACTOR.get(sched, d.factor),
                 "base_momentum": DEFAULT_MOMENTA.get(sched, (d.base_momentum, d.max_momentum))[0],
                 "max_momentum": DEFAULT_MOMENTA.get(sched, (d.base_momentum, d.max_momentum))[1],
-                "base_lr": values.get("lr", d.lr), "max_lr": values.get("lr", d.lr)}
+                **({"base_lr": values.get("lr", d.lr), "max_lr": values.get("lr", d.lr)}
+                   if sched in ("cyclic", "onecycle") else {})}
     for name, value in defaults.items():
         if values.get(name) is None:
             values[name] = value
@@ -368,7 +369,8 @@ def validate(c: Config) -> None:
     for name in ("rho", "momentum_decay", "lambd", "t0", "beta2_decay", "d", "factor", "start_factor", "end_factor",
                  "power", "base_lr", "max_lr", "base_momentum", "max_momentum", "pct_start", "div_factor",
                  "final_div_factor", "threshold", "min_lr"):
-        check(math.isfinite(getattr(c, name)), f"--{name.replace('_', '-')} must be a finite number")
+        value = getattr(c, name)
+        check(value is None or math.isfinite(value), f"--{name.replace('_', '-')} must be a finite number")
     check(c.lr > 0, f"--lr must be > 0, got {c.lr}")
     check(c.momentum >= 0, f"invalid momentum value: {c.momentum} (must be >= 0)")
     check(c.weight_decay >= 0, f"invalid weight_decay value: {c.weight_decay} (must be >= 0)")
@@ -417,7 +419,8 @@ def _validate_loop(c: Config, check) -> None:
     check(0.0 < c.start_factor <= 1.0 and 0.0 <= c.end_factor <= 1.0,
           "--start-factor must be in (0, 1], --end-factor in [0, 1]")
     check(0.0 < c.pct_start < 1.0, f"--pct-start must be in (0, 1), got {c.pct_start}")
-    check(c.max_lr > 0 and c.base_lr > 0, "--max-lr and --base-lr must be > 0")
+    check(c.scheduler not in ("cyclic", "onecycle") or (c.max_lr > 0 and c.base_lr > 0),
+          "--max-lr and --base-lr must be > 0")
     check(c.patience >= 0 and c.cooldown >= 0, "--patience and --cooldown must be >= 0")
     check(c.scheduler != "plateau" or c.scheduler_interval == "epoch",
           "--scheduler plateau steps once per epoch on the test loss: --scheduler-interval epoch")
