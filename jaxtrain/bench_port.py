@@ -48,6 +48,7 @@ import multiprocessing as mp
 import os
 import pickle
 import statistics
+import threading
 import time
 from typing import Any
 
@@ -102,21 +103,25 @@ def compare_port(torch_model, flax_model, train, loss="cross_entropy", optimizer
     config = dataclasses.replace(check._config(loss, "mean", optimizer, optimizer_kwargs, None, None, batch_size,
                                                steps, 1, False, 0, len(split)), dtype=dtype)
     torch_object, flax_object = build_model(torch_model, "torch_model"), build_model(flax_model, "flax_model")
-    log("checking that both sides train the same model (one float32 step) ...")
-    same = same_model(torch_object, flax_object, split.take(batch_size), loss=loss, optimizer=optimizer,
-                      optimizer_kwargs=optimizer_kwargs, batch_size=batch_size, flax_input=flax_input,
-                      weight_map=weight_map, torch_kwargs=torch_kwargs, flax_kwargs=flax_kwargs,
-                      torch_output=torch_output, flax_output=flax_output)
-    if strict and not same["passed"]:
-        raise PortMappingError(f"the two sides do not train the same model, so their times compare different "
-                               f"computations: {same['detail']}")
     job = Job(torch_model if _is_recipe(torch_model) else torch_object,
               flax_model if _is_recipe(flax_model) else flax_object,
               {k: v.detach().cpu().numpy().copy() for k, v in torch_object.state_dict().items()}, split, config,
               loss, optimizer, check.Calls(torch_kwargs, flax_kwargs, torch_output, flax_output), flax_input,
               weight_map, steps)
     _check_sendable(job)
-    raw = measure(job, variants, repeats, log)
+    same = {}
+
+    def check_same_model():  # in the parent, while the workers import their frameworks
+        log("checking that both sides train the same model (one float32 step) ...")
+        same.update(same_model(torch_object, flax_object, split.take(batch_size), loss=loss, optimizer=optimizer,
+                               optimizer_kwargs=optimizer_kwargs, batch_size=batch_size, flax_input=flax_input,
+                               weight_map=weight_map, torch_kwargs=torch_kwargs, flax_kwargs=flax_kwargs,
+                               torch_output=torch_output, flax_output=flax_output))
+        if strict and not same["passed"]:
+            raise PortMappingError(f"the two sides do not train the same model, so their times compare different "
+                                   f"computations: {same['detail']}")
+
+    raw = measure(job, variants, repeats, log, meanwhile=check_same_model)
     return summarise(raw, job, repeats, same, _name(torch_object), _name(flax_object))
 
 
@@ -222,14 +227,20 @@ def _check_sendable(job: Job) -> None:
 # --------------------------------------------------------------------------- the parent's side
 
 
-def measure(job: Job, variants, repeats: int, log) -> dict:
-    """Start one worker per variant, warm each up with one block, then time `repeats` interleaved
-    rounds. {variant: the worker's ready message, its blocks' seconds, warm-up, memory}."""
-    workers: dict = {}
+def measure(job: Job, variants, repeats: int, log, meanwhile=None) -> dict:
+    """One worker per variant. They import and build their variants together (while `meanwhile()`
+    runs here), then compile one at a time (each compile has the machine to itself); each is
+    warmed up with one block, then `repeats` interleaved rounds are timed.
+    {variant: the worker's messages, its blocks' seconds, its warm-up's, its memory}."""
+    workers = {name: PortWorker(name, job) for name in variants}
     try:
-        for name in variants:
-            log(f"starting {name} ...")
-            workers[name] = PortWorker(name, job)
+        if meanwhile is not None:
+            meanwhile()
+        for w in workers.values():
+            w.wait_built()
+        for name, w in workers.items():
+            log(f"compiling {name} ...")
+            w.compile()
         warmup = {name: w.run("train") for name, w in workers.items()}
         blocks: dict = {name: [] for name in workers}
         for r in range(repeats):
@@ -246,23 +257,41 @@ def measure(job: Job, variants, repeats: int, log) -> dict:
 
 class PortWorker(bench.Worker):
     """bench's worker handle (its pipe, its watch for a dead worker, its settle pause) around one
-    variant of a user's port; errors in the worker come back as one line."""
+    variant of a user's port: started, it imports and builds the variant; `compile()` compiles
+    it; errors in the worker come back as one line."""
 
     def __init__(self, variant: str, job: Job):
         ctx = mp.get_context("spawn")
-        self.variant = variant
+        self.variant, self.info = variant, {}
         self.parent, child = ctx.Pipe()
+        self.process = ctx.Process(target=_worker, args=(child, variant), daemon=True)
+        self.process.start()
         if variant.startswith("torch"):
             job = dataclasses.replace(job, flax_model=None)  # unpickling a Flax object would start JAX
-        self.process = ctx.Process(target=_worker, args=(child, variant, job), daemon=True)
-        self.process.start()
-        self.info = self._answer()
+        # The worker reads its job once it has imported; sent from a thread, so a job larger than the
+        # pipe's buffer does not hold the parent (and the other workers' start) until then.
+        threading.Thread(target=self._send_quietly, args=(job,), daemon=True).start()
+
+    def _send_quietly(self, job: Job) -> None:
+        try:
+            self.parent.send(job)
+        except OSError:  # the worker is gone; _answer says why
+            pass
+
+    def wait_built(self) -> None:
+        self.info.update(self._answer())
+
+    def compile(self) -> None:
+        self.parent.send("compile")
+        self.info.update(self._answer())
 
     def _answer(self) -> dict:
         try:
             answer = self._recv()
-        except RuntimeError as e:  # the worker died (its traceback is on stderr)
-            raise PortMappingError(f"the {self.variant} worker failed: {e}") from None
+        except RuntimeError as e:  # the worker died; its traceback is on stderr
+            raise PortMappingError(
+                f"the {self.variant} worker failed ({e}; its error is above): a script calling compare_port "
+                "needs `if __name__ == '__main__':` around the call, as the spawned workers import it") from None
         if "error" in answer:
             hint = "" if answer["user"] else " (leave it out with variants= / --variants)"
             raise PortMappingError(f"{self.variant}: {answer['error']}{hint}")
@@ -297,9 +326,9 @@ def summarise(raw: dict, job: Job, repeats: int, same: dict, torch_name: str, fl
         if compile_seconds is None:
             compile_seconds = max(r["warmup"] - statistics.median(r["blocks"]), 0.0)
         variants.append({"name": name, "step_seconds": bench._stats(per_step), "samples_per_second": batch / median,
-                         "compile_seconds": compile_seconds, "setup_seconds": r["setup_seconds"],
-                         "peak_rss_mb": r["peak_rss_mb"], "import_rss_mb": r["import_rss_mb"],
-                         "peak_device_mb": r["peak_device_mb"], "device": r["device"]})
+                         "compile_seconds": compile_seconds, "peak_rss_mb": r["peak_rss_mb"],
+                         "import_rss_mb": r["import_rss_mb"], "peak_device_mb": r["peak_device_mb"],
+                         "device": r["device"]})
     devices = {v["name"]: v["device"] for v in variants}
     device = next((d for n, d in devices.items() if n.startswith("jax")), next(iter(devices.values())))
     return {"torch_model": torch_name, "flax_model": flax_name, "device": device, "dtype": job.config.dtype,
@@ -311,21 +340,24 @@ def summarise(raw: dict, job: Job, repeats: int, same: dict, torch_name: str, fl
 # --------------------------------------------------------------------------- the workers' side
 
 
-def _worker(conn, variant: str, job: Job) -> None:
-    """One variant in its own process: build it, then answer "train" with one timed block's
-    seconds and "stop" with its memory; a failure is sent back as one line."""
+def _worker(conn, variant: str) -> None:
+    """One variant in its own process: import, build it from the job the parent sends, compile it
+    when told, then answer "train" with one timed block's seconds and "stop" with its memory; a
+    failure is sent back as one line."""
     from jaxtrain import devices
 
     devices.share_device()  # before JAX starts: several workers share one GPU
+    loop = TorchLoop if variant.startswith("torch") else JaxLoop
     try:
-        loop = TorchLoop if variant.startswith("torch") else JaxLoop
         loop.import_frameworks()
         import_rss = bench._peak_rss_mb()
+        runner = loop(variant, conn.recv())
+        conn.send({"import_rss_mb": import_rss})
+        conn.recv()  # "compile"
         start = time.perf_counter()
-        runner = loop(variant, job)
-        setup_seconds = time.perf_counter() - start
-        conn.send({"ready": True, "compile_seconds": runner.compile_seconds, "setup_seconds": setup_seconds,
-                   "import_rss_mb": import_rss, "device": bench._device_name(variant)})
+        compiled = runner.compile()  # False: compiled on first use (torch.compile, in the warm-up block)
+        conn.send({"compile_seconds": time.perf_counter() - start if compiled else None,
+                   "device": bench._device_name(variant)})
     except Exception as e:  # the user's model, or a framework failing on it
         conn.send({"error": f"{type(e).__name__}: {first_line(e)}", "user": isinstance(e, UserError)})
         return
@@ -347,8 +379,6 @@ def _worker(conn, variant: str, job: Job) -> None:
 class TorchLoop:
     """The user's training loop, torch's side: the model, its optimizer and loss, the batches
     already on the device; `run` trains one block and syncs once, at its end."""
-
-    compile_seconds = None  # torch compiles during the warm-up block
 
     @staticmethod
     def import_frameworks() -> None:
@@ -378,6 +408,9 @@ class TorchLoop:
             mode = "reduce-overhead" if self.device.type == "cuda" else "default"
             self.forward = torch.compile(self.model, mode=mode)
             self.optimizer_step = torch.compile(self.optimizer.step, mode=mode)
+
+    def compile(self) -> bool:
+        return False  # torch.compile compiles on first use: in the warm-up block
 
     def run(self) -> None:
         calls, inputs = self.calls, self.inputs
@@ -439,7 +472,7 @@ class JaxLoop:
         from jaxtrain.parity import optimizers as optimizers_lib
         from jaxtrain.parity.runners import jax_tx
 
-        self.jax, self.steps, self.scan = jax, job.steps, variant == "jax_scan"
+        self.jax, self.train_lib, self.steps, self.scan = jax, train_lib, job.steps, variant == "jax_scan"
         config = job.config
         train_lib.configure_jax(config.dtype)
         torch_model = build_model(job.torch_model, "torch_model")
@@ -455,17 +488,22 @@ class JaxLoop:
         trainer = train_lib.Trainer(config, port.jax_train, port.jax_test, state=state, precompile=False)
         self.x, self.y, self.state = trainer.train_x, trainer.train_y, trainer.state
         plan = data_lib.epoch_batches(len(job.train), config.batch_size).index
-        start = time.perf_counter()  # ahead of time, so compilation stays out of the blocks
         if self.scan:
             self.index = trainer.parallel.shard_rows(plan[np.arange(self.steps) % len(plan)], axis=1)
-            self.program = jax.jit(train_lib.train_epoch, donate_argnums=0).lower(
-                self.state, self.x, self.y, self.index, None).compile()
         else:
             from jaxtrain.inputs import rows
 
             self.batches = jax.block_until_ready([{"x": rows(self.x, i), "y": self.y[i]} for i in plan])
+
+    def compile(self) -> bool:
+        """Ahead of time (tracing included), as jaxtrain's Trainer compiles, so it stays out of the blocks."""
+        jax, train_lib = self.jax, self.train_lib
+        if self.scan:
+            self.program = jax.jit(train_lib.train_epoch, donate_argnums=0).lower(
+                self.state, self.x, self.y, self.index, None).compile()
+        else:
             self.program = jax.jit(train_lib.train_step, donate_argnums=0).lower(self.state, self.batches[0]).compile()
-        self.compile_seconds = time.perf_counter() - start
+        return True
 
     def run(self) -> None:
         if self.scan:

@@ -158,6 +158,12 @@ def run_bench(config, args) -> int:
     from jaxtrain import devices
 
     devices.share_device()  # before JAX starts its backend: the parent measures matmul rates too
+    if args.torch_model is not None or args.flax_model is not None:
+        return run_bench_port(config, args)
+    given = [f"--{name.replace('_', '-')}" for name in PORT_BENCH_FLAGS if getattr(args, name) is not None]
+    given += ["--flax-input"] if args.flax_input != "same" else []
+    if given:
+        raise ConfigError(f"{', '.join(given)}: only with --torch-model and --flax-model (timing your own port)")
     from jaxtrain import bench
     from jaxtrain import data as data_lib
 
@@ -176,6 +182,61 @@ def run_bench(config, args) -> int:
     if args.plot:
         bench.plot(result, args.plot)
     return 0
+
+
+PORT_BENCH_FLAGS = ("steps", "variants", "input_shape", "vocab", "classes", "target_shape")
+
+
+def run_bench_port(config, args) -> int:
+    """`bench --torch-model --flax-model`: your port's training step timed against torch's
+    (`jaxtrain.bench_port.compare_port`) on random inputs of --input-shape, after a same-model check."""
+    import sys as _sys
+
+    from jaxtrain import bench_port
+
+    metrics.check_writable(args.json, "--json")
+    metrics.check_writable(args.plot, "--plot")
+    if (args.torch_model is None) != (args.flax_model is None):
+        raise ConfigError("--torch-model and --flax-model go together (a torch model and its Flax port)")
+    if config.scheduler != "none" or config.accumulate != 1 or config.clip_grad_norm is not None:
+        raise ConfigError("bench --torch-model times the plain loop: --scheduler, --accumulate and "
+                          "--clip-grad-norm are parity's (jaxtrain parity)")
+    steps = args.steps or (3 if args.quick else 50)
+    repeats = args.repeats or (1 if args.quick else 5)
+    train = _random_data(args, config, rows=config.batch_size * min(steps, 8))
+    log = (lambda *a: None) if config.quiet else (lambda msg: print(msg, file=_sys.stderr, flush=True))
+    report = bench_port.compare_port(args.torch_model, args.flax_model, train=train, loss=config.loss,
+                                     optimizer=config.optimizer, optimizer_kwargs=config.optimizer_kwargs(),
+                                     batch_size=config.batch_size, steps=steps, flax_input=args.flax_input,
+                                     repeats=repeats, variants=args.variants, dtype=config.dtype, log=log,
+                                     strict=True)
+    print(bench_port.format_table(report))
+    if args.json:
+        bench_port.write_json(report, args.json)
+    if args.plot:
+        bench_port.plot(report, args.plot)
+    return 0
+
+
+def _random_data(args, config, rows: int) -> tuple:
+    """(inputs, targets) to time on: --input-shape standard normal floats (or token ids below --vocab);
+    class labels below --classes of shape --target-shape per sample (floats for --loss mse)."""
+    import numpy as np
+
+    from jaxtrain import convert
+
+    inputs = convert.example_inputs(args.input_shape or (1, 28, 28), args.vocab, rows=rows, seed=config.seed)
+    rng = np.random.default_rng([config.seed, 1])
+    classes = args.classes or 10
+    if config.loss == "mse":
+        return inputs, rng.normal(size=(rows, *(args.target_shape or (classes,)))).astype(np.float32)
+    return inputs, rng.integers(0, classes, (rows, *(args.target_shape or ())))
+
+
+def _variant_names(text: str) -> tuple:
+    from jaxtrain.bench_port import variant_list
+
+    return variant_list(text)
 
 
 def _model_flags(group, required: bool) -> None:
@@ -226,7 +287,21 @@ def build_parser() -> config_lib.OneLineParser:
     bench.add_argument("--batch-sizes", type=_sizes("batch sizes must be >= 1"), default=(), help="add a scaling table, e.g. 16,64,256")
     bench.add_argument("--json", default=None, metavar="PATH")
     bench.add_argument("--plot", default=None, metavar="PATH.png")
-    bench.add_argument("--quick", action="store_true", help="6400 samples, 2 repeats: a smoke test")
+    bench.add_argument("--quick", action="store_true",
+                       help="6400 samples, 2 repeats (your port: 3 steps, 1 round): a smoke test")
+    port = bench.add_argument_group("your own port (default: the tutorial's bench)")
+    _model_flags(port, required=False)
+    port.add_argument("--steps", type=config_lib.positive_int, default=None,
+                      help="training steps per timed block (default 50)")
+    port.add_argument("--variants", type=_variant_names, default=None,
+                      help="comma-separated, of torch_eager,torch_compile,jax_step,jax_scan (default all)")
+    port.add_argument("--input-shape", type=_sizes("a shape is sizes >= 1, e.g. 1,28,28"), default=None,
+                      help="one example's shape, torch's layout (default 1,28,28)")
+    port.add_argument("--vocab", type=config_lib.positive_int, default=None,
+                      help="the inputs are token ids below VOCAB (shape --input-shape)")
+    port.add_argument("--classes", type=config_lib.positive_int, default=None, help="targets below N (default 10)")
+    port.add_argument("--target-shape", type=_sizes("a shape is sizes >= 1, e.g. 128"), default=None,
+                      help="one example's target shape (default: one label; e.g. 128 for a label per token)")
     return parser
 
 

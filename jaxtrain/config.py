@@ -66,6 +66,7 @@ class Config:
     dropout: float = 0.2
     loss: str = "cross_entropy"
     mse_reduction: str = "mean"
+    label_smoothing: float = 0.0
     init: str = "torch"
     seed: int = 0
     shuffle: bool = False
@@ -223,6 +224,8 @@ def add_train_flags(parser: argparse.ArgumentParser, dtypes=("float32", "float64
     g.add_argument("--dropout", type=float, default=d.dropout, help="drop probability of mlp_bn_dropout")
     g.add_argument("--loss", choices=LOSSES, default=d.loss)
     g.add_argument("--mse-reduction", choices=("mean", "sum"), default=d.mse_reduction)
+    g.add_argument("--label-smoothing", type=float, default=d.label_smoothing,
+                   help="nn.CrossEntropyLoss(label_smoothing=...) (cross_entropy only)")
     g.add_argument("--init", choices=("torch", "flax"), default=d.init,
                    help="torch: nn.Linear's U(±1/sqrt(fan_in)); flax: Flax's defaults")
     g.add_argument("--seed", type=int, default=d.seed)
@@ -402,6 +405,8 @@ def validate(c: Config) -> None:
 
 def _validate_loop(c: Config, check) -> None:
     """The newer optimizers', schedulers' and loop flags: what torch rejects, said before anything runs."""
+    check(0.0 <= c.label_smoothing <= 1.0, f"label_smoothing must be in [0, 1], got {c.label_smoothing}")
+    check(not c.label_smoothing or c.loss == "cross_entropy", "--label-smoothing applies to --loss cross_entropy only")
     check(0.0 <= c.rho <= 1.0, f"invalid rho value: {c.rho} (must be in [0, 1])")
     check(0.0 < c.etas[0] < 1.0 < c.etas[1], f"invalid eta values: {c.etas} (need 0 < minus < 1 < plus)")
     check(0.0 < c.step_sizes[0] <= c.step_sizes[1], f"invalid step sizes: {c.step_sizes} (need 0 < min <= max)")

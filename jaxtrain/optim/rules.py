@@ -50,9 +50,20 @@ def _zeros(*names):
     return lambda p, h: {n: jnp.zeros_like(p) for n in names}
 
 
+def _log(beta):
+    """log(beta) in float64 for a Python float (torch's hyperparameters are doubles: 0.999 rounded to
+    float32 first would move 1 - beta by 1.3e-5), in the array's precision for a scheduled one."""
+    return math.log(beta) if isinstance(beta, (int, float)) else jnp.log(beta)
+
+
+def _pow(beta, t):
+    """beta**t as torch computes it in float64, kept accurate in float32 runs."""
+    return jnp.exp(t * _log(beta))
+
+
 def _pow1m(beta, t):
     """1 - beta**t, accurate in float32 as well (torch computes it in float64)."""
-    return -jnp.expm1(t * jnp.log(beta))
+    return -jnp.expm1(t * _log(beta))
 
 
 def _l2(g, p, h):
@@ -133,8 +144,8 @@ def nadam(g, p, s, h):
     beta1, beta2 = h["betas"]
     t = h["step"]
     g, decay = _decay(g, p, h, h["decoupled_weight_decay"])
-    mu = beta1 * (1.0 - 0.5 * 0.96 ** (t * h["momentum_decay"]))
-    mu_next = beta1 * (1.0 - 0.5 * 0.96 ** ((t + 1) * h["momentum_decay"]))
+    mu = beta1 * (1.0 - 0.5 * _pow(0.96, t * h["momentum_decay"]))
+    mu_next = beta1 * (1.0 - 0.5 * _pow(0.96, (t + 1) * h["momentum_decay"]))
     mu_product = s["mu_product"] * jnp.asarray(mu, jnp.float32)
     prod = mu_product.astype(jnp.result_type(float))
     m = s["exp_avg"] + (1 - beta1) * (g - s["exp_avg"])
@@ -155,7 +166,7 @@ def radam(g, p, s, h):
     v = s["exp_avg_sq"] * beta2 + (1 - beta2) * g * g
     bc2 = _pow1m(beta2, t)
     rho_inf = 2 / (1 - beta2) - 1
-    rho_t = rho_inf - 2 * t * beta2**t / bc2
+    rho_t = rho_inf - 2 * t * _pow(beta2, t) / bc2
     rect = jnp.sqrt(jnp.maximum((rho_t - 4) * (rho_t - 2) * rho_inf / ((rho_inf - 4) * (rho_inf - 2) * rho_t), 0))
     adaptive = jnp.sqrt(bc2) / (jnp.sqrt(v) + h["eps"])
     corrected = m / _pow1m(beta1, t)

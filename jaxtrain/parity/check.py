@@ -39,7 +39,7 @@ def check_port(torch_model, flax_model, train, test=None, loss="cross_entropy", 
                steps=None, epochs=1, shuffle=False, seed=0, dtypes=("float32", "float64"), flax_input=None,
                weight_map=None, torch_kwargs=None, flax_kwargs=None, torch_output=None,
                flax_output=None, scheduler_interval="epoch", torch_step=None, accumulate=1, clip_grad_norm=None,
-               norm_type=2.0, clip_grad_value=None) -> ParityReport:
+               norm_type=2.0, clip_grad_value=None, label_smoothing=0.0) -> ParityReport:
     """Train `torch_model` (a torch.nn.Module) and `flax_model` (its port: a flax.nnx.Module, or a
     flax.linen.Module the harness initialises) from the same weights on the same batches, in float32
     and float64, and judge them: the report's `passed`, `checks` (stage/layer/tensor in torch's
@@ -50,8 +50,9 @@ def check_port(torch_model, flax_model, train, test=None, loss="cross_entropy", 
     `model(input_ids=..., attention_mask=...)`); float arrays run in each dtype, integer ones (token
     ids, masks) stay integers. Targets: class labels (N,) or (N, T) for sequences, or float
     regression targets. `test=None` skips the evaluation. `loss`: "cross_entropy" | "nll" | "mse" or a
-    (torch_fn, jax_fn) pair. `optimizer`: a torch.optim name with torch's keyword arguments (plus
-    `no_decay_on=("bias", "norm")`, the common second param group without weight decay; and
+    (torch_fn, jax_fn) pair; `label_smoothing`: CrossEntropyLoss(label_smoothing=...). `optimizer`: a
+    torch.optim name with torch's keyword arguments (plus `no_decay_on=("bias", "norm")`, the common
+    second param group without weight decay; and
     `scheduler`, one of jaxtrain's names, with `scheduler_kwargs`); a factory `params -> optimizer` or
     `-> (optimizer, scheduler)` whose JAX twin is `jaxtrain.optim.from_torch`; or a pair (factory,
     optax transformation). `scheduler_interval`: "epoch" or "step" (scheduler.step() after every
@@ -75,7 +76,7 @@ def check_port(torch_model, flax_model, train, test=None, loss="cross_entropy", 
                                       {"clip_grad_norm": clip_grad_norm, "clip_grad_value": clip_grad_value},
                                       norm_type)
     config = _config(loss, mse_reduction, optimizer, optimizer_kwargs, scheduler, scheduler_kwargs, batch_size,
-                     steps, epochs, shuffle, seed, len(train_split), scheduler_interval, accumulate)
+                     steps, epochs, shuffle, seed, len(train_split), scheduler_interval, accumulate, label_smoothing)
     if -(-len(train_split) // batch_size) % accumulate:
         raise ConfigError(f"accumulate={accumulate} must divide the {-(-len(train_split) // batch_size)} batches of "
                           "an epoch (or an epoch would end mid-accumulation)")
@@ -102,7 +103,7 @@ def check_parity(config, dtypes=("float32", "float64"), train=None, test=None, m
         scheduler_kwargs=None if optimizer else config.scheduler_kwargs(), batch_size=config.batch_size,
         steps=max_steps, epochs=config.epochs, shuffle=config.shuffle, seed=config.seed, dtypes=dtypes,
         flax_input=flax_input, scheduler_interval=config.scheduler_interval, accumulate=config.accumulate,
-        clip_grad_norm=config.clip_grad_norm)
+        clip_grad_norm=config.clip_grad_norm, label_smoothing=config.label_smoothing)
 
 
 def _torch_images(images: np.ndarray) -> np.ndarray:
@@ -136,12 +137,12 @@ def _split(arrays, name: str) -> data_lib.Split:
 
 
 def _config(loss, mse_reduction, optimizer, optimizer_kwargs, scheduler, scheduler_kwargs, batch_size, steps,
-            epochs, shuffle, seed, num_train, scheduler_interval="epoch", accumulate=1):
+            epochs, shuffle, seed, num_train, scheduler_interval="epoch", accumulate=1, label_smoothing=0.0):
     from jaxtrain.config import make_config
 
     values = {"batch_size": batch_size, "shuffle": shuffle, "seed": seed, "mse_reduction": mse_reduction,
               "loss": loss if isinstance(loss, str) else "cross_entropy", "scheduler_interval": scheduler_interval,
-              "accumulate": accumulate}
+              "accumulate": accumulate, "label_smoothing": label_smoothing}
     values["epochs"] = epochs if steps is None else max(1, math.ceil(steps / math.ceil(num_train / batch_size)))
     if isinstance(optimizer, str):
         values["optimizer"] = optimizer
@@ -167,7 +168,8 @@ def _losses(loss, config):
         from torchref.losses import loss_by_name as torch_loss_by_name
 
         try:
-            return torch_loss_by_name(loss, config.mse_reduction), loss_by_name(loss, config.mse_reduction)
+            return (torch_loss_by_name(loss, config.mse_reduction, config.label_smoothing),
+                    loss_by_name(loss, config.mse_reduction, config.label_smoothing))
         except ValueError as e:
             raise ConfigError(str(e)) from None
     torch_loss, jax_loss = loss

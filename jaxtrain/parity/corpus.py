@@ -39,7 +39,7 @@ from flax import nnx
 from jaxtrain.layers import TorchBatchNorm
 from jaxtrain.losses import cross_entropy, mse
 from jaxtrain.parity import check_parity, check_port
-from jaxtrain.parity import corpus_hf, corpus_real
+from jaxtrain.parity import corpus_hf, corpus_loops, corpus_real
 from jaxtrain.parity import corpus_ports as ports
 
 TRAIN_SAMPLES, TEST_SAMPLES = 640, 2000
@@ -105,6 +105,8 @@ HEALTHY: dict[str, dict] = {
     # against that library's own Flax ports (corpus_hf; glue: the linen module, flax_input/kwargs)
     **corpus_real.HEALTHY,
     **{name: (lambda data, case=case: case()) for name, case in corpus_hf.CASES.items()},
+    # training loops as users write them: clipping, param groups, per-batch schedules, accumulation
+    **corpus_loops.HEALTHY,
 }
 # The lines of glue a user writes for the real ports (none listed: none)
 GLUE = {**{name: [] for name in corpus_real.HEALTHY}, **corpus_real.GLUE, **corpus_hf.GLUE}
@@ -330,6 +332,9 @@ BUGS: dict[str, Bug] = {
     "position_table_off_by_one": Bug(
         ports.bag(clamp_positions=True), None, "same_math", "forward", 1, "pos (output)",
         "positions clamped to max_len - 2: the last position (1 of 16 rows) reads the wrong row"),
+    # training loops ported wrong (corpus_loops.BUGS)
+    **{name: Bug(case, None, "same_math", stage, step, tensor, why, trap)
+       for name, (case, stage, step, tensor, why, trap) in corpus_loops.BUGS.items()},
 }
 # Bugs float32 must catch too, with the part that must fail there.
 FLOAT32_TOO = {"accumulation_sum": "same_results", "embedding_padding_row_trained": "same_precision",

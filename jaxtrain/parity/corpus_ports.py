@@ -67,36 +67,10 @@ def conv_bn(optimizer: str, **optimizer_kwargs):
 # --------------------------------------------------------------------------- gradient accumulation
 
 
-def accumulating_sgd(params, lr: float, every: int):
-    """SGD stepped every `every` batches with the mean of their gradients: torch users write it as
-    `(loss / every).backward()` each batch and `step(); zero_grad()` every `every`; here the
-    harness's zero_grad/backward/step loop drives it, so the accumulation lives in the optimizer."""
-    import torch
-
-    class AccumulatingSGD(torch.optim.SGD):
-        def __init__(self, params):
-            super().__init__(params, lr=lr)
-            self.calls = 0
-
-        @torch.no_grad()
-        def step(self, closure=None):
-            self.calls += 1
-            params = [p for group in self.param_groups for p in group["params"] if p.grad is not None]
-            for p in params:
-                self.state[p].setdefault("sum", torch.zeros_like(p)).add_(p.grad)
-            if self.calls % every:
-                return None
-            for p in params:
-                p.grad.copy_(self.state[p]["sum"] / every)
-                self.state[p]["sum"].zero_()
-            return super().step()
-
-    return AccumulatingSGD(params)
-
-
 def accumulation(use_grad_mean: bool):
-    """The tutorial's MLP; JAX accumulates with optax.MultiSteps (the mean, unless `use_grad_mean`
-    is False: the port then steps with the sum of the gradients, `every` times too large)."""
+    """The tutorial's MLP, 2 batches per step (torch's loop: `(loss / 2).backward()` each batch, step every
+    second); the port accumulates with its own optax.MultiSteps (the mean, unless `use_grad_mean` is False:
+    it then steps with the sum of the gradients, twice too large)."""
     def case(data):
         from jaxtrain.models import make_model
         from jaxtrain.config import make_config
@@ -110,8 +84,8 @@ def accumulation(use_grad_mean: bool):
         train, test = data
         return dict(torch_model=make_torch_model(config), flax_model=make_model(config),
                     train=(train.images[:, None], train.labels), test=(test.images[:, None], test.labels),
-                    optimizer=(lambda params: accumulating_sgd(params, 0.05, 2), tx.gradient_transformation()),
-                    steps=50)
+                    optimizer=(lambda params: torch.optim.SGD(params, lr=0.05), tx.gradient_transformation()),
+                    accumulate=2, steps=50)
 
     return case
 
