@@ -376,3 +376,18 @@ def test_float32_runs_carry_torchs_float32_error_not_more(name):
     ours = _float32_trajectory(make_opt, make_sched, steps, "jax", None)
     own = np.median(np.abs(torch32 - exact)) + 8 * np.finfo(np.float32).eps * np.median(np.abs(exact))
     assert np.median(np.abs(ours - exact)) <= 4 * own
+
+
+def test_one_twin_serves_a_float32_run_then_a_float64_run_exactly():
+    """check_port reuses a user's from_torch twin across its runs: a schedule traced in float32 first must
+    still give float64 values in the float64 run (a reused float32 constant once rounded the lr by 2e-9)."""
+    model = torch.nn.Linear(3, 2).double()
+    opt = O.SGD(model.parameters(), lr=0.1)
+    twin = from_torch(opt, S.LinearLR(opt, 0.1, total_iters=5), model=model, interval="epoch", steps_per_epoch=10,
+                      steps=40)
+    for x64, dtype in ((False, jnp.float32), (True, jnp.float64)):
+        jax.config.update("jax_enable_x64", x64)
+        params = {n: jnp.ones(p.shape, dtype) for n, p in model.named_parameters()}
+        updates, _ = jax.jit(twin.update)(params, twin.init(params), params)
+        assert updates["weight"].dtype == dtype
+    assert float(updates["weight"][0, 0]) == -opt.param_groups[0]["lr"]  # 0.1 * 0.1 in float64, to the last bit

@@ -4,11 +4,11 @@ import torch.nn.functional as F
 from torch import nn
 
 
-def loss_by_name(name: str, mse_reduction: str = "mean"):
+def loss_by_name(name: str, mse_reduction: str = "mean", label_smoothing: float = 0.0):
     # the last axis holds the classes: (B, C) logits, or (B, T, C) with (B, T) targets, as
     # torch users write it: loss_fn(logits.view(-1, C), y.view(-1))
     if name == "cross_entropy":
-        cross_entropy = nn.CrossEntropyLoss()
+        cross_entropy = nn.CrossEntropyLoss(label_smoothing=label_smoothing)
         return lambda pred, y: cross_entropy(pred.reshape(-1, pred.shape[-1]), y.reshape(-1))
     if name == "nll":
         nll = nn.NLLLoss()
@@ -21,4 +21,4 @@ def loss_by_name(name: str, mse_reduction: str = "mean"):
 
 
 def make_loss(config):
-    return loss_by_name(config.loss, config.mse_reduction)
+    return loss_by_name(config.loss, config.mse_reduction, config.label_smoothing)

@@ -90,10 +90,12 @@ def _read(value):
 
 def lookup(values: np.ndarray, per: int):
     """count -> values[count // per], holding the last value past the table's end."""
-    last = len(values) - 1
+    # kept as Python floats: a numpy table traced once in a float32 run came back float32 in a later
+    # float64 run of the same transformation (a converted constant reused), rounding the lr by 2e-9
+    table, last = tuple(np.asarray(values, np.float64).tolist()), len(values) - 1
 
     def schedule(count):
-        return jnp.asarray(values)[jnp.minimum(count // per, last)]
+        return jnp.asarray(table, jnp.result_type(float))[jnp.minimum(count // per, last)]
 
     return schedule
 
