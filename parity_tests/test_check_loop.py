@@ -69,6 +69,7 @@ def test_factory_with_param_groups_per_batch_one_cycle_and_clipping_passes(data)
     assert report.passed, str(report)
 
 
+@pytest.mark.corpus  # the suite's budget: plateau's exactness is in test_from_torch, the corpus has loop_plateau
 def test_plateau_scheduler_steps_on_the_test_loss_on_both_sides(data):
     def plateau(params):
         optimizer = torch.optim.SGD(params, lr=0.1, momentum=0.9)
@@ -84,6 +85,7 @@ def test_torch_step_clipping_against_a_from_torch_twin_that_clips(data):
     assert check(data, optimizer=(sgd, twin), torch_step=clip(0.3)).passed
 
 
+@pytest.mark.corpus  # the suite keeps the CNN's accumulation bug below
 def test_accumulation_on_a_cnn_passes(data):
     report = check(data, model=cnn, optimizer=sgd, accumulate=2, flax_input="nhwc", steps=6)
     assert report.passed, str(report)

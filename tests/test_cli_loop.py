@@ -38,6 +38,7 @@ def test_parity_holds_with_the_users_loop(fashion):
     assert "PARITY PASSED" in done.stdout
 
 
+@pytest.mark.corpus  # the suite's budget
 def test_plateau_and_cyclic_momentum_pass_parity_in_float64(fashion):
     for flags in (["--optimizer", "sgd", "--momentum", "0.9", "--scheduler", "plateau", "--patience", "0",
                    "--threshold", "0.5"],
