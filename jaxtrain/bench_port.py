@@ -18,25 +18,34 @@ Both at full float32 precision (no TF32; JAX's matmul precision "highest"), or i
 
 Workers. As in `jaxtrain.bench`, every variant lives in its own process (its peak RSS its own, no
 framework's threads competing with another's), the parent interleaves them A B C D A B C D ...
-after one warm-up block each, with bench's settle pause before each block. The workers are
-*spawned*, not forked: a fork after JAX has started deadlocks the child (JAX warns so; tried here:
-the child's first jit hangs or aborts on a held mutex), and a CUDA context does not survive a
-fork, while a Flax NNX model has started JAX (on the GPU, if there is one) the moment it is built,
-before compare_port is called. So a worker rebuilds its side from a recipe: each model is
-given as "MODULE:ATTR" (what the CLI takes), a class or a module-level factory (functools.partial
-of one works), which the worker calls, or a model object that pickles; the other arguments
-(losses, optimizer factories, *_output callables) must pickle too (module-level functions, not
-lambdas). What cannot be sent is one ConfigError saying so. The parent builds the models once,
-and every worker loads the parent's torch weights (the JAX side maps them, as check_port does),
-so all variants train the same model from the same weights. A torch worker never imports JAX;
-a JAX worker imports torch, since the port is paired by running both models (`import_rss_mb`,
-the RSS after a worker's imports, says how much of its peak that accounts for).
+after one warm-up block each, with bench's settle pause before each block. The workers import and
+build together, then compile one at a time, alone on the machine (JAX ahead of time; torch.compile
+in its warm-up block, reported as that block's time over a steady one's; both cold: JAX has no
+persistent cache by default, and torch.compile's on-disk caches are switched off in its worker, so
+a second run does not report a cached compile).
 
-Same model. Before timing, one `check_port(..., steps=1, dtypes=("float32",))` on the first batch
-from the same weights says whether the two sides compute the same training step (the float32
-verdict: both sides' error against float64 within torch's own), in `report["same_model"]`: a
-fast port that trains another model is not a faster port. It runs in the parent, whose
-environment (check_port's deterministic-XLA flag) is put back before the workers start.
+They are *spawned*, not forked: a fork after JAX has started deadlocks the child (JAX warns so;
+tried here: the child's first jit hangs, or aborts on a held mutex), and a CUDA context does not
+survive a fork, while a Flax NNX model starts JAX (on the GPU, if there is one) the moment it is
+built, before compare_port is even called. So a worker rebuilds its side from a recipe, sent by
+pickle: each model as "MODULE:ATTR" (what the CLI takes), a class or a module-level factory
+(functools.partial of one works), which the worker calls, or a model object that pickles (a torch
+module does; the tutorial's NNX MLP does not); the other arguments (loss pairs, optimizer
+factories, *_output callables) must pickle too: module-level functions, not lambdas. What cannot
+be sent is one ConfigError saying so; and a script calling compare_port needs the usual
+`if __name__ == "__main__":` guard, since spawned workers import it. The parent builds the models
+once and every worker loads the parent's torch weights (the JAX side maps them, as check_port
+does): all variants train one model from the same weights. A torch worker starts no JAX; a JAX
+worker imports torch, as the port is paired by running both models: `import_rss_mb`, a worker's
+RSS after its imports, says how much of its peak that is. The loop is the plain one: no
+scheduler stepping, accumulation or clipping (a factory's scheduler is left alone on torch's side).
+
+Same model. One `check_port(..., steps=1, dtypes=("float32",))` on the first batch from the same
+weights says whether the two sides compute the same training step (its float32 verdict: each
+side's error against float64 within torch's own), in `report["same_model"]`: a fast port that
+trains another model is not a faster port (`strict=True`, as the CLI runs, refuses to time it).
+It runs in the parent while the workers import and build (they were spawned with the parent's
+environment before it; check_port's deterministic-XLA setting is put back after it).
 """
 
 from __future__ import annotations
@@ -73,7 +82,7 @@ class Job:
     config: Any  # jaxtrain.config.Config (batch size, optimizer and its arguments, loss, dtype)
     loss: Any
     optimizer: Any
-    calls: Any  # jaxtrain.parity.check.Calls
+    calls: dict  # check.Calls' fields (torch_kwargs, ...), plain: unpickling Calls would import JAX
     flax_input: Any = None
     weight_map: Any = None
     steps: int = 1
@@ -106,12 +115,12 @@ def compare_port(torch_model, flax_model, train, loss="cross_entropy", optimizer
     job = Job(torch_model if _is_recipe(torch_model) else torch_object,
               flax_model if _is_recipe(flax_model) else flax_object,
               {k: v.detach().cpu().numpy().copy() for k, v in torch_object.state_dict().items()}, split, config,
-              loss, optimizer, check.Calls(torch_kwargs, flax_kwargs, torch_output, flax_output), flax_input,
-              weight_map, steps)
+              loss, optimizer, dict(torch_kwargs=torch_kwargs, flax_kwargs=flax_kwargs, torch_output=torch_output,
+                                    flax_output=flax_output), flax_input, weight_map, steps)
     _check_sendable(job)
     same = {}
 
-    def check_same_model():  # in the parent, while the workers import their frameworks
+    def check_same_model():  # in the parent, while the workers import and build
         log("checking that both sides train the same model (one float32 step) ...")
         same.update(same_model(torch_object, flax_object, split.take(batch_size), loss=loss, optimizer=optimizer,
                                optimizer_kwargs=optimizer_kwargs, batch_size=batch_size, flax_input=flax_input,
@@ -160,15 +169,15 @@ def build_model(recipe, what: str):
     """The model a recipe makes: "MODULE:ATTR" imported and called, a class or factory called with no
     arguments (torch's RNG seeded, so a torch factory gives the same weights each time), an object
     itself. A recipe that fails is one PortMappingError."""
-    if isinstance(recipe, str):
-        from jaxtrain.cli import load_model
-
-        return load_model(recipe, what)
     if not _is_recipe(recipe):
         return recipe
     import torch
 
     torch.manual_seed(0)
+    if isinstance(recipe, str):
+        from jaxtrain.cli import load_model
+
+        return load_model(recipe, what)
     try:
         return recipe()
     except Exception as e:  # the user's constructor
@@ -405,6 +414,7 @@ class TorchLoop:
         self.batches = [(torch_train.to_device(X), y.to(self.device)) for X, y in loader]
         self.forward, self.optimizer_step = self.model, self.optimizer.step
         if variant == "torch_compile":  # compiled during the warm-up block
+            torch.compiler.config.force_disable_caches = True  # cold, as JAX's (no persistent cache) and repeatable
             mode = "reduce-overhead" if self.device.type == "cuda" else "default"
             self.forward = torch.compile(self.model, mode=mode)
             self.optimizer_step = torch.compile(self.optimizer.step, mode=mode)
@@ -417,7 +427,8 @@ class TorchLoop:
         total = self.torch.zeros((), device=self.device)
         for i in range(self.steps):
             X, y = self.batches[i % len(self.batches)]
-            pred = inputs.prediction(inputs.call(self.forward, X, **(calls.torch_kwargs or {})), calls.torch_output)
+            pred = inputs.prediction(inputs.call(self.forward, X, **(calls["torch_kwargs"] or {})),
+                                     calls["torch_output"])
             loss = self.loss_fn(pred, y)
             loss.backward()
             self.optimizer_step()
@@ -480,7 +491,7 @@ class JaxLoop:
         port = check.build_port(torch_model, build_model(job.flax_model, "flax_model"), job.train,
                                 job.train.take(config.batch_size), config, job.loss,
                                 optimizers_lib.build(job.optimizer, "epoch", 1, None, {}), job.flax_input,
-                                job.weight_map, job.calls)
+                                job.weight_map, check.Calls(**job.calls))
         flax = port.flax.computing_in(config.dtype)
         params, buffers = port.mapping.to_flax(flax, port.weights)  # create_state casts to the dtype
         state = train_lib.create_state(config, 1, model=flax, params=params, buffers=buffers,
@@ -494,6 +505,7 @@ class JaxLoop:
             from jaxtrain.inputs import rows
 
             self.batches = jax.block_until_ready([{"x": rows(self.x, i), "y": self.y[i]} for i in plan])
+            self.x = self.y = None  # its batches are all it uses
 
     def compile(self) -> bool:
         """Ahead of time (tracing included), as jaxtrain's Trainer compiles, so it stays out of the blocks."""
@@ -602,15 +614,19 @@ def _lm_data(sizes: dict, rows: int, seed: int = 0):
 def suite(quick: bool = False) -> dict:
     """compare_port's arguments for three kinds of model and their existing ports: a GPT-2 LM
     (4 layers, hidden 256, 128 tokens; transformers' own Flax port), examples/cnn.py's BatchNorm CNN
-    (run from the checkout), and examples/lstm_classifier.py's LSTM; `quick`: tiny ones."""
-    from jaxtrain.parity.corpus_real import LinenLSTM, TorchLSTM, tokens
+    (run from the checkout), and examples/lstm_classifier.py's LSTM pair at 256 hidden units over 64 tokens,
+    its port's time loop one lax.scan; `quick`: tiny ones."""
+    from jaxtrain.parity.corpus_real import LinenLSTM, TorchLSTM
 
     lm = (dict(layers=1, hidden=32, heads=2, seq=16, vocab=64) if quick
           else dict(layers=4, hidden=256, heads=4, seq=128, vocab=1024))
+    lstm = dict(vocab=64, embed=8, hidden=16, seq=6) if quick else dict(vocab=1000, embed=64, hidden=256, seq=64)
     lm_batch, cnn_batch, lstm_batch = (4, 8, 8) if quick else (8, 64, 32)
     rng = np.random.default_rng(0)
     images = rng.normal(size=(4 * cnn_batch, 1, 28, 28)).astype(np.float32)
-    ids, _, labels = tokens(14, 4 * lstm_batch)
+    ids = rng.integers(1, lstm["vocab"], (4 * lstm_batch, lstm["seq"]))
+    labels = ids[:, 0] % 3
+    sizes = {k: lstm[k] for k in ("vocab", "embed", "hidden")}
     return {
         "transformer_lm": dict(torch_model=functools.partial(_gpt2, "torch", lm),
                                flax_model=functools.partial(_gpt2, "flax", lm), train=_lm_data(lm, 4 * lm_batch),
@@ -618,8 +634,10 @@ def suite(quick: bool = False) -> dict:
         "bn_cnn": dict(torch_model="examples.cnn:TorchCNN", flax_model="examples.cnn:NnxCNN",
                        train=(images, rng.integers(0, 10, len(images))), flax_input="nhwc", optimizer="sgd",
                        optimizer_kwargs={"lr": 0.05, "momentum": 0.9}, batch_size=cnn_batch),
-        "lstm_classifier": dict(torch_model=TorchLSTM, flax_model=LinenLSTM, train=(ids, labels), optimizer="sgd",
-                                optimizer_kwargs={"lr": 0.5}, batch_size=lstm_batch),
+        # the port keeps torch's tensors and runs its time loop as one lax.scan
+        "lstm_classifier": dict(torch_model=functools.partial(TorchLSTM, **sizes),
+                                flax_model=functools.partial(LinenLSTM, scan=True, **sizes), train=(ids, labels),
+                                optimizer="sgd", optimizer_kwargs={"lr": 0.5}, batch_size=lstm_batch),
     }
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 import torch
@@ -116,12 +117,12 @@ class NnxAttention(nnx.Module):
 
 
 class TorchLSTM(tnn.Module):
-    def __init__(self):
+    def __init__(self, vocab=VOCAB, embed=8, hidden=12, classes=3):
         super().__init__()
         torch.manual_seed(0)
-        self.embed = tnn.Embedding(VOCAB, 8)
-        self.lstm = tnn.LSTM(8, 12, batch_first=True)
-        self.head = tnn.Linear(12, 3)
+        self.embed = tnn.Embedding(vocab, embed)
+        self.lstm = tnn.LSTM(embed, hidden, batch_first=True)
+        self.head = tnn.Linear(hidden, classes)
 
     def forward(self, ids):
         out, _ = self.lstm(self.embed(ids))
@@ -133,6 +134,7 @@ class TorchStyleLSTM(nn.Module):
 
     hidden: int = 12
     gates: str = "ifgo"  # the order the fused gate rows are split in ("igfo": TensorFlow's i, j, f, o)
+    scan: bool = False  # the time loop as one lax.scan (one compiled cell) instead of unrolled in Python
 
     @nn.compact
     def __call__(self, x):
@@ -142,25 +144,41 @@ class TorchStyleLSTM(nn.Module):
         b_ih = self.param("bias_ih_l0", nn.initializers.zeros, (h4,))
         b_hh = self.param("bias_hh_l0", nn.initializers.zeros, (h4,))
         h = c = jnp.zeros((x.shape[0], self.hidden), x.dtype)
-        outs = []
-        for t in range(x.shape[1]):
-            i, f, g, o = (dict(zip(self.gates, jnp.split(x[:, t] @ w_ih.T + b_ih + h @ w_hh.T + b_hh, 4, axis=-1)))[k]
+
+        def cell(carry, x_t):
+            h, c = carry
+            i, f, g, o = (dict(zip(self.gates, jnp.split(x_t @ w_ih.T + b_ih + h @ w_hh.T + b_hh, 4, axis=-1)))[k]
                           for k in "ifgo")
             c = nn.sigmoid(f) * c + nn.sigmoid(i) * jnp.tanh(g)
             h = nn.sigmoid(o) * jnp.tanh(c)
-            outs.append(h)
+            return (h, c), h
+
+        if self.scan:
+            return jnp.swapaxes(jax.lax.scan(cell, (h, c), jnp.swapaxes(x, 0, 1))[1], 0, 1)
+        outs = []
+        for t in range(x.shape[1]):
+            (h, c), out = cell((h, c), x[:, t])
+            outs.append(out)
         return jnp.stack(outs, 1)
 
 
 class LinenLSTM(nn.Module):
     cell: str = "torch"
     gates: str = "ifgo"
+    vocab: int = VOCAB
+    embed: int = 8
+    hidden: int = 12
+    classes: int = 3
+    scan: bool = False
 
     @nn.compact
     def __call__(self, ids):
-        x = nn.Embed(VOCAB, 8, name="embed")(ids)
-        x = TorchStyleLSTM(gates=self.gates, name="lstm")(x) if self.cell == "torch" else nn.RNN(nn.LSTMCell(12), name="lstm")(x)
-        return nn.Dense(3, name="head")(x[:, -1])
+        x = nn.Embed(self.vocab, self.embed, name="embed")(ids)
+        if self.cell == "torch":
+            x = TorchStyleLSTM(hidden=self.hidden, gates=self.gates, scan=self.scan, name="lstm")(x)
+        else:
+            x = nn.RNN(nn.LSTMCell(self.hidden), name="lstm")(x)
+        return nn.Dense(self.classes, name="head")(x[:, -1])
 
 
 class TorchTiedLM(tnn.Module):
