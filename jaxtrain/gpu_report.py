@@ -1,4 +1,5 @@
-"""The GPU report: parity, the verdict corpus' short subset and the bench on one CUDA machine.
+"""The GPU report: parity, the verdict corpus' short subset, the bench and compare_port's three models
+on one CUDA machine.
 
     make gpu-report                                   # after `make setup CUDA=12`
     PYTHONPATH=. python3 -m jaxtrain.gpu_report       # a machine with jax, torch, flax, optax preinstalled
@@ -28,7 +29,7 @@ def run(out_dir: Path, data_dir: str | None, quick: bool, log) -> dict:
     import jax
     import torch
 
-    from jaxtrain import bench, parity
+    from jaxtrain import bench, bench_port, parity
     from jaxtrain import data as data_lib
     from jaxtrain.config import Config
     from jaxtrain.parity import corpus
@@ -56,8 +57,12 @@ def run(out_dir: Path, data_dir: str | None, quick: bool, log) -> dict:
     speed = bench.run_bench(bench_config, repeats=2 if quick else 5, log=log)
     bench.plot(speed, f"{stem}.png")
 
+    log("your port's bench: a transformer LM, a BatchNorm CNN, an LSTM (python -m jaxtrain.bench_port --suite)")
+    ports = bench_port.run_suite(quick=quick, log=log)
+    bench_port.plot(ports, f"{stem}-ports.png")
+
     result = {"device": device, "jax_device": jax_device, "jax": jax.__version__, "torch": torch.__version__,
-              "quick": quick, "parity": report.to_dict(), "corpus": rows, "bench": speed}
+              "quick": quick, "parity": report.to_dict(), "corpus": rows, "bench": speed, "ports": ports}
     from jaxtrain.metrics import write_json
 
     write_json(f"{stem}.json", result)
@@ -66,7 +71,7 @@ def run(out_dir: Path, data_dir: str | None, quick: bool, log) -> dict:
 
 
 def markdown(result: dict, report) -> str:
-    from jaxtrain import bench
+    from jaxtrain import bench, bench_port
     from jaxtrain.parity.corpus import markdown as corpus_table
 
     epochs = result["parity"]["config"]["epochs"]
@@ -75,7 +80,10 @@ def markdown(result: dict, report) -> str:
         f"## Tutorial parity ({epochs} epochs, float32 and float64, batch 64, SGD lr 1e-3)", "",
         "```", str(report), "```", "",
         "## Verdict corpus, short subset", "", corpus_table(result["corpus"], result["device"]), "",
-        "## Bench", "", "```", bench.format_table(result["bench"]), "```", ""])
+        "## Bench", "", "```", bench.format_table(result["bench"]), "```", "",
+        "## Your port's bench (compare_port)", "", *(result["ports"].get("skipped") or []), "```",
+        "\n\n".join(f"{name}\n{bench_port.format_table(r)}" for name, r in result["ports"]["models"].items()),
+        "```", ""])
 
 
 def main(argv=None) -> int:
