@@ -86,8 +86,18 @@ def test_torch_step_clipping_against_a_from_torch_twin_that_clips(data):
 
 
 @pytest.mark.corpus  # the suite keeps the CNN's accumulation bug below
-def test_accumulation_on_a_cnn_passes(data):
-    report = check(data, model=cnn, optimizer=sgd, accumulate=2, flax_input="nhwc", steps=6)
+def test_the_whole_loop_on_a_cnn_passes(data):
+    """A BatchNorm CNN with everything at once: a factory's AdamW in two groups and OneCycleLR stepped per
+    optimizer step, 2 batches accumulated, clip_grad_norm_ in torch_step against a clipping twin."""
+    def make(params):
+        optimizer = torch.optim.AdamW(no_decay_groups(params), lr=3e-3)
+        return optimizer, S.OneCycleLR(optimizer, max_lr=3e-3, total_steps=10)
+
+    torch_model, _ = cnn()
+    twin = from_torch(*make(torch_model.parameters()), model=torch_model, interval="step", steps=8,
+                      clip_grad_norm=1.0)
+    report = check(data, model=cnn, optimizer=(make, twin), torch_step=clip(1.0), scheduler_interval="step",
+                   accumulate=2, flax_input="nhwc", steps=16)
     assert report.passed, str(report)
 
 
