@@ -112,7 +112,7 @@ def build(optimizer, interval: str, accumulate, torch_step, clip: dict, norm_typ
         clip["norm_type"] = clip.get("norm_type", 2.0) if norm_type is None else norm_type
     common = dict(interval=interval, accumulate=accumulate, torch_step=torch_step, clip=clip)
     if isinstance(optimizer, str):
-        return Optimizers(_named_torch, _named_tx(clip, interval), **common)
+        return Optimizers(_named_torch, _named_tx(clip), **common)
     if callable(optimizer):
         return Optimizers(_factory_torch(optimizer), _from_torch_tx(optimizer, interval, clip), **common,
                           twin_of_factory=True)
@@ -137,7 +137,7 @@ def _named_torch(config, module, batches_per_epoch=1):
         raise ConfigError(f"torch.optim rejects the settings: {first_line(e)}") from None
 
 
-def _named_tx(clip: dict, interval: str):
+def _named_tx(clip: dict):
     def make_tx(config, steps_per_epoch, steps, mapping, params, torch_model):
         import optax
 
