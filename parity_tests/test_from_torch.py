@@ -391,3 +391,24 @@ def test_one_twin_serves_a_float32_run_then_a_float64_run_exactly():
         updates, _ = jax.jit(twin.update)(params, twin.init(params), params)
         assert updates["weight"].dtype == dtype
     assert float(updates["weight"][0, 0]) == -opt.param_groups[0]["lr"]  # 0.1 * 0.1 in float64, to the last bit
+
+
+@pytest.mark.parametrize("name", ["RMSprop", "Adagrad", "Adam", "Adamax", "NAdam"])
+def test_tiny_float32_gradients_are_not_flushed_to_zero(name):
+    """torch's addcdiv_(g, denom, value=-lr) divides first; -lr * g first is a denormal that XLA's CPU
+    flushes to zero (an RMSprop run drifted 1e-3 from float64 that way). Gradients of 1e-36 must move
+    the parameter as torch moves it."""
+    jax.config.update("jax_enable_x64", False)
+    model = torch.nn.Linear(4, 1, bias=False)
+    torch.nn.init.zeros_(model.weight)  # a parameter of 0: its change is the update itself, not lost in rounding
+    opt = getattr(O, name)(model.parameters(), lr=1e-4, **({"eps": 1e-30} if name != "Adagrad" else {}))
+    tx = from_torch(opt, model=model)
+    grad = np.full((1, 4), 1e-36, np.float32)
+    params = {"weight": jnp.asarray(model.weight.detach().numpy())}
+    updates, _ = jax.jit(tx.update)({"weight": jnp.asarray(grad)}, tx.init(params), params)
+    before = model.weight.detach().clone()
+    model.weight.grad = torch.tensor(grad)
+    opt.step()
+    torch_update = (model.weight.detach() - before).numpy()
+    assert np.all(torch_update != 0)  # the case is real: torch moves every element
+    np.testing.assert_allclose(np.asarray(updates["weight"]), torch_update, rtol=1e-5)

@@ -3,7 +3,9 @@
 Every torch optimizer but LBFGS updates each parameter tensor on its own, from its
 gradient, its value, its per-tensor state and the group's hyperparameters at this
 step. A rule here is that per-tensor step, written op for op after torch's
-single-tensor implementation (`torch/optim/<name>.py`, `_single_tensor_<name>`):
+single-tensor implementation (`torch/optim/<name>.py`, `_single_tensor_<name>`), its order of
+operations included (`addcdiv_(a, b, value=-lr)` is `(a / b) * -lr`: with -lr * a first, a tiny
+float32 gradient times lr flushes to zero on XLA's CPU where torch's quotient stays normal):
 
     init(p, h)          -> the tensor's state (a dict of arrays)
     update(g, p, s, h)  -> (the additive update, the new state)
@@ -114,7 +116,7 @@ def adam(g, p, s, h, decoupled=None):
         v = new["max_exp_avg_sq"] = jnp.maximum(s["max_exp_avg_sq"], v)
     t = h["step"]
     denom = jnp.sqrt(v) / jnp.sqrt(_pow1m(beta2, t)) + h["eps"]
-    return decay - (h["lr"] / _pow1m(beta1, t)) * m / denom, new
+    return decay + (m / denom) * (-h["lr"] / _pow1m(beta1, t)), new
 
 
 @rule("AdamW", init=_adam_init)
@@ -130,7 +132,7 @@ def adamax(g, p, s, h):
     g = _l2(g, p, h)
     m = s["exp_avg"] + (1 - beta1) * (g - s["exp_avg"])
     u = jnp.maximum(s["exp_inf"] * beta2, jnp.abs(g) + h["eps"])
-    return -(h["lr"] / _pow1m(beta1, h["step"])) * m / u, {"exp_avg": m, "exp_inf": u}
+    return (m / u) * (-h["lr"] / _pow1m(beta1, h["step"])), {"exp_avg": m, "exp_inf": u}
 
 
 def _nadam_init(p, h):
@@ -151,8 +153,8 @@ def nadam(g, p, s, h):
     m = s["exp_avg"] + (1 - beta1) * (g - s["exp_avg"])
     v = s["exp_avg_sq"] * beta2 + (1 - beta2) * g * g
     denom = jnp.sqrt(v / _pow1m(beta2, t)) + h["eps"]
-    update = (-h["lr"] * (1.0 - mu) / (1.0 - prod)) * g / denom
-    update = update + (-h["lr"] * mu_next / (1.0 - prod * mu_next)) * m / denom
+    update = (g / denom) * (-h["lr"] * (1.0 - mu) / (1.0 - prod))
+    update = update + (m / denom) * (-h["lr"] * mu_next / (1.0 - prod * mu_next))
     return decay + update, {"exp_avg": m, "exp_avg_sq": v, "mu_product": mu_product}
 
 
@@ -191,7 +193,7 @@ def adagrad(g, p, s, h):
     g = _l2(g, p, h)
     total = s["sum"] + g * g
     clr = h["lr"] / (1 + (h["step"] - 1) * h["lr_decay"])
-    return -clr * g / (jnp.sqrt(total) + h["eps"]), {"sum": total}
+    return (g / (jnp.sqrt(total) + h["eps"])) * -clr, {"sum": total}
 
 
 def _rmsprop_init(p, h):
@@ -213,7 +215,7 @@ def rmsprop(g, p, s, h):
     if "momentum_buffer" in s:
         new["momentum_buffer"] = s["momentum_buffer"] * h["momentum"] + g / avg
         return -h["lr"] * new["momentum_buffer"], new
-    return -h["lr"] * g / avg, new
+    return (g / avg) * -h["lr"], new
 
 
 def _lerp(a, b, w):
