@@ -42,9 +42,13 @@ def _lstm():
     return dict(torch_model=corpus_real.TorchLSTM, flax_model=corpus_real.LinenLSTM, train=(ids[:, :3], labels))
 
 
-def _cnn():
-    return dict(torch_model=corpus_real.TorchConvBN, flax_model=corpus_real.LinenConvBN, flax_input="nhwc",
-                train=_images(24, (1, 8, 8), 3))
+def _lm():
+    """The suite's GPT-2 pair (transformers' PyTorch model against its own Flax port), tiny: 1 layer, hidden 32.
+    (The BatchNorm CNN is the CLI test's model.)"""
+    from jaxtrain.bench_port import suite
+
+    arguments = suite(quick=True)["transformer_lm"]
+    return {k: arguments[k] for k in ("torch_model", "flax_model", "train", "optimizer", "optimizer_kwargs")}
 
 
 def assert_measured(report, variants):
@@ -64,7 +68,7 @@ def assert_measured(report, variants):
 
 
 @pytest.mark.parametrize("pair, variants", [(_mlp, FAST), (_lstm, ("torch_eager", "jax_scan")),
-                                             (_cnn, ("torch_eager", "jax_scan"))], ids=["mlp", "lstm", "cnn_batchnorm"])
+                                             (_lm, ("torch_eager", "jax_scan"))], ids=["mlp", "lstm", "transformer_lm"])
 def test_every_variant_is_timed_on_the_same_model(pair, variants):
     """The suite's budget: every variant on the MLP, the eager and scanned ones on the others."""
     report = compare_port(**pair(), **QUICK, variants=variants)
