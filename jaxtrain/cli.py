@@ -176,12 +176,7 @@ def run_bench(config, args) -> int:
     log = (lambda *a: None) if config.quiet else (lambda msg: print(msg, file=_sys.stderr, flush=True))
     result = bench.run_bench(config, repeats=2 if args.quick and args.repeats is None else (args.repeats or 5),
                              batch_sizes=args.batch_sizes, log=log, xla_flags=os.environ.get("XLA_FLAGS"))
-    print(bench.format_table(result))
-    if args.json:
-        bench.write_json(result, args.json)
-    if args.plot:
-        bench.plot(result, args.plot)
-    return 0
+    return _report(bench, result, args)
 
 
 PORT_BENCH_FLAGS = ("steps", "variants", "input_shape", "vocab", "classes", "target_shape")
@@ -210,11 +205,16 @@ def run_bench_port(config, args) -> int:
                                      batch_size=config.batch_size, steps=steps, flax_input=args.flax_input,
                                      repeats=repeats, variants=args.variants, dtype=config.dtype, log=log,
                                      strict=True)
-    print(bench_port.format_table(report))
+    return _report(bench_port, report, args)
+
+
+def _report(module, result, args) -> int:
+    """A bench's table on stdout, its JSON and plot where asked (module: jaxtrain.bench or bench_port)."""
+    print(module.format_table(result))
     if args.json:
-        bench_port.write_json(report, args.json)
+        module.write_json(result, args.json)
     if args.plot:
-        bench_port.plot(report, args.plot)
+        module.plot(result, args.plot)
     return 0
 
 
