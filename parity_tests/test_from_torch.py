@@ -20,7 +20,7 @@ from jaxtrain.errors import ConfigError
 from jaxtrain.optim import clip_grad_norm, from_torch, plateau_step
 from jaxtrain.optim.rules import RuleState, _newton_schulz
 
-STEPS, STEPS_PER_EPOCH = 60, 4
+STEPS, STEPS_PER_EPOCH = 50, 4
 O = torch.optim
 
 

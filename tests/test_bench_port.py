@@ -67,8 +67,11 @@ def assert_measured(report, variants):
     assert json.loads(json.dumps(report)) == report  # JSON-ready as it is
 
 
-@pytest.mark.parametrize("pair, variants", [(_mlp, FAST), (_lstm, ("torch_eager", "jax_scan")),
-                                             (_lm, ("torch_eager", "jax_scan"))], ids=["mlp", "lstm", "transformer_lm"])
+# the suite's budget: the MLP in every fast variant here, the LSTM and the tiny GPT-2 among the long checks
+# (the BatchNorm CNN is the CLI test's model)
+@pytest.mark.parametrize("pair, variants", [
+    (_mlp, FAST), pytest.param(_lstm, ("torch_eager", "jax_scan"), marks=pytest.mark.corpus),
+    pytest.param(_lm, ("torch_eager", "jax_scan"), marks=pytest.mark.corpus)], ids=["mlp", "lstm", "transformer_lm"])
 def test_every_variant_is_timed_on_the_same_model(pair, variants):
     """The suite's budget: every variant on the MLP, the eager and scanned ones on the others."""
     report = compare_port(**pair(), **QUICK, variants=variants)
@@ -80,6 +83,7 @@ def test_every_variant_is_timed_on_the_same_model(pair, variants):
     assert rss["torch_eager"] < rss["jax_scan"]  # a torch worker imports no JAX
 
 
+@pytest.mark.corpus  # the suite's budget: strict=True below refuses the same port in the suite
 def test_a_wrong_port_is_timed_but_flagged():
     """examples/cnn.py's port that flattens NHWC: it pairs, runs, and is not the same model."""
     report = compare_port("examples.cnn:TorchCNN", "examples.cnn:nnx_flatten_bug", train=_images(16, (1, 28, 28), 10),

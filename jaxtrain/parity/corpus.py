@@ -346,8 +346,7 @@ FLOAT32_TOO = {"accumulation_sum": "same_results", "embedding_padding_row_traine
 QUICK_HEALTHY = ["adagrad_zero_acc_lr1e-2", "rmsprop_momentum_lr1e-3", "bn_dropout_sgd",
                  "conv_bias_bn_adam"]
 QUICK_BUGS = ["adam_eps_inside_sqrt", "optax_adam_float32", "matmul_below_float32",
-              "dropout_on_in_eval", "accumulation_sum", "cross_entropy_on_softmax", "embedding_padding_row_trained",
-              "avgpool_padding_not_counted", "batchnorm_running_stats_in_training"]
+              "dropout_on_in_eval", "batchnorm_running_stats_in_training"]
 
 
 # --------------------------------------------------------------------------- running a case
