@@ -105,6 +105,7 @@ def test_float32_on_two_devices_holds_the_float32_parity_verdict(tmp_path, one_d
     np.testing.assert_allclose(two32.losses[0], one32.losses[0], rtol=1e-6)  # step 1: rounding only
 
 
+@pytest.mark.corpus  # the suite's budget: one-process resume is exact in test_reliability; two processes here
 def test_resume_under_two_processes_is_bit_identical(tmp_path, two_processes):
     ck = tmp_path / "ck"
     args = ["launch", "--nproc", "2", "--", "train", *F64, *BN_DROPOUT, "--checkpoint-dir", str(ck)]

@@ -54,7 +54,8 @@ def test_resume_is_bit_identical_to_an_uninterrupted_run(prog, tmp_path, fashion
     assert len(steps) == 80 and len(epochs) == 4
 
 
-@pytest.mark.parametrize("prog", ["jaxtrain", "torchref"])
+# the suite's budget: the torch twin's run among the long checks (make corpus), JAX's here
+@pytest.mark.parametrize("prog", ["jaxtrain", pytest.param("torchref", marks=pytest.mark.corpus)])
 def test_sigterm_saves_then_resume_finishes_the_same_run(prog, tmp_path, fashion):
     ck = tmp_path / "ck"
     args = ["--epochs", "12", "--train-limit", "3200", "--test-limit", "200", "--shuffle", "--quiet"]
@@ -76,7 +77,8 @@ def test_sigterm_saves_then_resume_finishes_the_same_run(prog, tmp_path, fashion
     assert trajectory(tmp_path / "r.json") == trajectory(tmp_path / "s.json")
 
 
-@pytest.mark.parametrize("prog", ["jaxtrain", "torchref"])
+# the suite's budget: the torch twin's run among the long checks (make corpus), JAX's here
+@pytest.mark.parametrize("prog", ["jaxtrain", pytest.param("torchref", marks=pytest.mark.corpus)])
 def test_kill_9_at_random_moments_always_leaves_a_restorable_checkpoint(prog, tmp_path, fashion):
     """Checkpoint every epoch (tiny epochs: saving is a large share of the time) and SIGKILL
     at random moments; every time, --resume must load the latest complete checkpoint."""
@@ -117,7 +119,8 @@ def test_nan_guard_stops_with_step_and_epoch_and_keeps_the_last_good_checkpoint(
     assert any(s["loss"] != s["loss"] for s in json.loads((tmp_path / "nan.json").read_text())["steps"])
 
 
-@pytest.mark.parametrize("prog", ["jaxtrain", "torchref"])
+# the suite's budget: the torch twin's run among the long checks (make corpus), JAX's here
+@pytest.mark.parametrize("prog", ["jaxtrain", pytest.param("torchref", marks=pytest.mark.corpus)])
 def test_checkpoint_from_another_config_is_refused(prog, tmp_path, fashion):
     ck = tmp_path / "ck"
     assert cli(prog, "--epochs", "1", "--train-limit", "640", "--test-limit", "100", "--quiet",
