@@ -27,14 +27,16 @@ def test_refuses_without_a_gpu_in_one_line():
     assert "no CUDA GPU" in result.stderr and "Traceback" not in result.stderr
 
 
-@pytest.mark.corpus  # about 2 minutes on the 2-core AMD machine: a long check (make corpus)
+@pytest.mark.corpus  # about 6 minutes on the 2-core Intel machine with compare_port's suite: a long check
 def test_quick_report_on_the_cpu_writes_json_markdown_and_plots(tmp_path, fashion):
     result = run("--allow-cpu", "--quick", "--out", str(tmp_path))
     assert result.returncode == 0, result.stdout + result.stderr[-3000:]
     files = sorted(p.name for p in tmp_path.iterdir())
-    assert files == ["cpu-parity.png", "cpu.json", "cpu.md", "cpu.png"]
+    assert files == ["cpu-parity.png", "cpu-ports.png", "cpu.json", "cpu.md", "cpu.png"]
     report = json.loads((tmp_path / "cpu.json").read_text())
-    assert {"device", "jax_device", "jax", "torch", "quick", "parity", "corpus", "bench"} <= set(report)
+    assert {"device", "jax_device", "jax", "torch", "quick", "parity", "corpus", "bench", "ports"} <= set(report)
+    assert {"transformer_lm", "bn_cnn", "lstm_classifier"} == set(report["ports"]["models"])  # compare_port's suite
+    assert all(m["same_model"]["passed"] for m in report["ports"]["models"].values())
     assert report["parity"]["passed"] and set(report["parity"]["verdict"]) == {"same_math", "same_precision",
                                                                               "same_results"}
     from jaxtrain.parity.corpus import QUICK_BUGS, QUICK_HEALTHY
