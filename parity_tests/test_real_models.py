@@ -10,7 +10,7 @@ import torch
 from flax import nnx
 
 from jaxtrain.errors import PortMappingError
-from jaxtrain.parity import check_port
+from jaxtrain.parity import check_port, corpus_real
 from jaxtrain.parity.corpus_real import (N, SHORT, LinenLSTM, LinenTagger, NnxAttention, NnxBag, NnxPackedAttention,
                                         NnxTiedLM, NnxValue, TorchAttention, TorchBag, TorchLSTM, TorchTagger,
                                         TorchTiedLM, TorchValue, tokens)
@@ -241,11 +241,68 @@ def test_weight_norm_round_trips_through_convert():
 
 
 def test_a_parametrization_no_rule_maps_is_one_line_naming_it():
-    class TorchSpectral(_TorchWeightNorm):
+    class TorchOrthogonal(_TorchWeightNorm):
         def __init__(self):
             super().__init__()
-            self.fc = torch.nn.utils.parametrizations.spectral_norm(torch.nn.Linear(6, 8))
+            self.fc = torch.nn.utils.parametrizations.orthogonal(torch.nn.Linear(6, 8))
 
     x, y = _weight_norm_data()
-    with pytest.raises(PortMappingError, match="parametrized by _SpectralNorm, which no rule maps"):
-        check_port(TorchSpectral(), _NnxWeightNorm(), train=(x, y), steps=1)
+    with pytest.raises(PortMappingError, match="parametrized by _Orthogonal, which no rule maps"):
+        check_port(TorchOrthogonal(), _NnxWeightNorm(), train=(x, y), steps=1)
+
+
+def _normed_case(norm, port=None, **kwargs):
+    case = corpus_real._normed(norm, port, **kwargs)(None)
+    return {**case, "steps": 6, "dtypes": ("float64",)}
+
+
+def test_spectral_norm_factors_map_to_a_hand_written_port_and_train_alike():
+    """spectral_norm's original, _u and _v (buffers torch moves in every training call) map to the port's
+    kernel, u and v; v's columns follow the port's kernel rows (a conv's (kh, kw, in), torch's (in, kh, kw))."""
+    report = check_port(**{**_normed_case("spectral"), "dtypes": ("float32", "float64")})
+    assert report.passed, report.checks
+    assert report.layers == ["conv", "head"] and not report.mapping_notes, report.mapping_notes
+
+
+def test_spectral_norm_port_that_never_iterates_is_named():
+    report = check_port(**_normed_case("spectral", iterate=False))
+    assert not report.passed and report.checks[0]["layer"] == "conv", report.checks
+    assert report.checks[0]["first_failing_step"] == 1 and report.checks[0]["stage"] == "forward", report.checks
+    assert report.diagnosis["trap"] == "spectral_norm power iteration", report.diagnosis
+
+
+def test_flax_spectral_norm_wrapper_pairs_and_its_other_power_iteration_is_named():
+    """Flax's nn.SpectralNorm keeps its u (and a sigma it never reads) beside the wrapped layer: both pair
+    with torch's layer; torch's v has no place, and the difference is the two libraries' power iterations."""
+    report = check_port(**_normed_case("spectral", "flax spectral"))
+    assert not report.passed and report.checks[0]["layer"] == "conv", report.checks
+    assert report.diagnosis["trap"] == "layer parametrisation" and "Flax's nn.SpectralNorm" in report.diagnosis[
+        "sentence"], report.diagnosis
+    assert [n.split(":")[0] for n in report.mapping_notes] == ["conv", "head"], report.mapping_notes
+
+
+def test_flax_weight_norm_wrapper_pairs_with_torch_weight_norm():
+    """linen's nn.WeightNorm keeps its scale as `WeightNorm_0.conv/kernel/scale`, beside the layer it wraps:
+    it is the layer's g, its kernel torch's v (a conv's layout), and the two train alike."""
+    report = check_port(**_normed_case("weight"))
+    assert report.passed, report.checks
+    assert report.layers == ["conv", "head"], report.layers
+
+
+def test_spectral_norm_round_trips_through_convert():
+    from jaxtrain.convert import flax_to_torch, torch_to_flax
+
+    x = np.random.default_rng(0).normal(size=(4, 3, 8, 8)).astype(np.float32)
+    torch_model = corpus_real.TorchNormedConv("spectral")
+    variables = torch_to_flax(torch_model, corpus_real.LinenNormedConv("spectral"), x, flax_input="nhwc")
+    torch_model.eval()
+    with torch.no_grad():
+        expected = torch_model(torch.from_numpy(x)).numpy()
+    got = corpus_real.LinenNormedConv("spectral").apply(variables, x.transpose(0, 2, 3, 1), train=False)
+    np.testing.assert_allclose(np.asarray(got), expected, rtol=1e-5, atol=1e-6)
+    fresh = corpus_real.TorchNormedConv("spectral")
+    with torch.no_grad():
+        fresh.conv.parametrizations.weight.original.add_(1)
+    flax_to_torch(variables, fresh, x, flax_model=corpus_real.LinenNormedConv("spectral"), flax_input="nhwc")
+    for key, value in torch_model.state_dict().items():
+        assert torch.equal(fresh.state_dict()[key], value), key

@@ -248,18 +248,19 @@ def _shapes(x) -> str:
 
 
 def _random_beyond_dropout(model, x, calls: Calls) -> bool:
-    """Whether the training forward draws random numbers outside nn.Dropout (functional dropout)."""
+    """Whether the training forward draws random numbers outside nn.Dropout (functional dropout). Each
+    seed runs a fresh copy: a training forward may move state its output reads (spectral_norm's u, v)."""
     import torch
 
-    model = copy.deepcopy(model).float().train()
-    for module in model.modules():
-        if isinstance(module, torch.nn.Dropout):
-            module.eval()
     outs = []
     with torch.no_grad():
         for seed in (1, 2):
+            copied = copy.deepcopy(model).float().train()
+            for module in copied.modules():
+                if isinstance(module, torch.nn.Dropout):
+                    module.eval()
             torch.manual_seed(seed)
-            outs.append(TorchCall(model, calls.torch_kwargs, calls.torch_output)(_torch_tensors(x)).numpy())
+            outs.append(TorchCall(copied, calls.torch_kwargs, calls.torch_output)(_torch_tensors(x)).numpy())
     return not np.array_equal(outs[0], outs[1])
 
 

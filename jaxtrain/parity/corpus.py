@@ -104,6 +104,7 @@ HEALTHY: dict[str, dict] = {
     # real ports: hand-written ports of torch.nn layers (corpus_real), and transformers' PyTorch models
     # against that library's own Flax ports (corpus_hf; glue: the linen module, flax_input/kwargs)
     **corpus_real.HEALTHY,
+    **{name: case for name, (case, _) in corpus_real.FINDINGS.items()},
     **{name: (lambda data, case=case: case()) for name, case in corpus_hf.CASES.items()},
     # training loops as users write them: clipping, param groups, per-batch schedules, accumulation
     **corpus_loops.HEALTHY,
@@ -111,7 +112,7 @@ HEALTHY: dict[str, dict] = {
 # The lines of glue a user writes for the real ports (none listed: none)
 GLUE = {**{name: [] for name in corpus_real.HEALTHY}, **corpus_real.GLUE, **corpus_hf.GLUE}
 # Healthy user code whose library port differs from torch: the check must fail and name the difference.
-LIBRARY_FINDINGS = corpus_hf.FINDINGS
+LIBRARY_FINDINGS = {**corpus_hf.FINDINGS, **{name: trap for name, (_, trap) in corpus_real.FINDINGS.items()}}
 
 
 # Healthy math whose float32 run JAX computes measurably less accurately than torch here (MSE(sum) with
@@ -307,6 +308,10 @@ BUGS: dict[str, Bug] = {
         corpus_real._conv_bn_running_in_training, None, "same_math", "forward", 1, "bn (output)",
         "the port's BatchNorm called with train=False always: running statistics in training",
         "BatchNorm running statistics in training"),
+    "spectral_norm_not_iterated": Bug(
+        corpus_real._normed("spectral", iterate=False), None, "same_math", "forward", 1, "conv (output)",
+        "torch's spectral_norm ported by hand with the power iteration never run (train not passed on)",
+        "spectral_norm power iteration"),
     "lm_head_untied": Bug(
         corpus_real._untied_lm, None, "same_math", "grads", 1, "embed.weight",
         "an LM head tied to its embedding in torch (lm_head.weight = embed.weight) ported as a Linear of its own",

@@ -412,6 +412,78 @@ class LinenConvBN(nn.Module):
         return nn.Dense(3, name="head")(x.reshape(x.shape[0], -1))
 
 
+class TorchNormedConv(tnn.Module):
+    """A GAN-discriminator-shaped block: Conv2d under spectral_norm (or weight_norm) -> LeakyReLU ->
+    flatten -> Linear under the same parametrization."""
+
+    def __init__(self, norm: str = "spectral"):
+        super().__init__()
+        torch.manual_seed(0)
+        wrap = getattr(tnn.utils.parametrizations, f"{norm}_norm")
+        self.conv = wrap(tnn.Conv2d(3, 8, 3, stride=2, padding=1))
+        self.head = wrap(tnn.Linear(8 * 4 * 4, 3))
+
+    def forward(self, x):
+        return self.head(torch.flatten(tnn.functional.leaky_relu(self.conv(x), 0.2), 1))
+
+
+def _unit(x, eps):
+    return x / jnp.maximum(jnp.linalg.norm(x), eps)
+
+
+class SpectralNormed(nn.Module):
+    """A user's linen port of torch's spectral_norm around a Dense or Conv: u and v kept in batch_stats;
+    each training call does u = normalize(W v), v = normalize(W^T u), then W / (u . W v). `iterate=False`
+    plants a porting mistake: the power iteration never runs (train not passed on)."""
+
+    layer: nn.Module
+    eps: float = 1e-12
+    iterate: bool = True
+
+    @nn.compact
+    def __call__(self, x, train: bool):
+        shape = (*getattr(self.layer, "kernel_size", ()), x.shape[-1], self.layer.features)
+        kernel = self.param("kernel", self.layer.kernel_init, shape)
+        bias = self.param("bias", nn.initializers.zeros, shape[-1:])
+        w = kernel.reshape(-1, shape[-1]).T  # torch's weight matrix (out, rest)
+        u = self.variable("batch_stats", "u", lambda: _unit(jnp.ones(w.shape[0], w.dtype), self.eps))
+        v = self.variable("batch_stats", "v", lambda: _unit(jnp.ones(w.shape[1], w.dtype), self.eps))
+        if train and self.iterate and not self.is_initializing():
+            u.value = jax.lax.stop_gradient(_unit(w @ v.value, self.eps))
+            v.value = jax.lax.stop_gradient(_unit(w.T @ u.value, self.eps))
+        sigma = u.value @ (w @ v.value)
+        return self.layer.apply({"params": {"kernel": kernel / sigma, "bias": bias}}, x)
+
+
+class LinenNormedConv(nn.Module):
+    """TorchNormedConv's port, NHWC inside: `norm` "spectral" (the hand-written SpectralNormed above),
+    "flax spectral" (Flax's own nn.SpectralNorm) or "weight" (Flax's own nn.WeightNorm)."""
+
+    norm: str = "spectral"
+    iterate: bool = True
+
+    @nn.compact
+    def __call__(self, x, train: bool):
+        if self.norm == "spectral":  # the layers only say what to compute: SpectralNormed owns their weights
+            conv, head = nn.Conv(8, (3, 3), strides=(2, 2), padding=1, parent=None), nn.Dense(3, parent=None)
+            conv, head = (SpectralNormed(m, iterate=self.iterate, name=n) for m, n in ((conv, "conv"), (head, "head")))
+            call = lambda m, x: m(x, train)  # noqa: E731
+            return self._forward(conv, head, call, x)
+        conv, head = nn.Conv(8, (3, 3), strides=(2, 2), padding=1, name="conv"), nn.Dense(3, name="head")
+        if self.norm == "flax spectral":
+            conv, head = nn.SpectralNorm(conv), nn.SpectralNorm(head)
+            call = lambda m, x: m(x, update_stats=train)  # noqa: E731
+        else:
+            conv, head = nn.WeightNorm(conv), nn.WeightNorm(head)
+            call = lambda m, x: m(x)  # noqa: E731
+        return self._forward(conv, head, call, x)
+
+    @staticmethod
+    def _forward(conv, head, call, x):
+        x = nn.leaky_relu(call(conv, x), 0.2).transpose(0, 3, 1, 2)
+        return call(head, x.reshape(x.shape[0], -1))
+
+
 # --------------------------------------------------------------------------- corpus cases
 
 LONG = dict(optimizer="adam", optimizer_kwargs={"lr": 1e-2}, batch_size=32, steps=30)
@@ -530,12 +602,25 @@ def _conv_bn_running_in_training(data):
     return _case(TorchConvBN(), LinenConvBN(train_flag=False), x, y, flax_input="nhwc")
 
 
+def _normed(norm, port=None, **port_kwargs):
+    def case(data):
+        x, y = _images(21, 3)
+        return _case(TorchNormedConv(norm), LinenNormedConv(port or norm, **port_kwargs), x, y, flax_input="nhwc")
+
+    return case
+
+
 # The lines a user writes beyond the two models and the data, per case.
 GLUE = {"real_conv_transpose2d": ["flax_input='nhwc'"], "real_depthwise_conv_avgpool": ["flax_input='nhwc'"],
-        "real_conv_batchnorm": ["flax_input='nhwc'"], "real_bag_tuple_inputs": ["flax_output=lambda out: out.scores"],
+        "real_conv_batchnorm": ["flax_input='nhwc'"], "real_spectral_norm": ["flax_input='nhwc'"],
+        "real_weight_norm_flax_wrapper": ["flax_input='nhwc'"], "flax_spectral_norm_wrapper": ["flax_input='nhwc'"], "real_bag_tuple_inputs": ["flax_output=lambda out: out.scores"],
         "real_bag_dict_inputs": ["flax_output=lambda out: out.scores"]}
 
 HEALTHY = {"real_gru_torch_layout": _gru, "real_transformer_encoder_layer": _encoder,
            "real_conv_transpose2d": _upsample, "real_depthwise_conv_avgpool": _depthwise, "real_conv_batchnorm": _conv_bn, "real_bag_tuple_inputs": _bag_tuple, "real_bag_dict_inputs": _bag_dict,
            "real_tagger_sequence_targets": _tagger, "real_multihead_attention": _attention,
-           "real_lstm_torch_layout": _lstm, "real_tied_embedding_lm": _tied_lm}
+           "real_lstm_torch_layout": _lstm, "real_tied_embedding_lm": _tied_lm, "real_spectral_norm": _normed("spectral"),
+           "real_weight_norm_flax_wrapper": _normed("weight")}
+# torch's spectral_norm against Flax's own nn.SpectralNorm: the two libraries' power iterations differ
+# (torch u then v and sigma = |W^T u|, Flax v then u and sigma = |W v|): a finding the check must name
+FINDINGS = {"flax_spectral_norm_wrapper": (_normed("spectral", "flax spectral"), "layer parametrisation")}

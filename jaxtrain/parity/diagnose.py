@@ -26,6 +26,7 @@ sentence, or a general pointer when no known signature fits. The traps:
 | BatchNorm running statistics in training | training output = normalised by the running statistics        |
 | LayerNorm eps / RMSNorm eps            | the port's output is what another eps gives                    |
 | recurrent cell                         | an LSTM/GRU/RNN's output differs, its input agrees             |
+| spectral_norm power iteration          | a spectral_norm layer's output less bias is torch's times one constant |
 """
 
 from __future__ import annotations
@@ -226,7 +227,7 @@ def _layer_forward(finding: dict, port, evidence) -> dict:
                                 "before it agrees: the port flattens its NHWC activations as (H, W, C) where torch "
                                 "flattens (C, H, W); transpose to NCHW before the reshape "
                                 "(x.transpose(0, 3, 1, 2).reshape(n, -1)) or permute the Linear's input rows."}
-    for signature in (_running_statistics_in_training, _norm_eps, _recurrent):
+    for signature in (_running_statistics_in_training, _norm_eps, _recurrent, _spectral_sigma):
         found = signature(layer, rule, port, evidence)
         if found is not None:
             return found
@@ -422,6 +423,32 @@ def _norm_eps(layer, rule, port, evidence) -> dict | None:
                             f"eps={ours:g} (Flax's LayerNorm/RMSNorm default to 1e-6, torch's LayerNorm to 1e-5; "
                             "pass epsilon= or the config's layer_norm_eps / rms_norm_eps)."}
     return None
+
+
+def _spectral_sigma(layer, rule, port, evidence) -> dict | None:
+    """A spectral_norm layer whose port divides the same weight by another sigma: the port's output less
+    the bias is torch's times one constant, which explains the whole difference."""
+    module = dict(port.torch_model.named_modules()).get(layer)
+    plists = getattr(module, "parametrizations", None)
+    if evidence is None or not hasattr(plists, "items") or not any(
+            type(m).__name__ == "_SpectralNorm" for plist in plists.values() for m in plist):
+        return None
+    torch_out, port_out = (np.asarray(evidence[k]["layers"].get(layer), np.float64) for k in ("torch", "jax"))
+    bias = _weights_before(evidence, layer).get("bias")
+    if torch_out.shape != port_out.shape or torch_out.ndim < 2:
+        return None
+    if bias is not None:
+        shape = (1, -1) + (1,) * (torch_out.ndim - 2) if rule in ("Conv", "ConvTranspose") else (-1,)
+        torch_out, port_out = torch_out - bias.reshape(shape), port_out - bias.reshape(shape)
+    c = float(np.sum(port_out * torch_out) / max(np.sum(torch_out * torch_out), 1e-300))
+    difference = np.max(np.abs(port_out - torch_out))
+    if difference == 0 or np.max(np.abs(port_out - c * torch_out)) > 1e-3 * difference:
+        return None
+    return {"trap": "spectral_norm power iteration",
+            "sentence": f"the port's {layer} divides the same weight by another sigma (torch's sigma / {c:.9g}): "
+                        "torch's spectral_norm runs its power iteration (u = normalize(W v), then v = normalize(W^T u), "
+                        "n_power_iterations times) in every training call, before sigma = u . W v, and not in eval; "
+                        "the port iterates otherwise, from other u, v, or not in training."}
 
 
 def _recurrent(layer, rule, port, evidence) -> dict | None:

@@ -194,36 +194,104 @@ def is_torch_layer(module) -> bool:
 # --------------------------------------------------------------------------- torch parametrizations
 
 
-def parametrized(module) -> dict:
+def parametrized(module, buffers: bool = False) -> dict:
     """{relative name: tensor} of the parametrizations on `module` (torch.nn.utils.parametrize):
-    `parametrizations.weight.original0`, ... belong to the layer they parametrize."""
+    `parametrizations.weight.original0`, ... belong to the layer they parametrize; with `buffers`,
+    also the parametrization's own state (spectral_norm's `parametrizations.weight.0._u`, `_v`)."""
     plists = getattr(module, "parametrizations", None)
     if plists is None or not hasattr(plists, "items"):
         return {}
-    return {f"parametrizations.{p}.{k}": v for p, plist in plists.items() for k, v in plist.named_parameters(recurse=False)}
+    out = {f"parametrizations.{p}.{k}": v for p, plist in plists.items() for k, v in plist.named_parameters(recurse=False)}
+    if buffers:
+        out.update({f"parametrizations.{p}.{k}": v for p, plist in plists.items() for k, v in plist.named_buffers()
+                    if v.is_floating_point()})
+    return out
+
+
+def _factor_leaf(flax_shapes: dict, leaf: str, *names: str) -> str | None:
+    """The port's leaf for a parametrization's factor: Flax's wrappers keep it as `kernel/<name>` (linen's
+    WeightNorm `kernel/scale`, SpectralNorm `kernel/u`), a hand-written port under the factor's name."""
+    return next((n for n in (*(f"{leaf}/{x}" for x in names), *names) if n in flax_shapes), None)
+
+
+def _weight_norm(module, name: str, rule_name: str, torch_shapes: dict, flax_shapes: dict) -> list[Move]:
+    """weight_norm on tensor `w` (original0 = g, original1 = v): in the port as `w_g` and `w_v` (torch's
+    legacy weight_norm names), as they are but for g's shape; or as the family's leaf for `w` (v in that
+    family's layout) and its scale (`kernel/scale` under linen's nn.WeightNorm, or `scale`)."""
+    g, v = f"parametrizations.{name}.original0", f"parametrizations.{name}.original1"
+    if f"{name}_g" in flax_shapes and f"{name}_v" in flax_shapes:
+        to_g, to_v, layout = f"{name}_g", f"{name}_v", (_same, _same)
+    else:
+        to_v, to_flax, to_torch = TABLES.get(rule_name, {}).get(name, (name, _same, _same))
+        to_g, layout = _factor_leaf(flax_shapes, to_v, "scale") or "scale", (to_flax, to_torch)
+    g_flax, g_torch = tuple(flax_shapes.get(to_g, ())), tuple(torch_shapes[g])
+    return [one(g, to_g, lambda a, s=g_flax: np.asarray(a).reshape(s), lambda a, s=g_torch: np.asarray(a).reshape(s)),
+            one(v, to_v, *layout)]
+
+
+def _spectral_norm(module, name: str, rule_name: str, torch_shapes: dict, flax_shapes: dict) -> list[Move]:
+    """spectral_norm on tensor `w` (original, and the power iteration's unit vectors `0._u` (rows of the
+    weight matrix) and `0._v` (its columns)): `original` as the family's leaf; `_u` and `_v` to the port's
+    `kernel/u` and `kernel/v` (or `u`, `v`): the columns in the order of the port's kernel rows. Flax's
+    nn.SpectralNorm keeps u only (and a sigma it never reads): torch's v has no place, and a note says
+    why the two cannot agree."""
+    sn = module.parametrizations[name][0]
+    original, u, v = (f"parametrizations.{name}.{k}" for k in ("original", "0._u", "0._v"))
+    leaf, to_flax, to_torch = TABLES.get(rule_name, {}).get(name, (name, _same, _same))
+    moves = [one(original, leaf, to_flax, to_torch)]
+    shape = torch_shapes[original]
+    # torch's columns (the weight moved to put `dim` first, flattened) in the port's row order (its kernel
+    # flattened to (-1, out)), found by laying out each element's column number as the family lays out weights
+    rest = np.arange(int(np.prod(shape)) // shape[sn.dim]).reshape(tuple(np.delete(shape, sn.dim)))
+    columns = np.asarray(to_flax(np.moveaxis(np.broadcast_to(rest, (shape[sn.dim], *rest.shape)), 0, sn.dim)))
+    order = columns.reshape(-1, columns.shape[-1])[:, 0]
+    for factor, names, forth, back in (
+            (u, ("u", "_u"), lambda a: a, lambda a: a),
+            (v, ("v", "_v"), lambda a: a[order], lambda a: a[np.argsort(order)])):
+        target = _factor_leaf(flax_shapes, leaf, *names)
+        if target is None:
+            continue
+        s_flax, s_torch = tuple(flax_shapes[target]), tuple(torch_shapes[factor])
+        moves.append(one(factor, target, lambda a, f=forth, s=s_flax: f(np.asarray(a).reshape(-1)).reshape(s),
+                         lambda a, b=back, s=s_torch: b(np.asarray(a).reshape(-1)).reshape(s)))
+    sigma = _factor_leaf(flax_shapes, leaf, "sigma")
+    if sigma is not None:  # Flax's SpectralNorm stores the last sigma and never reads it
+        moves.append(Move((), (sigma,), lambda t: {}, lambda f: {}))
+    if len(moves) < 3 + (sigma is not None):
+        moves[0] = dataclasses.replace(moves[0], note=(
+            f"torch's spectral_norm keeps u and v and iterates u = Wv, v = W^T u before dividing by sigma = "
+            f"|W^T u|; the port keeps {'u' if any(m.torch == (u,) for m in moves) else 'neither'} and cannot take "
+            f"torch's v (Flax's nn.SpectralNorm iterates v = W^T u, u = Wv and divides by |Wv|): the normalised "
+            f"weights differ until the power iteration converges, and differ again whenever the weight moves"))
+    return moves
+
+
+# torch parametrization class -> the rule moving its factors: one small function each
+PARAMETRIZATIONS = {"_WeightNorm": _weight_norm, "_SpectralNorm": _spectral_norm}
 
 
 def parametrization_moves(module, rule_name: str, torch_shapes: dict, flax_shapes: dict) -> list[Move]:
-    """torch's weight_norm on tensor `w` (original0 = g, original1 = v): in the port as `w_g` and `w_v`
-    (torch's legacy weight_norm names), as they are but for g's shape; or as `scale` and the family's leaf
-    for `w` (v in that family's layout, as Flax's WeightNorm keeps them)."""
+    """The parametrizations' factors on `module`, each by its class's rule."""
     moves = []
     for name, plist in module.parametrizations.items():
-        kinds = sorted({type(m).__name__ for m in plist})
-        g, v = f"parametrizations.{name}.original0", f"parametrizations.{name}.original1"
-        if kinds != ["_WeightNorm"] or g not in torch_shapes or v not in torch_shapes:
+        kinds = [type(m).__name__ for m in plist]
+        if len(kinds) != 1 or kinds[0] not in PARAMETRIZATIONS:
             raise PortMappingError(f"{type(module).__name__}.{name} is parametrized by {', '.join(kinds)}, which no "
-                                   "rule maps (weight_norm is mapped); pass a callable weight_map for its tensors")
-        if f"{name}_g" in flax_shapes and f"{name}_v" in flax_shapes:
-            to_g, to_v, layout = f"{name}_g", f"{name}_v", (_same, _same)
-        else:
-            to_v, to_flax, to_torch = TABLES.get(rule_name, {}).get(name, (name, _same, _same))
-            to_g, layout = "scale", (to_flax, to_torch)
-        g_flax, g_torch = tuple(flax_shapes.get(to_g, ())), tuple(torch_shapes[g])
-        moves.append(one(g, to_g, lambda a, s=g_flax: np.asarray(a).reshape(s),
-                         lambda a, s=g_torch: np.asarray(a).reshape(s)))
-        moves.append(one(v, to_v, *layout))
+                                   f"rule maps ({', '.join(k.strip('_') for k in PARAMETRIZATIONS)} are mapped); pass "
+                                   "a callable weight_map for its tensors")
+        moves += PARAMETRIZATIONS[kinds[0]](module, name, rule_name, torch_shapes, flax_shapes)
     return moves
+
+
+def unwrapped(path: str) -> str:
+    """A leaf a linen wrapper (nn.WeightNorm, nn.SpectralNorm) keeps for the layer it wraps, named
+    `WeightNorm_0.Dense_0/kernel/scale`, as that layer's: `Dense_0.kernel/scale` (the wrapped layer
+    lives beside its wrapper, in the parent's scope)."""
+    head, _, leaf = path.rpartition(".")
+    parts = leaf.split("/")
+    if len(parts) < 3:
+        return path
+    return _join(head.rpartition(".")[0], ".".join(parts[:-2]) + "." + "/".join(parts[-2:]))
 
 
 # --------------------------------------------------------------------------- the mapping
@@ -377,9 +445,12 @@ def build_mapping(torch_layers: list, flax_layers: list, torch_model, model: Pur
     overrides = weight_map if isinstance(weight_map, dict) else {}
     params, buffers = leaves_by_path(model.params), leaves_by_path(model.buffers)
     buffers = {k: v for k, v in buffers.items() if _is_state(v)}
-    # a linen buffer's path starts with its collection ("batch_stats.bn.mean"): its layer is "bn"
-    real_path = {**{k: k for k in params}, **{(k.split(".", 1)[1] if model.kind == "linen" else k): k for k in buffers}}
-    flax_state = {**params, **{(k.split(".", 1)[1] if model.kind == "linen" else k): v for k, v in buffers.items()}}
+    # a linen buffer's path starts with its collection ("batch_stats.bn.mean"): its layer is "bn"; a wrapper's
+    # leaf for the layer it wraps is that layer's
+    name_of = {**{k: unwrapped(k) for k in params},
+               **{k: unwrapped(k.split(".", 1)[1] if model.kind == "linen" else k) for k in buffers}}
+    real_path = {name_of[k]: k for k in (*params, *buffers)}
+    flax_state = {name_of[k]: v for k, v in (*params.items(), *buffers.items())}
     flax_owned = {p: _owned(flax_state, p, flax_layers) for p in flax_layers}
     # a module applied with weights that live elsewhere (a tied head: embedding.T) owns nothing here
     flax_layers = [p for p in flax_layers if flax_owned[p]]
@@ -389,7 +460,8 @@ def build_mapping(torch_layers: list, flax_layers: list, torch_model, model: Pur
         module = modules[name]
         rule = rule_for(module)
         recurse = rule in TORCH_COMPOSITES
-        own = {**dict(module.named_parameters(recurse=recurse, remove_duplicate=False)), **parametrized(module)}
+        own = {**dict(module.named_parameters(recurse=recurse, remove_duplicate=False)),
+               **parametrized(module, buffers=True)}
         wanted = RULE_BUFFERS.get(rule)
         for k, v in module.named_buffers(recurse=recurse):
             if k not in DROPPED and v.is_floating_point() and (wanted is None or k in wanted):
