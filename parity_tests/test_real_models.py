@@ -306,3 +306,42 @@ def test_spectral_norm_round_trips_through_convert():
     flax_to_torch(variables, fresh, x, flax_model=corpus_real.LinenNormedConv("spectral"), flax_input="nhwc")
     for key, value in torch_model.state_dict().items():
         assert torch.equal(fresh.state_dict()[key], value), key
+
+# --------------------------------------------------------------------------- attention, fitted
+
+
+def _rotary_case(torch_theta=10000.0, **port):
+    case = corpus_real._rotary(torch_theta, **port)(None)
+    return {**case, "steps": 2, "dtypes": ("float64",)}
+
+
+def test_rotary_attention_port_trains_alike():
+    report = check_port(**{**_rotary_case(), "steps": 6, "dtypes": ("float32", "float64")})
+    assert report.passed, report.checks
+    assert report.layers == ["embed", "q_proj", "k_proj", "v_proj", "o_proj", "head"], report.layers
+
+
+@pytest.mark.parametrize("port, torch_theta, trap, words", [
+    ({"layout": "interleaved"}, 10000.0, "RoPE layout", "pairs (2i, 2i + 1)"),
+    ({}, 500000.0, "RoPE base", "base theta 500000 and the port's with 10000"),
+])
+def test_rotary_mistakes_are_named_from_the_attention_output(port, torch_theta, trap, words):
+    """The attention output, recomputed from the q/k/v projections (which agree) under each rotary layout and
+    base, heads split, causal mask and scale: the one torch's computation fits and the one the port's does."""
+    report = check_port(**_rotary_case(torch_theta, **port))
+    assert not report.passed and report.checks[0]["layer"] == "o_proj", report.checks
+    assert report.diagnosis["trap"] == trap and words in report.diagnosis["sentence"], report.diagnosis
+
+
+def test_attention_fit_names_a_missing_causal_mask_and_scale():
+    from jaxtrain.parity.diagnose import _attend, _attention_difference
+
+    rng = np.random.default_rng(0)
+    q, k, v = (rng.normal(size=(2, 5, 8)) for _ in range(3))
+    causal = _attend(q, k, v, 4, True, ("half", 10000.0), 0.5)
+    assert not np.allclose(causal, _attend(q, k, v, 4, False, ("half", 10000.0), 0.5))
+    ours = {"head_dim": 4, "rope": ("half", 10000.0), "causal": True, "scaled": True}
+    assert _attention_difference("o", ours, {**ours, "causal": False})["trap"] == "attention mask"
+    assert _attention_difference("o", ours, {**ours, "scaled": False})["trap"] == "attention scaling"
+    assert _attention_difference("o", ours, {**ours, "rope": None})["trap"] == "rotary embedding"
+    assert _attention_difference("o", ours, ours) is None

@@ -312,6 +312,13 @@ BUGS: dict[str, Bug] = {
         corpus_real._normed("spectral", iterate=False), None, "same_math", "forward", 1, "conv (output)",
         "torch's spectral_norm ported by hand with the power iteration never run (train not passed on)",
         "spectral_norm power iteration"),
+    "rope_interleaved_layout": Bug(
+        corpus_real._rotary(layout="interleaved"), None, "same_math", "forward", 1, "o_proj (output)",
+        "rotary embeddings ported with interleaved pairs (2i, 2i + 1) where torch rotates (i, i + D/2)",
+        "RoPE layout"),
+    "rope_base_default": Bug(
+        corpus_real._rotary(500000.0), None, "same_math", "forward", 1, "o_proj (output)",
+        "a rope_theta=500000 model ported with the usual base 10000", "RoPE base"),
     "lm_head_untied": Bug(
         corpus_real._untied_lm, None, "same_math", "grads", 1, "embed.weight",
         "an LM head tied to its embedding in torch (lm_head.weight = embed.weight) ported as a Linear of its own",

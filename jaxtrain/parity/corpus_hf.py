@@ -171,7 +171,7 @@ FINDINGS = {
     # sliding_window is None: each position attends to itself alone
     "hf_mistral_lm_no_sliding_window": "attention computation",
     # FlaxLlama's rotary table is built with base 10000 whatever config.rope_theta says
-    "hf_llama3_rope_theta": "attention computation",
+    "hf_llama3_rope_theta": "RoPE base",
 }
 
 # Planted bugs: the same pairs with the port's config changed as a porting mistake changes it.

@@ -484,6 +484,69 @@ class LinenNormedConv(nn.Module):
         return call(head, x.reshape(x.shape[0], -1))
 
 
+class TorchRotary(tnn.Module):
+    """Embedding -> causal self-attention with rotary embeddings on q and k (Llama's rotate_half pairs,
+    base `rope_theta`) -> mean over tokens -> Linear."""
+
+    def __init__(self, rope_theta: float = 10000.0, heads: int = 2, dim: int = 16):
+        super().__init__()
+        torch.manual_seed(0)
+        self.rope_theta, self.heads, self.head_dim = rope_theta, heads, dim // heads
+        self.embed = tnn.Embedding(VOCAB, dim)
+        self.q_proj, self.k_proj, self.v_proj, self.o_proj = (tnn.Linear(dim, dim, bias=False) for _ in range(4))
+        self.head = tnn.Linear(dim, 3)
+
+    def rotate(self, x):
+        d = self.head_dim
+        inv_freq = self.rope_theta ** (-torch.arange(0, d, 2, dtype=x.dtype) / d)
+        freqs = torch.outer(torch.arange(x.shape[2], dtype=x.dtype), inv_freq)
+        cos, sin = torch.cat((freqs, freqs), -1).cos(), torch.cat((freqs, freqs), -1).sin()
+        half = torch.cat((-x[..., d // 2:], x[..., : d // 2]), -1)
+        return x * cos + half * sin
+
+    def forward(self, ids):
+        x = self.embed(ids)
+        b, t, _ = x.shape
+        q, k, v = (p(x).view(b, t, self.heads, self.head_dim).transpose(1, 2)
+                   for p in (self.q_proj, self.k_proj, self.v_proj))
+        out = tnn.functional.scaled_dot_product_attention(self.rotate(q), self.rotate(k), v, is_causal=True)
+        return self.head(self.o_proj(out.transpose(1, 2).reshape(b, t, -1)).mean(1))
+
+
+def rotary(x, layout: str = "half", base: float = 10000.0):
+    """x (B, T, H, D) rotated at positions 0..T-1, pairs (i, i + D/2) (`half`) or (2i, 2i + 1) (`interleaved`)."""
+    d = x.shape[-1]
+    angle = jnp.arange(x.shape[1], dtype=x.dtype)[:, None] * base ** (-jnp.arange(0, d, 2, dtype=x.dtype) / d)
+    cos, sin = jnp.cos(angle)[:, None, :], jnp.sin(angle)[:, None, :]
+    if layout == "half":
+        x1, x2 = x[..., : d // 2], x[..., d // 2:]
+        return jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], -1)
+    x1, x2 = x[..., 0::2], x[..., 1::2]
+    return jnp.stack([x1 * cos - x2 * sin, x2 * cos + x1 * sin], -1).reshape(x.shape)
+
+
+class NnxRotary(nnx.Module):
+    """TorchRotary's NNX port; `layout="interleaved"` and `base` plant the two RoPE porting mistakes."""
+
+    def __init__(self, layout: str = "half", base: float = 10000.0, heads: int = 2, dim: int = 16):
+        rngs = nnx.Rngs(0)
+        self.layout, self.base, self.heads = layout, base, heads
+        self.embed = nnx.Embed(VOCAB, dim, rngs=rngs)
+        self.q_proj, self.k_proj, self.v_proj, self.o_proj = (nnx.Linear(dim, dim, use_bias=False, rngs=rngs)
+                                                              for _ in range(4))
+        self.head = nnx.Linear(dim, 3, rngs=rngs)
+
+    def __call__(self, ids):
+        x = self.embed(ids)
+        b, t, dim = x.shape
+        q, k, v = (p(x).reshape(b, t, self.heads, -1) for p in (self.q_proj, self.k_proj, self.v_proj))
+        q, k = rotary(q, self.layout, self.base), rotary(k, self.layout, self.base)
+        scores = jnp.einsum("bqhd,bkhd->bhqk", q, k) / jnp.sqrt(q.shape[-1]).astype(q.dtype)
+        scores = jnp.where(jnp.tril(jnp.ones((t, t), bool)), scores, -jnp.inf)
+        out = jnp.einsum("bhqk,bkhd->bqhd", jax.nn.softmax(scores, -1), v).reshape(b, t, dim)
+        return self.head(self.o_proj(out).mean(1))
+
+
 # --------------------------------------------------------------------------- corpus cases
 
 LONG = dict(optimizer="adam", optimizer_kwargs={"lr": 1e-2}, batch_size=32, steps=30)
@@ -610,6 +673,14 @@ def _normed(norm, port=None, **port_kwargs):
     return case
 
 
+def _rotary(torch_theta=10000.0, **port):
+    def case(data):
+        ids, _, y = tokens(22, 192)
+        return _case(TorchRotary(torch_theta), NnxRotary(**port), ids, y)
+
+    return case
+
+
 # The lines a user writes beyond the two models and the data, per case.
 GLUE = {"real_conv_transpose2d": ["flax_input='nhwc'"], "real_depthwise_conv_avgpool": ["flax_input='nhwc'"],
         "real_conv_batchnorm": ["flax_input='nhwc'"], "real_spectral_norm": ["flax_input='nhwc'"],
@@ -620,7 +691,7 @@ HEALTHY = {"real_gru_torch_layout": _gru, "real_transformer_encoder_layer": _enc
            "real_conv_transpose2d": _upsample, "real_depthwise_conv_avgpool": _depthwise, "real_conv_batchnorm": _conv_bn, "real_bag_tuple_inputs": _bag_tuple, "real_bag_dict_inputs": _bag_dict,
            "real_tagger_sequence_targets": _tagger, "real_multihead_attention": _attention,
            "real_lstm_torch_layout": _lstm, "real_tied_embedding_lm": _tied_lm, "real_spectral_norm": _normed("spectral"),
-           "real_weight_norm_flax_wrapper": _normed("weight")}
+           "real_weight_norm_flax_wrapper": _normed("weight"), "real_rotary_attention": _rotary()}
 # torch's spectral_norm against Flax's own nn.SpectralNorm: the two libraries' power iterations differ
 # (torch u then v and sigma = |W^T u|, Flax v then u and sigma = |W v|): a finding the check must name
 FINDINGS = {"flax_spectral_norm_wrapper": (_normed("spectral", "flax spectral"), "layer parametrisation")}

@@ -20,6 +20,7 @@ sentence, or a general pointer when no known signature fits. The traps:
 | layer parametrisation                  | the mapping's note on the layer: two LSTM/GRU biases in one     |
 | untied head                            | a tensor torch uses twice (tied) has two leaves in the port     |
 | attention computation                  | the first layer after attention projections differs (scale, mask, RoPE) |
+| RoPE layout / RoPE base / attention mask / attention scaling / attention heads | the attention output is, from the same q/k/v, what one computation gives in torch and another in the port |
 | activation function                    | a layer's input is another activation of the layer before's output |
 | AvgPool count_include_pad              | a pooled input differs at the borders only, by a count factor   |
 | between layers                         | a layer's input differs, the layer before agrees (no signature) |
@@ -205,6 +206,9 @@ def _layer_forward(finding: dict, port, evidence) -> dict:
             "q_proj", "k_proj", "v_proj", "query", "key", "value", "c_attn"} & set(previous_names[-1:]) or (rule in ("Linear", "Conv1D") and any(
             w in layer.rsplit(".", 1)[0] for w in ("attn", "attention")) and layer.endswith(("o_proj", "out_proj",
                                                                                               "c_proj", "dense"))):
+        fitted = _attention_fit(layer, before, port, evidence)
+        if fitted is not None:
+            return fitted
         return {"trap": "attention computation",
                 "sentence": f"{layer} ({torch_type}) is the first layer of an attention (or after its projections) whose "
                             "output differs, every layer before it agrees: the attention itself differs; compare the scaling "
@@ -241,6 +245,121 @@ def _layer_forward(finding: dict, port, evidence) -> dict:
             "sentence": f"{layer} ({mapping.torch_types.get(layer, rule)}) is the first layer whose output differs, "
                         "every layer before it agrees: compare how the port computes it (padding, stride, dilation, "
                         "groups, the activation right after it, what feeds it)."}
+
+
+# --------------------------------------------------------------------------- attention, fitted
+
+PROJECTIONS = ({"q_proj", "query", "q"}, {"k_proj", "key", "k"}, {"v_proj", "value", "v"})
+ROPE_BASES = (10000.0, 500000.0, 1000000.0, 100000.0, 50000.0)
+
+
+def _rotate(x, layout: str, base: float):
+    """x (B, T, H, D) rotated at positions 0..T-1: `half` pairs (i, i + D/2) (Llama's rotate_half),
+    `interleaved` pairs (2i, 2i + 1) (GPT-J's rotate_every_two, RoFormer)."""
+    d = x.shape[-1]
+    angle = np.arange(x.shape[1])[:, None] * base ** (-np.arange(0, d, 2) / d)[None, :]
+    cos, sin = np.cos(angle)[None, :, None, :], np.sin(angle)[None, :, None, :]
+    x1, x2 = (x[..., : d // 2], x[..., d // 2:]) if layout == "half" else (x[..., 0::2], x[..., 1::2])
+    out = np.empty_like(x)
+    first, second = (slice(0, d // 2), slice(d // 2, d)) if layout == "half" else (slice(0, d, 2), slice(1, d, 2))
+    out[..., first], out[..., second] = x1 * cos - x2 * sin, x2 * cos + x1 * sin
+    return out
+
+
+def _attend(q, k, v, head_dim: int, causal: bool, rope, scale: float):
+    """Softmax attention of (B, T, heads * head_dim) projections (key/value heads shared by groups of query
+    heads), its output as the projection after it takes it: (B, T, heads * head_dim)."""
+    b, t, _ = q.shape
+    q, k, v = (a.reshape(b, t, -1, head_dim) for a in (q, k, v))
+    if rope is not None:
+        q, k = _rotate(q, *rope), _rotate(k, *rope)
+    k, v = (np.repeat(a, q.shape[2] // a.shape[2], axis=2) for a in (k, v))
+    scores = np.einsum("bqhd,bkhd->bhqk", q, k) * scale
+    if causal:
+        scores = np.where(np.tril(np.ones((t, t), bool)), scores, -np.inf)
+    scores = np.exp(scores - scores.max(-1, keepdims=True))
+    return np.einsum("bhqk,bkhd->bqhd", scores / scores.sum(-1, keepdims=True), v).reshape(b, t, -1)
+
+
+def _variants(q, k, port, bases):
+    for head_dim in [d for d in range(2, q.shape[-1] + 1, 2) if q.shape[-1] % d == 0 and k.shape[-1] % d == 0
+                     and (q.shape[-1] // d) % (k.shape[-1] // d) == 0]:
+        for rope in [None, *((layout, base) for layout in ("half", "interleaved") for base in bases)]:
+            for causal in (True, False):
+                for scaled in (True, False):
+                    yield {"head_dim": head_dim, "rope": rope, "causal": causal, "scaled": scaled}
+
+
+def _attention_fit(layer, before, port, evidence) -> dict | None:
+    """The attention computations (heads, rotary layout and base, causal mask, 1/sqrt(head_dim)) that give
+    torch's input of `layer` and the port's from the q/k/v projections' outputs (which agree): what
+    differs between the two, named. None when no such computation gives both (masks from inputs, ALiBi,
+    partial rotary: the general sentence)."""
+    inputs = _layer_inputs(evidence, layer)
+    names = [n for n in before[-4:] if n.rsplit(".", 1)[-1] in set().union(*PROJECTIONS)]
+    found = [next((n for n in names if n.rsplit(".", 1)[-1] in kinds), None) for kinds in PROJECTIONS]
+    if inputs is None or None in found:
+        return None
+    q, k, v = (np.asarray(evidence["torch"]["layers"].get(n), np.float64) for n in found)
+    if q.ndim != 3 or k.shape != v.shape or q.shape[:2] != k.shape[:2] or inputs[0].shape != q.shape:
+        return None
+    bases = list(ROPE_BASES)
+    for module in port.torch_model.modules():  # the model's own rotary base, where it says one
+        for attr in ("rope_theta", "base", "rotary_emb_base"):
+            value = getattr(getattr(module, "config", module), attr, None)
+            if isinstance(value, (int, float)) and value > 1 and float(value) not in bases:
+                bases.append(float(value))
+    rtol = _rtol(evidence, 1e-5)
+    fits = {side: [] for side in ("torch", "port")}
+    for variant in _variants(q, k, port, bases):
+        out = _attend(q, k, v, variant["head_dim"], variant["causal"], variant["rope"],
+                      variant["head_dim"] ** -0.5 if variant["scaled"] else 1.0)
+        for side, target in zip(fits, inputs):
+            if _close(out, target, rtol):
+                fits[side].append(variant)
+    if not fits["torch"] or not fits["port"]:
+        return None
+    ours, theirs = min(((t, p) for t in fits["torch"] for p in fits["port"]),
+                       key=lambda tp: sum(tp[0][key] != tp[1][key] for key in tp[0]))
+    return _attention_difference(layer, ours, theirs)
+
+
+def _rope_words(rope) -> str:
+    if rope is None:
+        return "no rotary embedding"
+    layout, base = rope
+    pairs = "pairs (i, i + D/2) (rotate_half: Llama, GPT-NeoX)" if layout == "half" else \
+        "pairs (2i, 2i + 1) (interleaved: GPT-J, RoFormer)"
+    return f"rotary embedding over {pairs}, base theta {base:g}"
+
+
+def _attention_difference(layer, ours: dict, theirs: dict) -> dict | None:
+    where = f"{layer}'s input (the attention output) is, from the same q, k, v,"
+    if ours["head_dim"] != theirs["head_dim"]:
+        return {"trap": "attention heads",
+                "sentence": f"{where} torch's attention over heads of {ours['head_dim']} and the port's over heads "
+                            f"of {theirs['head_dim']}: split the projections into torch's heads."}
+    if ours["rope"] != theirs["rope"]:
+        if ours["rope"] and theirs["rope"] and ours["rope"][0] == theirs["rope"][0]:
+            return {"trap": "RoPE base",
+                    "sentence": f"{where} torch's attention with rotary base theta {ours['rope'][1]:g} and the port's "
+                                f"with {theirs['rope'][1]:g}: build the port's rotary table with torch's base "
+                                "(config.rope_theta)."}
+        trap = "RoPE layout" if ours["rope"] and theirs["rope"] else "rotary embedding"
+        return {"trap": trap,
+                "sentence": f"{where} torch's attention with {_rope_words(ours['rope'])} and the port's with "
+                            f"{_rope_words(theirs['rope'])}: rotate the same pairs (a checkpoint's q/k rows are "
+                            "permuted between the two layouts)."}
+    if ours["causal"] != theirs["causal"]:
+        return {"trap": "attention mask",
+                "sentence": f"{where} torch's attention {'with' if ours['causal'] else 'without'} a causal mask and "
+                            f"the port's {'with' if theirs['causal'] else 'without'}."}
+    if ours["scaled"] != theirs["scaled"]:
+        return {"trap": "attention scaling",
+                "sentence": f"{where} torch's attention with scores scaled by "
+                            f"{'1/sqrt(head_dim)' if ours['scaled'] else '1'} and the port's by "
+                            f"{'1/sqrt(head_dim)' if theirs['scaled'] else '1'}: apply the scale once."}
+    return None
 
 
 def _kind(port, layer: str) -> str | None:
