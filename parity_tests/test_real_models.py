@@ -345,3 +345,13 @@ def test_attention_fit_names_a_missing_causal_mask_and_scale():
     assert _attention_difference("o", ours, {**ours, "scaled": False})["trap"] == "attention scaling"
     assert _attention_difference("o", ours, {**ours, "rope": None})["trap"] == "rotary embedding"
     assert _attention_difference("o", ours, ours) is None
+
+
+def test_nnx_weight_norm_wrapper_pairs_and_its_untrained_scales_are_named():
+    """nnx.WeightNorm keeps its scales as `conv.scales.('kernel',)`, plain arrays outside nnx.Param (flax#5577):
+    they pair with torch's g, step 1 agrees, and from step 2 the difference is named: torch trains g."""
+    report = check_port(**{**_normed_case("weight", "nnx"), "steps": 3})
+    assert not report.passed and report.checks[0]["layer"] == "conv", report.checks
+    assert report.checks[0]["first_failing_step"] == 2, report.checks
+    assert report.diagnosis["trap"] == "layer parametrisation" and "conv.scales" in report.diagnosis["sentence"], \
+        report.diagnosis

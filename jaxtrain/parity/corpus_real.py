@@ -547,6 +547,21 @@ class NnxRotary(nnx.Module):
         return self.head(self.o_proj(out).mean(1))
 
 
+class NnxNormedConv(nnx.Module):
+    """TorchNormedConv's port on NNX's own wrappers: nnx.WeightNorm (its scales are plain arrays, not
+    nnx.Param: no optimizer trains them, flax#5577) or nnx.SpectralNorm."""
+
+    def __init__(self, norm: str = "weight"):
+        rngs = nnx.Rngs(0)
+        conv, head = nnx.Conv(3, 8, (3, 3), strides=(2, 2), padding=1, rngs=rngs), nnx.Linear(8 * 4 * 4, 3, rngs=rngs)
+        wrap = nnx.WeightNorm if norm == "weight" else nnx.SpectralNorm
+        self.conv, self.head = wrap(conv, rngs=rngs), wrap(head, rngs=rngs)
+
+    def __call__(self, x):
+        x = nnx.leaky_relu(self.conv(x), 0.2).transpose(0, 3, 1, 2)
+        return self.head(x.reshape(x.shape[0], -1))
+
+
 # --------------------------------------------------------------------------- corpus cases
 
 LONG = dict(optimizer="adam", optimizer_kwargs={"lr": 1e-2}, batch_size=32, steps=30)
@@ -668,7 +683,8 @@ def _conv_bn_running_in_training(data):
 def _normed(norm, port=None, **port_kwargs):
     def case(data):
         x, y = _images(21, 3)
-        return _case(TorchNormedConv(norm), LinenNormedConv(port or norm, **port_kwargs), x, y, flax_input="nhwc")
+        flax_model = NnxNormedConv(norm) if port == "nnx" else LinenNormedConv(port or norm, **port_kwargs)
+        return _case(TorchNormedConv(norm), flax_model, x, y, flax_input="nhwc")
 
     return case
 
@@ -684,7 +700,8 @@ def _rotary(torch_theta=10000.0, **port):
 # The lines a user writes beyond the two models and the data, per case.
 GLUE = {"real_conv_transpose2d": ["flax_input='nhwc'"], "real_depthwise_conv_avgpool": ["flax_input='nhwc'"],
         "real_conv_batchnorm": ["flax_input='nhwc'"], "real_spectral_norm": ["flax_input='nhwc'"],
-        "real_weight_norm_flax_wrapper": ["flax_input='nhwc'"], "flax_spectral_norm_wrapper": ["flax_input='nhwc'"], "real_bag_tuple_inputs": ["flax_output=lambda out: out.scores"],
+        "real_weight_norm_flax_wrapper": ["flax_input='nhwc'"], "flax_spectral_norm_wrapper": ["flax_input='nhwc'"],
+        "flax_nnx_weight_norm_wrapper": ["flax_input='nhwc'"], "real_bag_tuple_inputs": ["flax_output=lambda out: out.scores"],
         "real_bag_dict_inputs": ["flax_output=lambda out: out.scores"]}
 
 HEALTHY = {"real_gru_torch_layout": _gru, "real_transformer_encoder_layer": _encoder,
@@ -693,5 +710,7 @@ HEALTHY = {"real_gru_torch_layout": _gru, "real_transformer_encoder_layer": _enc
            "real_lstm_torch_layout": _lstm, "real_tied_embedding_lm": _tied_lm, "real_spectral_norm": _normed("spectral"),
            "real_weight_norm_flax_wrapper": _normed("weight"), "real_rotary_attention": _rotary()}
 # torch's spectral_norm against Flax's own nn.SpectralNorm: the two libraries' power iterations differ
-# (torch u then v and sigma = |W^T u|, Flax v then u and sigma = |W v|): a finding the check must name
-FINDINGS = {"flax_spectral_norm_wrapper": (_normed("spectral", "flax spectral"), "layer parametrisation")}
+# (torch u then v and sigma = |W^T u|, Flax v then u and sigma = |W v|); NNX's WeightNorm does not train its
+# scales (flax#5577): findings the check must name
+FINDINGS = {"flax_spectral_norm_wrapper": (_normed("spectral", "flax spectral"), "layer parametrisation"),
+            "flax_nnx_weight_norm_wrapper": (_normed("weight", "nnx"), "layer parametrisation")}

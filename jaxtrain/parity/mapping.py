@@ -34,6 +34,7 @@ Everything is shape-checked; what does not pair raises `PortMappingError` naming
 
 from __future__ import annotations
 
+import ast
 import dataclasses
 import re
 from typing import Callable
@@ -284,9 +285,15 @@ def parametrization_moves(module, rule_name: str, torch_shapes: dict, flax_shape
 
 
 def unwrapped(path: str) -> str:
-    """A leaf a linen wrapper (nn.WeightNorm, nn.SpectralNorm) keeps for the layer it wraps, named
-    `WeightNorm_0.Dense_0/kernel/scale`, as that layer's: `Dense_0.kernel/scale` (the wrapped layer
-    lives beside its wrapper, in the parent's scope)."""
+    """A leaf a wrapper (nn.WeightNorm, nn.SpectralNorm) keeps for the layer it wraps, as that layer's:
+    linen's `WeightNorm_0.Dense_0/kernel/scale` is `Dense_0.kernel/scale` (the wrapped layer lives beside
+    its wrapper, in the parent's scope); NNX's `fc.scales.('kernel',)` is `fc.layer_instance.kernel/scale`
+    and `fc.batch_stats.('kernel', 'u')` is `fc.layer_instance.kernel/u`."""
+    nnx = re.match(r"^(?:(.*)\.)?(scales|batch_stats)\.(\(.*\))$", path)  # NNX's: `fc.scales.('kernel',)`
+    if nnx:
+        key = ast.literal_eval(nnx.group(3))
+        *param, stat = (*key, "scale") if nnx.group(2) == "scales" else key
+        return _join(_join(nnx.group(1) or "", "layer_instance"), ".".join(param[:-1] + [f"{param[-1]}/{stat}"]))
     head, _, leaf = path.rpartition(".")
     parts = leaf.split("/")
     if len(parts) < 3:
@@ -325,10 +332,11 @@ class Mapping:
     def to_flax(self, model: PureModel, weights: dict):
         """torch state_dict values (numpy) -> (params, buffers) trees of the Flax port."""
         params, buffers = {}, {}
+        trained = set(leaves_by_path(model.params))
         for move, torch_names, flax_paths, buffer in self.moves:
             values = move.to_flax({rel: np.asarray(weights[name]) for rel, name in torch_names.items()})
             for rel, value in values.items():
-                (buffers if buffer else params)[flax_paths[rel]] = value
+                (params if flax_paths[rel] in trained else buffers)[flax_paths[rel]] = value
         return replace_leaves(model.params, params), replace_leaves(model.buffers, buffers)
 
     def to_torch(self, tree, buffers: bool = False, values: bool = False) -> dict:
@@ -554,6 +562,12 @@ def build_mapping(torch_layers: list, flax_layers: list, torch_model, model: Pur
             for move in rule_moves:
                 _check_move(move, torch_name, flax_path, rule_name, torch_shapes, flax_shapes)
                 buffer = any(k not in param_names for k in move.torch)
+                frozen_in_port = [real_path[_join(flax_path, k)] for k in move.flax if real_path[_join(flax_path, k)]
+                                  not in params]
+                if move.torch and not buffer and frozen_in_port:
+                    notes.append((torch_name, f"torch trains {', '.join(absolute[k] for k in move.torch)}; the port "
+                                              f"keeps {', '.join(frozen_in_port)} outside its parameters, where no "
+                                              "optimizer trains it (NNX's WeightNorm keeps its scales so)"))
                 moves.append((move, {k: absolute[k] for k in move.torch},
                               {k: real_path[_join(flax_path, k)] for k in move.flax}, buffer))
                 used_flax.update(_join(flax_path, k) for k in move.flax)
