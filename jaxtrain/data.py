@@ -240,16 +240,17 @@ def is_classification(split: Split) -> bool:
     return np.issubdtype(split.labels.dtype, np.integer)
 
 
-def check_accumulation(num_train: int, batch_size: int, accumulate: int) -> None:
-    """--accumulate N must divide an epoch's batches: an epoch ending mid-accumulation would carry
-    gradients into the next one, where torch's loop and optax.MultiSteps part ways."""
+def check_accumulation(num_train: int, batch_size: int, accumulate: int, flag: str = "--accumulate {}",
+                       change: str = "--accumulate, --batch-size or --train-limit") -> None:
+    """`accumulate` must divide an epoch's batches: an epoch ending mid-accumulation would carry
+    gradients into the next one, where torch's loop and optax.MultiSteps part ways. `flag` and
+    `change` word it for the caller (the CLI's flags, or check_port's arguments)."""
     from jaxtrain.errors import ConfigError
 
     batches = -(-num_train // batch_size)
     if batches % accumulate:
-        raise ConfigError(f"--accumulate {accumulate} must divide the {batches} batches of an epoch "
-                          f"({num_train} samples in batches of {batch_size}); change --accumulate, --batch-size "
-                          "or --train-limit")
+        raise ConfigError(f"{flag.format(accumulate)} must divide the {batches} batches of an epoch "
+                          f"({num_train} samples in batches of {batch_size}); change {change}")
 
 
 def check_training_batches(num_train: int, batch_size: int, has_batchnorm: bool) -> None:

@@ -91,11 +91,12 @@ def _assemble(transforms: dict, labels, no_grad, clips: list) -> optax.GradientT
 
 
 def retarget(twin: TorchTwin, relabel) -> optax.GradientTransformation:
-    """`twin` acting on another tree: `relabel({torch name: value})` gives a function of that tree's
-    params -> the same tree with each leaf's value (its torch tensor's)."""
+    """`twin` acting on another tree: `relabel({torch name: value}, default)` gives a function of that
+    tree's params -> the same tree with each leaf's value (its torch tensor's; `default` for leaves
+    no torch tensor names)."""
     p = twin.parts
-    no_grad = relabel(p["no_grad"]) if any(p["no_grad"].values()) else None
-    return _assemble(p["transforms"], relabel(p["labels"]), no_grad, p["clips"])
+    no_grad = relabel(p["no_grad"], False) if any(p["no_grad"].values()) else None
+    return _assemble(p["transforms"], relabel(p["labels"], "untrained"), no_grad, p["clips"])
 
 
 def from_torch(optimizer, scheduler=None, *, model, interval: str = "epoch", steps_per_epoch: int | None = None,

@@ -77,9 +77,8 @@ def check_port(torch_model, flax_model, train, test=None, loss="cross_entropy", 
                                       norm_type)
     config = _config(loss, mse_reduction, optimizer, optimizer_kwargs, scheduler, scheduler_kwargs, batch_size,
                      steps, epochs, shuffle, seed, len(train_split), scheduler_interval, accumulate, label_smoothing)
-    if -(-len(train_split) // batch_size) % accumulate:
-        raise ConfigError(f"accumulate={accumulate} must divide the {-(-len(train_split) // batch_size)} batches of "
-                          "an epoch (or an epoch would end mid-accumulation)")
+    data_lib.check_accumulation(len(train_split), batch_size, accumulate, "accumulate={}",
+                                "accumulate, batch_size or the training set")
     optimizers.probe(config, torch_model, -(-len(train_split) // batch_size))
     port = build_port(torch_model, flax_model, train_split, test_split, config, loss, optimizers, flax_input,
                       weight_map, Calls(torch_kwargs, flax_kwargs, torch_output, flax_output))

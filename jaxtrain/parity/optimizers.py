@@ -200,14 +200,13 @@ def on_port(twin, mapping, params, torch_model):
     if twin.rule in LAYOUT_BOUND:
         _check_layouts(twin.rule, leaf_of, shapes, {n: tuple(p.shape) for n, p in torch_model.named_parameters()})
 
-    def relabel(by_torch_name: dict):
+    def relabel(by_torch_name: dict, default):
         by_path: dict = {}
         for name, value in by_torch_name.items():
             for path in leaf_of.get(name, []):
                 if by_path.setdefault(path, value) != value:
                     raise ConfigError(f"the port keeps {name} in {path} with a tensor of another param group; "
                                       "from_torch cannot give one leaf two groups' settings")
-        default = False if isinstance(next(iter(by_torch_name.values()), ""), bool) else "untrained"
         return lambda tree: replace_leaves(tree, {p: by_path.get(p, default) for p in shapes})
 
     return retarget(twin, relabel)
