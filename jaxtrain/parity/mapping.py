@@ -23,9 +23,14 @@ function per family; the layout conversions are `jaxtrain.parity.layouts`):
 | Embedding weight (num, dim)    | embedding (num, dim)                | as is                           |
 | MultiheadAttention in_proj     | query/key/value kernels (E, H, D)   | split, heads apart              |
 | LSTM/GRU/RNN weight_ih/hh      | the cell's input/hidden kernels     | torch's gate order, per gate    |
+| weight_norm original0/1 (g, v) | kernel/scale (or scale, w_g/w_v)    | g reshaped, v as the family's w |
+| spectral_norm original, _u, _v | kernel, kernel/u, kernel/v (or u/v) | v in the port's kernel-row order |
 | any other layer                | the tensor of the same name         | as is                           |
 
-A Flax leaf named like torch's tensor with torch's shape is taken as is (a port that kept
+Parametrizations (`PARAMETRIZATIONS`: one small function per torch class) belong to the layer
+they parametrize; a wrapper's leaves for the layer it wraps (linen's `nn.WeightNorm`,
+`nn.SpectralNorm`: beside it, `WeightNorm_0.Dense_0/kernel/scale`; NNX's: `fc.scales`) are
+that layer's (`unwrapped`). A Flax leaf named like torch's tensor with torch's shape is taken as is (a port that kept
 torch's names and layout). One torch Parameter used by two modules (an LM head tied to its
 embedding) is one tensor: when the port has no layer of its own for the second use, it uses
 its one tensor twice too. Parameters one side owns but never calls are named, not paired.
