@@ -302,7 +302,8 @@ def test_spectral_norm_round_trips_through_convert():
     np.testing.assert_allclose(np.asarray(got), expected, rtol=1e-5, atol=1e-6)
     fresh = corpus_real.TorchNormedConv("spectral")
     with torch.no_grad():
-        fresh.conv.parametrizations.weight.original.add_(1)
+        for tensor in fresh.state_dict().values():  # parameters and the power iteration's u, v
+            tensor.add_(1)
     flax_to_torch(variables, fresh, x, flax_model=corpus_real.LinenNormedConv("spectral"), flax_input="nhwc")
     for key, value in torch_model.state_dict().items():
         assert torch.equal(fresh.state_dict()[key], value), key
@@ -333,25 +334,77 @@ def test_rotary_mistakes_are_named_from_the_attention_output(port, torch_theta, 
     assert report.diagnosis["trap"] == trap and words in report.diagnosis["sentence"], report.diagnosis
 
 
-def test_attention_fit_names_a_missing_causal_mask_and_scale():
-    from jaxtrain.parity.diagnose import _attend, _attention_difference
+def test_nnx_spectral_norm_wrapper_pairs_and_its_other_power_iteration_is_named():
+    report = check_port(**{**_normed_case("spectral", "nnx"), "steps": 2})
+    assert not report.passed and report.checks[0]["layer"] == "conv", report.checks
+    assert "Flax's nn.SpectralNorm keeps u only" in report.diagnosis["sentence"], report.diagnosis
+
+
+def test_spectral_norm_on_an_axis_the_port_does_not_keep_last_is_one_line():
+    class TorchRows(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc = torch.nn.utils.parametrizations.spectral_norm(torch.nn.Linear(6, 8), dim=1)
+            self.head = torch.nn.Linear(8, 3)
+
+        def forward(self, x):
+            return self.head(self.fc(x))
+
+    class NnxRows(nnx.Module):
+        def __init__(self):
+            rngs = nnx.Rngs(0)
+            self.fc, self.head = nnx.Linear(6, 8, rngs=rngs), nnx.Linear(8, 3, rngs=rngs)
+
+        def __call__(self, x):
+            return self.head(self.fc(x))
+
+    x, y = _weight_norm_data()
+    with pytest.raises(PortMappingError, match=r"spectral_norm\(dim=1\) on a weight of shape \(8, 6\)"):
+        check_port(TorchRows(), NnxRows(), train=(x, y), steps=1)
+
+
+def test_wrapper_leaves_belong_to_the_wrapped_tensor():
+    from jaxtrain.parity.mapping import unwrapped
+
+    params = {"Dense_0.kernel", "SpectralNorm_0.layer_instance.kernel", "fc.layer_instance.layers.0.kernel"}
+    assert unwrapped("WeightNorm_0.Dense_0/kernel/scale", params) == "Dense_0.kernel/scale"  # beside its wrapper
+    assert unwrapped("SpectralNorm_0.layer_instance/kernel/u", params) == "SpectralNorm_0.layer_instance.kernel/u"
+    assert unwrapped("fc.scales.('layers', 0, 'kernel')", params) == "fc.layer_instance.layers.0.kernel/scale"
+    assert unwrapped("attn.a/b/c", params) == "attn.a/b/c"  # not a wrapper's leaf
+
+
+class _Heads(torch.nn.Module):
+    """What the attention fit reads of a torch model: the attention module's head size and rotary base."""
+
+    def __init__(self):
+        super().__init__()
+        self.attn = torch.nn.Module()
+        self.attn.head_dim, self.attn.rope_theta = 8, 10000.0
+
+
+def _fitted(torch_variant: dict, port_variant: dict):
+    from types import SimpleNamespace
+
+    from jaxtrain.parity.diagnose import _attend, _attention_fit
 
     rng = np.random.default_rng(0)
-    q, k, v = (rng.normal(size=(2, 5, 8)) for _ in range(3))
-    causal = _attend(q, k, v, 4, True, ("half", 10000.0), 0.5)
-    assert not np.allclose(causal, _attend(q, k, v, 4, False, ("half", 10000.0), 0.5))
-    ours = {"head_dim": 4, "rope": ("half", 10000.0), "causal": True, "scaled": True}
-    assert _attention_difference("o", ours, {**ours, "causal": False})["trap"] == "attention mask"
-    assert _attention_difference("o", ours, {**ours, "scaled": False})["trap"] == "attention scaling"
-    assert _attention_difference("o", ours, {**ours, "rope": None})["trap"] == "rotary embedding"
-    assert _attention_difference("o", ours, ours) is None
+    q, k, v = rng.normal(size=(2, 6, 32)), rng.normal(size=(2, 6, 16)), rng.normal(size=(2, 6, 16))  # GQA: 4 q, 2 kv heads
+    outputs = [_attend(q, k, v, 8, variant.get("causal", True), variant.get("rope", ("half", 10000.0)),
+                       8 ** -0.5 if variant.get("scaled", True) else 1.0) for variant in (torch_variant, port_variant)]
+    evidence = {"torch": {"layers": {"attn.q_proj": q, "attn.k_proj": k, "attn.v_proj": v},
+                          "inputs": {"attn.o_proj": outputs[0]}}, "jax": {"inputs": {"attn.o_proj": outputs[1]}}}
+    return _attention_fit("attn.o_proj", ["attn.q_proj", "attn.k_proj", "attn.v_proj"],
+                          SimpleNamespace(torch_model=_Heads()), evidence)
 
 
-def test_nnx_weight_norm_wrapper_pairs_and_its_untrained_scales_are_named():
-    """nnx.WeightNorm keeps its scales as `conv.scales.('kernel',)`, plain arrays outside nnx.Param (flax#5577):
-    they pair with torch's g, step 1 agrees, and from step 2 the difference is named: torch trains g."""
-    report = check_port(**{**_normed_case("weight", "nnx"), "steps": 3})
-    assert not report.passed and report.checks[0]["layer"] == "conv", report.checks
-    assert report.checks[0]["first_failing_step"] == 2, report.checks
-    assert report.diagnosis["trap"] == "layer parametrisation" and "conv.scales" in report.diagnosis["sentence"], \
-        report.diagnosis
+@pytest.mark.parametrize("port, trap", [
+    ({"causal": False}, "attention mask"), ({"scaled": False}, "attention scaling"),
+    ({"rope": ("interleaved", 10000.0)}, "RoPE layout"), ({"rope": ("half", 500000.0)}, "RoPE base"),
+    ({"rope": None}, "rotary embedding"),
+])
+def test_attention_fit_names_what_differs_with_grouped_query_heads(port, trap):
+    assert _fitted({}, port)["trap"] == trap
+
+
+def test_attention_fit_says_agree_when_one_computation_gives_both():
+    assert _fitted({}, {}) == "agree"

@@ -20,7 +20,7 @@ sentence, or a general pointer when no known signature fits. The traps:
 | layer parametrisation                  | the mapping's note on the layer: two LSTM/GRU biases in one     |
 | untied head                            | a tensor torch uses twice (tied) has two leaves in the port     |
 | attention computation                  | the first layer after attention projections differs (scale, mask, RoPE) |
-| RoPE layout / RoPE base / attention mask / attention scaling / attention heads | the attention output is, from the same q/k/v, what one computation gives in torch and another in the port |
+| RoPE layout / RoPE base / rotary embedding / attention mask / attention scaling / attention heads | the attention output is, from the same q/k/v, what one computation gives in torch and another in the port |
 | activation function                    | a layer's input is another activation of the layer before's output |
 | AvgPool count_include_pad              | a pooled input differs at the borders only, by a count factor   |
 | between layers                         | a layer's input differs, the layer before agrees (no signature) |
@@ -31,6 +31,8 @@ sentence, or a general pointer when no known signature fits. The traps:
 """
 
 from __future__ import annotations
+
+import itertools
 
 import numpy as np
 
@@ -207,6 +209,8 @@ def _layer_forward(finding: dict, port, evidence) -> dict:
             w in layer.rsplit(".", 1)[0] for w in ("attn", "attention")) and layer.endswith(("o_proj", "out_proj",
                                                                                               "c_proj", "dense"))):
         fitted = _attention_fit(layer, before, port, evidence)
+        if fitted == "agree":  # the attention agrees: the projection after it differs
+            return _generic_layer(layer, mapping, rule)
         if fitted is not None:
             return fitted
         return {"trap": "attention computation",
@@ -241,6 +245,10 @@ def _layer_forward(finding: dict, port, evidence) -> dict:
                             f"compare eps (torch 1e-5; Flax's LayerNorm defaults to 1e-6; a config's layer_norm_eps / "
                             f"rms_norm_eps), the normalised axes and, "
                             f"in training, which variance normalises the batch (biased, as torch)."}
+    return _generic_layer(layer, mapping, rule)
+
+
+def _generic_layer(layer, mapping, rule) -> dict:
     return {"trap": "layer computation",
             "sentence": f"{layer} ({mapping.torch_types.get(layer, rule)}) is the first layer whose output differs, "
                         "every layer before it agrees: compare how the port computes it (padding, stride, dilation, "
@@ -259,9 +267,9 @@ def _rotate(x, layout: str, base: float):
     d = x.shape[-1]
     angle = np.arange(x.shape[1])[:, None] * base ** (-np.arange(0, d, 2) / d)[None, :]
     cos, sin = np.cos(angle)[None, :, None, :], np.sin(angle)[None, :, None, :]
-    x1, x2 = (x[..., : d // 2], x[..., d // 2:]) if layout == "half" else (x[..., 0::2], x[..., 1::2])
-    out = np.empty_like(x)
     first, second = (slice(0, d // 2), slice(d // 2, d)) if layout == "half" else (slice(0, d, 2), slice(1, d, 2))
+    x1, x2 = x[..., first], x[..., second]
+    out = np.empty_like(x)
     out[..., first], out[..., second] = x1 * cos - x2 * sin, x2 * cos + x1 * sin
     return out
 
@@ -270,58 +278,77 @@ def _attend(q, k, v, head_dim: int, causal: bool, rope, scale: float):
     """Softmax attention of (B, T, heads * head_dim) projections (key/value heads shared by groups of query
     heads), its output as the projection after it takes it: (B, T, heads * head_dim)."""
     b, t, _ = q.shape
-    q, k, v = (a.reshape(b, t, -1, head_dim) for a in (q, k, v))
+    q, k, v = (a.reshape(b, t, -1, head_dim).transpose(0, 2, 1, 3) for a in (q, k, v))  # (B, H, T, D)
     if rope is not None:
-        q, k = _rotate(q, *rope), _rotate(k, *rope)
-    k, v = (np.repeat(a, q.shape[2] // a.shape[2], axis=2) for a in (k, v))
-    scores = np.einsum("bqhd,bkhd->bhqk", q, k) * scale
+        q, k = (_rotate(a.transpose(0, 2, 1, 3), *rope).transpose(0, 2, 1, 3) for a in (q, k))
+    k, v = (np.repeat(a, q.shape[1] // a.shape[1], axis=1) for a in (k, v))
+    scores = q @ k.transpose(0, 1, 3, 2) * scale
     if causal:
         scores = np.where(np.tril(np.ones((t, t), bool)), scores, -np.inf)
     scores = np.exp(scores - scores.max(-1, keepdims=True))
-    return np.einsum("bhqk,bkhd->bqhd", scores / scores.sum(-1, keepdims=True), v).reshape(b, t, -1)
+    return ((scores / scores.sum(-1, keepdims=True)) @ v).transpose(0, 2, 1, 3).reshape(b, t, -1)
 
 
-def _variants(q, k, port, bases):
-    for head_dim in [d for d in range(2, q.shape[-1] + 1, 2) if q.shape[-1] % d == 0 and k.shape[-1] % d == 0
-                     and (q.shape[-1] // d) % (k.shape[-1] // d) == 0]:
-        for rope in [None, *((layout, base) for layout in ("half", "interleaved") for base in bases)]:
-            for causal in (True, False):
-                for scaled in (True, False):
-                    yield {"head_dim": head_dim, "rope": rope, "causal": causal, "scaled": scaled}
+HEAD_ATTRIBUTES = ("head_dim", "attention_head_size", "head_size")
+HEAD_COUNTS = ("num_heads", "num_attention_heads", "n_head", "n_heads", "heads")
 
 
-def _attention_fit(layer, before, port, evidence) -> dict | None:
+def _head_dims(port, q_layer: str, width: int, kv_width: int) -> list[int]:
+    """Head sizes to try: what the attention module holding the q projection (or its config) says, else
+    every even size from 8 that splits both widths into query heads a whole number of key/value heads."""
+    modules = dict(port.torch_model.named_modules())
+    said = set()
+    for holder in (modules.get(q_layer.rpartition(".")[0]), getattr(modules.get(q_layer.rpartition(".")[0]), "config", None)):
+        for attr in HEAD_ATTRIBUTES:
+            if isinstance(getattr(holder, attr, None), int):
+                said.add(getattr(holder, attr))
+        for attr in HEAD_COUNTS:
+            if isinstance(getattr(holder, attr, None), int) and getattr(holder, attr) > 0:
+                said.add(width // getattr(holder, attr))
+    fits = [d for d in range(2, width + 1, 2) if width % d == 0 and kv_width % d == 0 and (width // d) % (kv_width // d) == 0]
+    return [d for d in fits if d in said] or [d for d in fits if d >= 8] or fits
+
+
+def _rope_bases(port) -> list[float]:
+    """Rotary bases to try: the usual ones and what the model's modules or config say."""
+    bases = list(ROPE_BASES)
+    for module in port.torch_model.modules():
+        for attr in ("rope_theta", "base", "rotary_emb_base"):
+            value = getattr(getattr(module, "config", module), attr, None)
+            if isinstance(value, (int, float)) and not isinstance(value, bool) and value > 1 and float(value) not in bases:
+                bases.append(float(value))
+    return bases
+
+
+def _attention_fit(layer, before, port, evidence):
     """The attention computations (heads, rotary layout and base, causal mask, 1/sqrt(head_dim)) that give
-    torch's input of `layer` and the port's from the q/k/v projections' outputs (which agree): what
-    differs between the two, named. None when no such computation gives both (masks from inputs, ALiBi,
-    partial rotary: the general sentence)."""
+    torch's input of `layer` and the port's from the q/k/v projections' outputs (which agree), fitted on
+    the batch's first example: what differs between the two, named; "agree" when one computation gives
+    both. None when none gives both (masks from inputs, ALiBi, partial rotary: the general sentence)."""
     inputs = _layer_inputs(evidence, layer)
     names = [n for n in before[-4:] if n.rsplit(".", 1)[-1] in set().union(*PROJECTIONS)]
     found = [next((n for n in names if n.rsplit(".", 1)[-1] in kinds), None) for kinds in PROJECTIONS]
     if inputs is None or None in found:
         return None
-    q, k, v = (np.asarray(evidence["torch"]["layers"].get(n), np.float64) for n in found)
-    if q.ndim != 3 or k.shape != v.shape or q.shape[:2] != k.shape[:2] or inputs[0].shape != q.shape:
+    q, k, v = (np.asarray(evidence["torch"]["layers"].get(n), np.float64)[:1] for n in found)
+    if q.ndim != 3 or k.shape != v.shape or q.shape[:2] != k.shape[:2] or inputs[0].shape[1:] != q.shape[1:]:
         return None
-    bases = list(ROPE_BASES)
-    for module in port.torch_model.modules():  # the model's own rotary base, where it says one
-        for attr in ("rope_theta", "base", "rotary_emb_base"):
-            value = getattr(getattr(module, "config", module), attr, None)
-            if isinstance(value, (int, float)) and value > 1 and float(value) not in bases:
-                bases.append(float(value))
-    rtol = _rtol(evidence, 1e-5)
-    fits = {side: [] for side in ("torch", "port")}
-    for variant in _variants(q, k, port, bases):
-        out = _attend(q, k, v, variant["head_dim"], variant["causal"], variant["rope"],
-                      variant["head_dim"] ** -0.5 if variant["scaled"] else 1.0)
-        for side, target in zip(fits, inputs):
+    targets = [np.asarray(side[:1], np.float64) for side in inputs]
+    rtol, bases = _rtol(evidence, 1e-5), _rope_bases(port)
+    fits = ([], [])
+    for head_dim, rope, causal, scaled in itertools.product(
+            _head_dims(port, found[0], q.shape[-1], k.shape[-1]),
+            [None, *itertools.product(("half", "interleaved"), bases)], (True, False), (True, False)):
+        out = _attend(q, k, v, head_dim, causal, rope, head_dim ** -0.5 if scaled else 1.0)
+        variant = {"head_dim": head_dim, "rope": rope, "causal": causal, "scaled": scaled}
+        for fit, target in zip(fits, targets):
             if _close(out, target, rtol):
-                fits[side].append(variant)
-    if not fits["torch"] or not fits["port"]:
+                fit.append(variant)
+    if not fits[0] or not fits[1]:
         return None
-    ours, theirs = min(((t, p) for t in fits["torch"] for p in fits["port"]),
+    ours, theirs = min(((t, p) for t in fits[0] for p in fits[1]),
                        key=lambda tp: sum(tp[0][key] != tp[1][key] for key in tp[0]))
-    return _attention_difference(layer, ours, theirs)
+    return _attention_difference(layer, ours, theirs) or "agree"
 
 
 def _rope_words(rope) -> str:
@@ -345,11 +372,15 @@ def _attention_difference(layer, ours: dict, theirs: dict) -> dict | None:
                     "sentence": f"{where} torch's attention with rotary base theta {ours['rope'][1]:g} and the port's "
                                 f"with {theirs['rope'][1]:g}: build the port's rotary table with torch's base "
                                 "(config.rope_theta)."}
-        trap = "RoPE layout" if ours["rope"] and theirs["rope"] else "rotary embedding"
-        return {"trap": trap,
+        if ours["rope"] and theirs["rope"]:
+            return {"trap": "RoPE layout",
+                    "sentence": f"{where} torch's attention with {_rope_words(ours['rope'])} and the port's with "
+                                f"{_rope_words(theirs['rope'])}: rotate the same pairs (a checkpoint's q/k rows are "
+                                "permuted between the two layouts)."}
+        fix = "apply torch's rotary embedding to q and k" if ours["rope"] else "drop the port's rotary embedding"
+        return {"trap": "rotary embedding",
                 "sentence": f"{where} torch's attention with {_rope_words(ours['rope'])} and the port's with "
-                            f"{_rope_words(theirs['rope'])}: rotate the same pairs (a checkpoint's q/k rows are "
-                            "permuted between the two layouts)."}
+                            f"{_rope_words(theirs['rope'])}: {fix}."}
     if ours["causal"] != theirs["causal"]:
         return {"trap": "attention mask",
                 "sentence": f"{where} torch's attention {'with' if ours['causal'] else 'without'} a causal mask and "
@@ -567,7 +598,8 @@ def _spectral_sigma(layer, rule, port, evidence) -> dict | None:
             "sentence": f"the port's {layer} divides the same weight by another sigma (torch's sigma / {c:.9g}): "
                         "torch's spectral_norm runs its power iteration (u = normalize(W v), then v = normalize(W^T u), "
                         "n_power_iterations times) in every training call, before sigma = u . W v, and not in eval; "
-                        "the port iterates otherwise, from other u, v, or not in training."}
+                        "the port iterates otherwise, from other u, v, not in training, or does not normalise the "
+                        "weight at all (then the factor is sigma itself)."}
 
 
 def _recurrent(layer, rule, port, evidence) -> dict | None:

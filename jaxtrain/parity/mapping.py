@@ -220,56 +220,96 @@ def _factor_leaf(flax_shapes: dict, leaf: str, *names: str) -> str | None:
     return next((n for n in (*(f"{leaf}/{x}" for x in names), *names) if n in flax_shapes), None)
 
 
+def _family_leaf(name: str, rule_name: str, torch_shape: tuple, flax_shapes: dict) -> tuple:
+    """(Flax leaf, to_flax, to_torch) of the parametrized tensor: the family's (a Linear's `kernel`,
+    transposed), or the tensor's own name where the port kept torch's name and layout."""
+    if tuple(flax_shapes.get(name, ())) == tuple(torch_shape):
+        return name, _same, _same
+    return TABLES.get(rule_name, {}).get(name, (name, _same, _same))
+
+
+def _axis_order(shape: tuple, dim: int, to_flax: Callable, what: str) -> None:
+    """Raise unless the layout keeps torch's axis `dim` (the one normalised per entry) as the port's last
+    axis, the one Flax's wrappers keep per entry (a Linear's out: yes; a Linear with dim=1: no)."""
+    index = np.zeros(shape, np.int64) + np.arange(shape[dim]).reshape([-1 if a == dim else 1 for a in range(len(shape))])
+    laid = np.asarray(to_flax(index))
+    if laid.shape[-1] != shape[dim] or not np.array_equal(laid, np.broadcast_to(np.arange(shape[dim]), laid.shape)):
+        raise PortMappingError(f"{what}(dim={dim}) on a weight of shape {tuple(shape)}: the port's layout does not "
+                               "keep that axis last, where its per-output factors live; pass a callable weight_map "
+                               "for these tensors")
+
+
 def _weight_norm(module, name: str, rule_name: str, torch_shapes: dict, flax_shapes: dict) -> list[Move]:
     """weight_norm on tensor `w` (original0 = g, original1 = v): in the port as `w_g` and `w_v` (torch's
     legacy weight_norm names), as they are but for g's shape; or as the family's leaf for `w` (v in that
     family's layout) and its scale (`kernel/scale` under linen's nn.WeightNorm, or `scale`)."""
     g, v = f"parametrizations.{name}.original0", f"parametrizations.{name}.original1"
+    shape = tuple(module.parametrizations[name].original1.shape)
     if f"{name}_g" in flax_shapes and f"{name}_v" in flax_shapes:
         to_g, to_v, layout = f"{name}_g", f"{name}_v", (_same, _same)
     else:
-        to_v, to_flax, to_torch = TABLES.get(rule_name, {}).get(name, (name, _same, _same))
+        to_v, to_flax, to_torch = _family_leaf(name, rule_name, shape, flax_shapes)
         to_g, layout = _factor_leaf(flax_shapes, to_v, "scale") or "scale", (to_flax, to_torch)
-    g_flax, g_torch = tuple(flax_shapes.get(to_g, ())), tuple(torch_shapes[g])
-    return [one(g, to_g, lambda a, s=g_flax: np.asarray(a).reshape(s), lambda a, s=g_torch: np.asarray(a).reshape(s)),
-            one(v, to_v, *layout)]
+        if to_flax is not _same and module.parametrizations[name].original0.numel() > 1:  # dim=None: one g
+            _axis_order(shape, module.parametrizations[name][0].dim, to_flax, "weight_norm")
+    g_flax, g_torch = tuple(flax_shapes.get(to_g, ())), tuple(module.parametrizations[name].original0.shape)
+    moves = [one(g, to_g, lambda a, s=g_flax: np.asarray(a).reshape(s), lambda a, s=g_torch: np.asarray(a).reshape(s)),
+             one(v, to_v, *layout)]
+    return [m for m in moves if m.torch[0] in torch_shapes]  # what a weight_map converts itself is not here
+
+
+def _column_order(shape: tuple, dim: int, to_flax: Callable) -> np.ndarray:
+    """torch's columns of the weight matrix (the weight with `dim` moved first, flattened) in the order of
+    the port's kernel rows (the kernel flattened to (-1, out)): each element's column number laid out as
+    the family lays out weights."""
+    rest = np.arange(int(np.prod(shape)) // shape[dim]).reshape(tuple(np.delete(shape, dim)))
+    columns = np.asarray(to_flax(np.moveaxis(np.broadcast_to(rest, (shape[dim], *rest.shape)), 0, dim)))
+    return columns.reshape(-1, columns.shape[-1])[:, 0]
+
+
+def _spectral_note(kept: set, flax_wrapper: bool) -> str:
+    theirs = ("Flax's nn.SpectralNorm keeps u only and iterates v = W^T u, u = Wv, dividing by |Wv|" if flax_wrapper
+              else f"the port keeps {' and '.join(sorted(kept)) or 'no power-iteration state'}")
+    return (f"torch's spectral_norm keeps u and v and iterates u = Wv, v = W^T u before dividing by sigma = |W^T u|; "
+            f"{theirs}: the normalised weights differ until the power iteration converges, and differ again "
+            "whenever the weight moves")
 
 
 def _spectral_norm(module, name: str, rule_name: str, torch_shapes: dict, flax_shapes: dict) -> list[Move]:
     """spectral_norm on tensor `w` (original, and the power iteration's unit vectors `0._u` (rows of the
     weight matrix) and `0._v` (its columns)): `original` as the family's leaf; `_u` and `_v` to the port's
-    `kernel/u` and `kernel/v` (or `u`, `v`): the columns in the order of the port's kernel rows. Flax's
-    nn.SpectralNorm keeps u only (and a sigma it never reads): torch's v has no place, and a note says
-    why the two cannot agree."""
+    `kernel/u` and `kernel/v` (or `u`, `v`): the columns in the order of the port's kernel rows. A port
+    without both (Flax's nn.SpectralNorm keeps u, and a sigma it never reads) is mapped, and a note says
+    why the two cannot agree. A 1-D weight is w / |w|: no iteration, nothing else to map."""
     sn = module.parametrizations[name][0]
     original, u, v = (f"parametrizations.{name}.{k}" for k in ("original", "0._u", "0._v"))
-    leaf, to_flax, to_torch = TABLES.get(rule_name, {}).get(name, (name, _same, _same))
+    shape = tuple(module.parametrizations[name].original.shape)
+    leaf, to_flax, to_torch = _family_leaf(name, rule_name, shape, flax_shapes)
     moves = [one(original, leaf, to_flax, to_torch)]
-    shape = torch_shapes[original]
-    # torch's columns (the weight moved to put `dim` first, flattened) in the port's row order (its kernel
-    # flattened to (-1, out)), found by laying out each element's column number as the family lays out weights
-    rest = np.arange(int(np.prod(shape)) // shape[sn.dim]).reshape(tuple(np.delete(shape, sn.dim)))
-    columns = np.asarray(to_flax(np.moveaxis(np.broadcast_to(rest, (shape[sn.dim], *rest.shape)), 0, sn.dim)))
-    order = columns.reshape(-1, columns.shape[-1])[:, 0]
+    if len(shape) == 1:
+        return [m for m in moves if m.torch[0] in torch_shapes]
+    if to_flax is _same:  # the port keeps torch's layout, and so its columns
+        order = np.arange(int(np.prod(shape)) // shape[sn.dim])
+    else:
+        _axis_order(shape, sn.dim, to_flax, "spectral_norm")
+        order = _column_order(shape, sn.dim, to_flax)
+    kept = set()
     for factor, names, forth, back in (
             (u, ("u", "_u"), lambda a: a, lambda a: a),
             (v, ("v", "_v"), lambda a: a[order], lambda a: a[np.argsort(order)])):
         target = _factor_leaf(flax_shapes, leaf, *names)
         if target is None:
             continue
-        s_flax, s_torch = tuple(flax_shapes[target]), tuple(torch_shapes[factor])
+        kept.add(names[0])
+        s_flax, s_torch = tuple(flax_shapes[target]), tuple(torch_shapes.get(factor, getattr(sn, names[1]).shape))
         moves.append(one(factor, target, lambda a, f=forth, s=s_flax: f(np.asarray(a).reshape(-1)).reshape(s),
                          lambda a, b=back, s=s_torch: b(np.asarray(a).reshape(-1)).reshape(s)))
     sigma = _factor_leaf(flax_shapes, leaf, "sigma")
     if sigma is not None:  # Flax's SpectralNorm stores the last sigma and never reads it
         moves.append(Move((), (sigma,), lambda t: {}, lambda f: {}))
-    if len(moves) < 3 + (sigma is not None):
-        moves[0] = dataclasses.replace(moves[0], note=(
-            f"torch's spectral_norm keeps u and v and iterates u = Wv, v = W^T u before dividing by sigma = "
-            f"|W^T u|; the port keeps {'u' if any(m.torch == (u,) for m in moves) else 'neither'} and cannot take "
-            f"torch's v (Flax's nn.SpectralNorm iterates v = W^T u, u = Wv and divides by |Wv|): the normalised "
-            f"weights differ until the power iteration converges, and differ again whenever the weight moves"))
-    return moves
+    if kept != {"u", "v"}:
+        moves[0] = dataclasses.replace(moves[0], note=_spectral_note(kept, kept == {"u"} and sigma is not None))
+    return [m for m in moves if not m.torch or m.torch[0] in torch_shapes]
 
 
 # torch parametrization class -> the rule moving its factors: one small function each
@@ -277,33 +317,47 @@ PARAMETRIZATIONS = {"_WeightNorm": _weight_norm, "_SpectralNorm": _spectral_norm
 
 
 def parametrization_moves(module, rule_name: str, torch_shapes: dict, flax_shapes: dict) -> list[Move]:
-    """The parametrizations' factors on `module`, each by its class's rule."""
+    """The parametrizations' factors on `module`, each by its class's rule; no two write one Flax leaf."""
     moves = []
     for name, plist in module.parametrizations.items():
         kinds = [type(m).__name__ for m in plist]
-        if len(kinds) != 1 or kinds[0] not in PARAMETRIZATIONS:
-            raise PortMappingError(f"{type(module).__name__}.{name} is parametrized by {', '.join(kinds)}, which no "
-                                   f"rule maps ({', '.join(k.strip('_') for k in PARAMETRIZATIONS)} are mapped); pass "
-                                   "a callable weight_map for its tensors")
+        if len(kinds) > 1:
+            raise PortMappingError(f"{type(module).__name__}.{name} has a chain of parametrizations "
+                                   f"({', '.join(kinds)}), which no rule maps; pass a callable weight_map for its tensors")
+        if kinds[0] not in PARAMETRIZATIONS:
+            raise PortMappingError(f"{type(module).__name__}.{name} is parametrized by {kinds[0]}, which no rule maps "
+                                   f"({', '.join(k.strip('_') for k in PARAMETRIZATIONS)} are mapped); pass a callable "
+                                   "weight_map for its tensors")
         moves += PARAMETRIZATIONS[kinds[0]](module, name, rule_name, torch_shapes, flax_shapes)
+    targets = [leaf for m in moves for leaf in m.flax]
+    twice = sorted({leaf for leaf in targets if targets.count(leaf) > 1})
+    if twice:
+        raise PortMappingError(f"{type(module).__name__}'s parametrizations ({', '.join(module.parametrizations)}) "
+                               f"would each take the port's {', '.join(twice)}; pass a callable weight_map for them")
     return moves
 
 
-def unwrapped(path: str) -> str:
-    """A leaf a wrapper (nn.WeightNorm, nn.SpectralNorm) keeps for the layer it wraps, as that layer's:
-    linen's `WeightNorm_0.Dense_0/kernel/scale` is `Dense_0.kernel/scale` (the wrapped layer lives beside
-    its wrapper, in the parent's scope); NNX's `fc.scales.('kernel',)` is `fc.layer_instance.kernel/scale`
-    and `fc.batch_stats.('kernel', 'u')` is `fc.layer_instance.kernel/u`."""
-    nnx = re.match(r"^(?:(.*)\.)?(scales|batch_stats)\.(\(.*\))$", path)  # NNX's: `fc.scales.('kernel',)`
+WRAPPER_LEAVES = ("scale", "u", "v", "sigma")  # what Flax's WeightNorm / SpectralNorm keep per wrapped tensor
+
+
+def unwrapped(path: str, params) -> str:
+    """A leaf a wrapper (nn.WeightNorm, nn.SpectralNorm) keeps for a tensor of the layer it wraps, named as
+    that tensor's factor: linen's `WeightNorm_0.Dense_0/kernel/scale` is `Dense_0.kernel/scale` (the wrapped
+    layer beside its wrapper, in the parent's scope; or inside it), NNX's `fc.scales.('kernel',)` is
+    `fc.layer_instance.kernel/scale` and `fc.batch_stats.('kernel', 'u')` `fc.layer_instance.kernel/u`.
+    `params`: the port's parameter paths, which the wrapped tensor must be one of."""
+    nnx = re.match(r"^(?:(.*)\.)?(scales|batch_stats)\.(\(.*\))$", path)
     if nnx:
-        key = ast.literal_eval(nnx.group(3))
+        key = tuple(str(k) for k in ast.literal_eval(nnx.group(3)))
         *param, stat = (*key, "scale") if nnx.group(2) == "scales" else key
-        return _join(_join(nnx.group(1) or "", "layer_instance"), ".".join(param[:-1] + [f"{param[-1]}/{stat}"]))
-    head, _, leaf = path.rpartition(".")
-    parts = leaf.split("/")
-    if len(parts) < 3:
-        return path
-    return _join(head.rpartition(".")[0], ".".join(parts[:-2]) + "." + "/".join(parts[-2:]))
+        candidates = [_join(_join(nnx.group(1) or "", "layer_instance"), ".".join(param))]
+    else:
+        head, _, leaf = path.rpartition(".")
+        *param, stat = leaf.split("/")
+        if len(param) < 2 or stat not in WRAPPER_LEAVES:
+            return path
+        candidates = [_join(layer, ".".join(param)) for layer in (head.rpartition(".")[0], head)]
+    return next((f"{c}/{stat}" for c in candidates if c in params), path)
 
 
 # --------------------------------------------------------------------------- the mapping
@@ -338,7 +392,7 @@ class Mapping:
         """torch state_dict values (numpy) -> (params, buffers) trees of the Flax port."""
         params, buffers = {}, {}
         trained = set(leaves_by_path(model.params))
-        for move, torch_names, flax_paths, buffer in self.moves:
+        for move, torch_names, flax_paths, _ in self.moves:
             values = move.to_flax({rel: np.asarray(weights[name]) for rel, name in torch_names.items()})
             for rel, value in values.items():
                 (params if flax_paths[rel] in trained else buffers)[flax_paths[rel]] = value
@@ -460,8 +514,8 @@ def build_mapping(torch_layers: list, flax_layers: list, torch_model, model: Pur
     buffers = {k: v for k, v in buffers.items() if _is_state(v)}
     # a linen buffer's path starts with its collection ("batch_stats.bn.mean"): its layer is "bn"; a wrapper's
     # leaf for the layer it wraps is that layer's
-    name_of = {**{k: unwrapped(k) for k in params},
-               **{k: unwrapped(k.split(".", 1)[1] if model.kind == "linen" else k) for k in buffers}}
+    name_of = {**{k: unwrapped(k, params) for k in params},
+               **{k: unwrapped(k.split(".", 1)[1] if model.kind == "linen" else k, params) for k in buffers}}
     real_path = {name_of[k]: k for k in (*params, *buffers)}
     flax_state = {name_of[k]: v for k, v in (*params.items(), *buffers.items())}
     flax_owned = {p: _owned(flax_state, p, flax_layers) for p in flax_layers}
@@ -569,10 +623,11 @@ def build_mapping(torch_layers: list, flax_layers: list, torch_model, model: Pur
                 buffer = any(k not in param_names for k in move.torch)
                 frozen_in_port = [real_path[_join(flax_path, k)] for k in move.flax if real_path[_join(flax_path, k)]
                                   not in params]
-                if move.torch and not buffer and frozen_in_port:
+                if frozen_in_port and not buffer and any(tensors[k].requires_grad for k in move.torch):
+                    why = " (nnx.WeightNorm keeps its scales so)" if any(".scales." in p for p in frozen_in_port) else ""
                     notes.append((torch_name, f"torch trains {', '.join(absolute[k] for k in move.torch)}; the port "
                                               f"keeps {', '.join(frozen_in_port)} outside its parameters, where no "
-                                              "optimizer trains it (NNX's WeightNorm keeps its scales so)"))
+                                              f"optimizer trains it{why}"))
                 moves.append((move, {k: absolute[k] for k in move.torch},
                               {k: real_path[_join(flax_path, k)] for k in move.flax}, buffer))
                 used_flax.update(_join(flax_path, k) for k in move.flax)
