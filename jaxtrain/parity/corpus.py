@@ -316,6 +316,13 @@ BUGS: dict[str, Bug] = {
         corpus_real._rotary(layout="interleaved"), None, "same_math", "forward", 1, "o_proj (output)",
         "rotary embeddings ported with interleaved pairs (2i, 2i + 1) where torch rotates (i, i + D/2)",
         "RoPE layout"),
+    "rotary_attention_causal_mask_dropped": Bug(
+        corpus_real._rotary(causal=False), None, "same_math", "forward", 1, "o_proj (output)",
+        "a causal self-attention ported without its causal mask (every position attends to the future)",
+        "attention mask"),
+    "rotary_attention_scale_dropped": Bug(
+        corpus_real._rotary(scaled=False), None, "same_math", "forward", 1, "o_proj (output)",
+        "a hand-written attention that forgets the 1/sqrt(head_dim) scale", "attention scaling"),
     "rope_base_default": Bug(
         corpus_real._rotary(500000.0), None, "same_math", "forward", 1, "o_proj (output)",
         "a rope_theta=500000 model ported with the usual base 10000", "RoPE base"),

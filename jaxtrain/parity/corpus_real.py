@@ -526,11 +526,13 @@ def rotary(x, layout: str = "half", base: float = 10000.0):
 
 
 class NnxRotary(nnx.Module):
-    """TorchRotary's NNX port; `layout="interleaved"` and `base` plant the two RoPE porting mistakes."""
+    """TorchRotary's NNX port; `layout="interleaved"`, `base`, `causal=False` and `scaled=False` plant
+    porting mistakes."""
 
-    def __init__(self, layout: str = "half", base: float = 10000.0, heads: int = 2, dim: int = 16):
+    def __init__(self, layout: str = "half", base: float = 10000.0, heads: int = 2, dim: int = 16,
+                 causal: bool = True, scaled: bool = True):
         rngs = nnx.Rngs(0)
-        self.layout, self.base, self.heads = layout, base, heads
+        self.layout, self.base, self.heads, self.causal, self.scaled = layout, base, heads, causal, scaled
         self.embed = nnx.Embed(VOCAB, dim, rngs=rngs)
         self.q_proj, self.k_proj, self.v_proj, self.o_proj = (nnx.Linear(dim, dim, use_bias=False, rngs=rngs)
                                                               for _ in range(4))
@@ -541,8 +543,11 @@ class NnxRotary(nnx.Module):
         b, t, dim = x.shape
         q, k, v = (p(x).reshape(b, t, self.heads, -1) for p in (self.q_proj, self.k_proj, self.v_proj))
         q, k = rotary(q, self.layout, self.base), rotary(k, self.layout, self.base)
-        scores = jnp.einsum("bqhd,bkhd->bhqk", q, k) / jnp.sqrt(q.shape[-1]).astype(q.dtype)
-        scores = jnp.where(jnp.tril(jnp.ones((t, t), bool)), scores, -jnp.inf)
+        scores = jnp.einsum("bqhd,bkhd->bhqk", q, k)
+        if self.scaled:
+            scores = scores / jnp.sqrt(q.shape[-1]).astype(q.dtype)
+        if self.causal:
+            scores = jnp.where(jnp.tril(jnp.ones((t, t), bool)), scores, -jnp.inf)
         out = jnp.einsum("bhqk,bkhd->bqhd", jax.nn.softmax(scores, -1), v).reshape(b, t, dim)
         return self.head(self.o_proj(out).mean(1))
 
