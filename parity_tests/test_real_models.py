@@ -256,6 +256,7 @@ def _normed_case(norm, port=None, **kwargs):
     return {**case, "steps": 6, "dtypes": ("float64",)}
 
 
+@pytest.mark.corpus  # the suite's budget: the round trip below checks u and v exactly; 30 steps in the corpus
 def test_spectral_norm_factors_map_to_a_hand_written_port_and_train_alike():
     """spectral_norm's original, _u and _v (buffers torch moves in every training call) map to the port's
     kernel, u and v; v's columns follow the port's kernel rows (a conv's (kh, kw, in), torch's (in, kh, kw))."""
@@ -316,6 +317,7 @@ def _rotary_case(torch_theta=10000.0, **port):
     return {**case, "steps": 2, "dtypes": ("float64",)}
 
 
+@pytest.mark.corpus  # the suite's budget: the RoPE mistakes below run the same pair; 30 steps in the corpus
 def test_rotary_attention_port_trains_alike():
     report = check_port(**{**_rotary_case(), "steps": 6, "dtypes": ("float32", "float64")})
     assert report.passed, report.checks
