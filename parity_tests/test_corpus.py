@@ -1,7 +1,7 @@
 """The verdict corpus as tests: healthy runs pass, planted porting bugs fail and are localised.
 
-The default suite runs a subset chosen for difficulty (the most rounding-sensitive healthy
-runs, and bugs of every stage); `pytest -m corpus` (or `make corpus`) runs every case.
+The default suite runs one healthy case and one bug (the machinery, within the suite's budget);
+`pytest -m corpus` (or `make corpus`) runs every case.
 """
 
 import pytest

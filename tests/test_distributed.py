@@ -87,6 +87,7 @@ def test_two_processes_follow_the_single_device_trajectory(two_processes, one_de
     assert len(metrics(two_processes)[0]) == 2 * 11
 
 
+@pytest.mark.corpus  # the suite's budget: float64 on two devices follows one device exactly, above
 def test_float32_on_two_devices_holds_the_float32_parity_verdict(tmp_path, one_device):
     """float32 on 2 devices against float32 on one, both judged against float64 as the parity
     verdict judges two frameworks' float32 results (jaxtrain.parity.criteria.same_results)."""
