@@ -219,6 +219,11 @@ class EpochBatches:
         return len(self.sizes)
 
 
+def batches_per_epoch(num_samples: int, batch_size: int) -> int:
+    """Batches in an epoch, the last one partial (DataLoader's drop_last=False)."""
+    return -(-num_samples // batch_size)
+
+
 def epoch_batches(num_samples: int, batch_size: int, shuffle: bool = False, seed: int = 0, epoch: int = 0) -> EpochBatches:
     """Batches of one epoch: in order (`shuffle=False`) or a permutation seeded by (seed, epoch).
 
@@ -227,7 +232,7 @@ def epoch_batches(num_samples: int, batch_size: int, shuffle: bool = False, seed
     order = np.arange(num_samples)
     if shuffle:
         order = np.random.default_rng([seed, epoch]).permutation(num_samples)
-    num_batches = -(-num_samples // batch_size)
+    num_batches = batches_per_epoch(num_samples, batch_size)
     padded = np.zeros(num_batches * batch_size, dtype=np.int32)
     padded[:num_samples] = order
     sizes = np.full(num_batches, batch_size)
@@ -247,7 +252,7 @@ def check_accumulation(num_train: int, batch_size: int, accumulate: int, flag: s
     `change` word it for the caller (the CLI's flags, or check_port's arguments)."""
     from jaxtrain.errors import ConfigError
 
-    batches = -(-num_train // batch_size)
+    batches = batches_per_epoch(num_train, batch_size)
     if batches % accumulate:
         raise ConfigError(f"{flag.format(accumulate)} must divide the {batches} batches of an epoch "
                           f"({num_train} samples in batches of {batch_size}); change {change}")

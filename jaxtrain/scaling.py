@@ -21,6 +21,7 @@ import tempfile
 from pathlib import Path
 
 from jaxtrain.bench import LAYERS, cpu_name
+from jaxtrain.data import batches_per_epoch
 
 RUNS = {
     "jax, 1 device": ["-m", "jaxtrain", "train"],
@@ -66,7 +67,7 @@ def run(epochs: int, train_limit: int | None = None, log=print) -> dict:
         log(f"{name}: {runs[-1]['train_epoch_seconds']:.3f} s per training epoch")
     params = num_params()
     grad_bytes = 4 * params  # float32 gradients
-    step_seconds = runs[0]["train_epoch_seconds"] / -(-(train_limit or 60000) // BATCH)  # one device
+    step_seconds = runs[0]["train_epoch_seconds"] / batches_per_epoch(train_limit or 60000, BATCH)  # one device
     network = []
     for gbit in BANDWIDTHS_GBIT:
         t = allreduce_seconds(grad_bytes, 2, gbit)

@@ -156,7 +156,7 @@ class Trainer:
         self.train_split, self.test_split = train, test
         self.train_x, self.train_y = self.parallel.replicate(_host_arrays(train, dtype))
         self.test_x, self.test_y = self.parallel.replicate(_host_arrays(test, dtype))
-        self.steps_per_epoch = -(-len(train) // config.batch_size)
+        self.steps_per_epoch = data_lib.batches_per_epoch(len(train), config.batch_size)
         self.state = self.parallel.replicate(state if state is not None else create_state(config, self.steps_per_epoch))
         test_plan = data_lib.epoch_batches(len(test), config.batch_size)  # the same every epoch: on the devices once
         self.test_batches = self._split_plan(test_plan, len(test_plan))

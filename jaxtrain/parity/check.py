@@ -79,7 +79,7 @@ def check_port(torch_model, flax_model, train, test=None, loss="cross_entropy", 
                      steps, epochs, shuffle, seed, len(train_split), scheduler_interval, accumulate, label_smoothing)
     data_lib.check_accumulation(len(train_split), batch_size, accumulate, "accumulate={}",
                                 "accumulate, batch_size or the training set")
-    optimizers.probe(config, torch_model, -(-len(train_split) // batch_size))
+    optimizers.probe(config, torch_model, data_lib.batches_per_epoch(len(train_split), batch_size))
     port = build_port(torch_model, flax_model, train_split, test_split, config, loss, optimizers, flax_input,
                       weight_map, Calls(torch_kwargs, flax_kwargs, torch_output, flax_output))
     return judge(port, config, tuple(dtypes), steps)

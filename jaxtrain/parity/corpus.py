@@ -32,6 +32,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from jaxtrain import data as data_lib
 from jaxtrain import optim
 from jaxtrain.config import Config, make_config
 from flax import nnx
@@ -172,7 +173,7 @@ def with_tx(make_tx: Callable) -> Callable:
     def port(config):
         from torchref.optim import make_optimizer
 
-        steps_per_epoch = -(-TRAIN_SAMPLES // config.batch_size)
+        steps_per_epoch = data_lib.batches_per_epoch(TRAIN_SAMPLES, config.batch_size)
         return {"optimizer": (lambda params: make_optimizer(config, params), make_tx(config, steps_per_epoch))}
 
     return port
@@ -467,8 +468,6 @@ def describe(found: dict | None) -> str:
 
 
 def load_data():
-    from jaxtrain import data as data_lib
-
     train, test = data_lib.load_fashion_mnist()
     return train.take(TRAIN_SAMPLES), test.take(TEST_SAMPLES)
 

@@ -121,7 +121,7 @@ def jax_tx(port: Port, config, params):
     import optax
 
     o = port.optimizers
-    batches = -(-len(port.train) // config.batch_size)
+    batches = data_lib.batches_per_epoch(len(port.train), config.batch_size)
     per_epoch = batches // o.accumulate
     tx = o.make_tx(config, per_epoch, per_epoch * config.epochs, port.mapping, params, port.torch_model)
     if o.accumulate == 1 or isinstance(getattr(tx.init, "__self__", None), optax.MultiSteps):
@@ -241,7 +241,7 @@ class TorchRunner:
         self.model = TorchCall(self.module, port.torch_kwargs, port.torch_output)
         self.loss_fn = port.torch_loss
         self.optimizer, self.scheduler = port.optimizers.make_torch(config, self.module,
-                                                                    -(-len(port.train) // config.batch_size))
+                                                                    data_lib.batches_per_epoch(len(port.train), config.batch_size))
         self.loop = port.optimizers.torch_loop(self.module, self.scheduler)
         self.train_loader = torch_train.make_dataloader(port.train, config, train=True, add_channel=False)
         self.test_loader = torch_train.make_dataloader(port.test or port.train, config, train=False, add_channel=False)
@@ -402,7 +402,7 @@ def _device(framework: str) -> str:
 
 def epoch_lengths(config, num_train: int, max_steps: int | None) -> list[int]:
     """Steps of each epoch run: every epoch's batches, cut at `max_steps` in all."""
-    per_epoch = -(-num_train // config.batch_size)
+    per_epoch = data_lib.batches_per_epoch(num_train, config.batch_size)
     lengths, total = [], 0
     for _ in range(config.epochs):
         n = per_epoch if max_steps is None else min(per_epoch, max_steps - total)
