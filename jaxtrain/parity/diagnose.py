@@ -36,6 +36,7 @@ import itertools
 
 import numpy as np
 
+from jaxtrain.data import batches_per_epoch
 from jaxtrain.parity import mapping as mapping_lib
 
 LOW_PRECISION_ERROR = 1e-5  # float32 rounding is ~1e-7; TF32 ~1e-3, bfloat16 ~1e-2
@@ -204,8 +205,8 @@ def _layer_forward(finding: dict, port, evidence) -> dict:
                                     f"Flax expects ({_layout(rule)})."}
     torch_type, rule = mapping.torch_types.get(layer, ""), _kind(port, layer)
     previous_names = [n.rsplit(".", 1)[-1] for n in before[-3:]]
-    if rule == "MultiheadAttention" or rule in ("Linear", "Conv1D") and {
-            "q_proj", "k_proj", "v_proj", "query", "key", "value", "c_attn"} & set(previous_names[-1:]) or (rule in ("Linear", "Conv1D") and any(
+    if rule == "MultiheadAttention" or rule in ("Linear", "Conv1D") and set().union(
+            *PROJECTIONS, {"c_attn"}) & set(previous_names[-1:]) or (rule in ("Linear", "Conv1D") and any(
             w in layer.rsplit(".", 1)[0] for w in ("attn", "attention")) and layer.endswith(("o_proj", "out_proj",
                                                                                               "c_proj", "dense"))):
         fitted = _attention_fit(layer, before, port, evidence)
@@ -296,9 +297,9 @@ HEAD_COUNTS = ("num_heads", "num_attention_heads", "n_head", "n_heads", "heads")
 def _head_dims(port, q_layer: str, width: int, kv_width: int) -> list[int]:
     """Head sizes to try: what the attention module holding the q projection (or its config) says, else
     every even size from 8 that splits both widths into query heads a whole number of key/value heads."""
-    modules = dict(port.torch_model.named_modules())
+    attention = dict(port.torch_model.named_modules()).get(q_layer.rpartition(".")[0])
     said = set()
-    for holder in (modules.get(q_layer.rpartition(".")[0]), getattr(modules.get(q_layer.rpartition(".")[0]), "config", None)):
+    for holder in (attention, getattr(attention, "config", None)):
         for attr in HEAD_ATTRIBUTES:
             if isinstance(getattr(holder, attr, None), int):
                 said.add(getattr(holder, attr))
@@ -578,10 +579,8 @@ def _norm_eps(layer, rule, port, evidence) -> dict | None:
 def _spectral_sigma(layer, rule, port, evidence) -> dict | None:
     """A spectral_norm layer whose port divides the same weight by another sigma: the port's output less
     the bias is torch's times one constant, which explains the whole difference."""
-    module = dict(port.torch_model.named_modules()).get(layer)
-    plists = getattr(module, "parametrizations", None)
-    if evidence is None or not hasattr(plists, "items") or not any(
-            type(m).__name__ == "_SpectralNorm" for plist in plists.values() for m in plist):
+    kinds = mapping_lib.parametrization_kinds(dict(port.torch_model.named_modules()).get(layer))
+    if evidence is None or not any("_SpectralNorm" in k for k in kinds.values()):
         return None
     torch_out, port_out = (np.asarray(evidence[k]["layers"].get(layer), np.float64) for k in ("torch", "jax"))
     bias = _weights_before(evidence, layer).get("bias")
@@ -590,7 +589,7 @@ def _spectral_sigma(layer, rule, port, evidence) -> dict | None:
     if bias is not None:
         shape = (1, -1) + (1,) * (torch_out.ndim - 2) if rule in ("Conv", "ConvTranspose") else (-1,)
         torch_out, port_out = torch_out - bias.reshape(shape), port_out - bias.reshape(shape)
-    c = float(np.sum(port_out * torch_out) / max(np.sum(torch_out * torch_out), 1e-300))
+    c, _ = _factor(port_out.ravel(), torch_out.ravel())
     difference = np.max(np.abs(port_out - torch_out))
     if difference == 0 or np.max(np.abs(port_out - c * torch_out)) > 1e-3 * difference:
         return None
@@ -654,7 +653,7 @@ def _learning_rate(port, config) -> float:
     """The torch optimizer's learning rate at step 1 (the user's own pair carries it, not the config)."""
     import copy
 
-    batches = -(-len(port.train) // config.batch_size)
+    batches = batches_per_epoch(len(port.train), config.batch_size)
     return float(port.optimizers.make_torch(config, copy.deepcopy(port.torch_model), batches)[0].param_groups[0]["lr"])
 
 

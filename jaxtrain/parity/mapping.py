@@ -89,15 +89,22 @@ def one(torch_name: str, flax_name: str, to_flax=_same, to_torch=_same) -> Move:
                 lambda f: {torch_name: to_torch(f[flax_name])})
 
 
+def leaf_for(table: dict, name: str, shape: tuple, flax_shapes: dict) -> tuple:
+    """(Flax leaf, to_flax, to_torch) of torch tensor `name` by a family's table: the table's leaf, or,
+    where the port has none, the tensor's own name and layout when the port kept them."""
+    flax_name, to_flax, to_torch = table.get(name, (name, _same, _same))
+    if flax_name not in flax_shapes and tuple(flax_shapes.get(name, ())) == tuple(shape):
+        return name, _same, _same
+    return flax_name, to_flax, to_torch
+
+
 def per_tensor(table: dict) -> Callable:
     """A rule moving each torch tensor to one Flax leaf: {torch name: (flax name, to_flax, to_torch)};
     other tensors go to the leaf of the same name, as they are."""
     def rule(module, torch_shapes: dict, flax_shapes: dict, flax_kind: str | None = None) -> list[Move]:
         moves = []
         for name, shape in torch_shapes.items():
-            flax_name, to_flax, to_torch = table.get(name, (name, _same, _same))
-            if flax_name not in flax_shapes and tuple(flax_shapes.get(name, ())) == tuple(shape):
-                flax_name, to_flax, to_torch = name, _same, _same  # the port kept torch's name and layout
+            flax_name, to_flax, to_torch = leaf_for(table, name, shape, flax_shapes)
             moves.append(one(name, flax_name, to_flax, to_torch))
         return moves
 
@@ -200,13 +207,22 @@ def is_torch_layer(module) -> bool:
 # --------------------------------------------------------------------------- torch parametrizations
 
 
-def parametrized(module, buffers: bool = False) -> dict:
-    """{relative name: tensor} of the parametrizations on `module` (torch.nn.utils.parametrize):
-    `parametrizations.weight.original0`, ... belong to the layer they parametrize; with `buffers`,
-    also the parametrization's own state (spectral_norm's `parametrizations.weight.0._u`, `_v`)."""
+def parametrizations(module) -> dict:
+    """{parametrized tensor's name: its ParametrizationList} on `module` (torch.nn.utils.parametrize)."""
     plists = getattr(module, "parametrizations", None)
-    if plists is None or not hasattr(plists, "items"):
-        return {}
+    return dict(plists.items()) if plists is not None and hasattr(plists, "items") else {}
+
+
+def parametrization_kinds(module) -> dict:
+    """{parametrized tensor's name: [parametrization class names]} (`_WeightNorm`, `_SpectralNorm`)."""
+    return {name: [type(m).__name__ for m in plist] for name, plist in parametrizations(module).items()}
+
+
+def parametrized(module, buffers: bool = False) -> dict:
+    """{relative name: tensor} of the parametrizations on `module`: `parametrizations.weight.original0`,
+    ... belong to the layer they parametrize; with `buffers`, also the parametrization's own state
+    (spectral_norm's `parametrizations.weight.0._u`, `_v`)."""
+    plists = parametrizations(module)
     out = {f"parametrizations.{p}.{k}": v for p, plist in plists.items() for k, v in plist.named_parameters(recurse=False)}
     if buffers:
         out.update({f"parametrizations.{p}.{k}": v for p, plist in plists.items() for k, v in plist.named_buffers()
@@ -218,14 +234,6 @@ def _factor_leaf(flax_shapes: dict, leaf: str, *names: str) -> str | None:
     """The port's leaf for a parametrization's factor: Flax's wrappers keep it as `kernel/<name>` (linen's
     WeightNorm `kernel/scale`, SpectralNorm `kernel/u`), a hand-written port under the factor's name."""
     return next((n for n in (*(f"{leaf}/{x}" for x in names), *names) if n in flax_shapes), None)
-
-
-def _family_leaf(name: str, rule_name: str, torch_shape: tuple, flax_shapes: dict) -> tuple:
-    """(Flax leaf, to_flax, to_torch) of the parametrized tensor: the family's (a Linear's `kernel`,
-    transposed), or the tensor's own name where the port kept torch's name and layout."""
-    if tuple(flax_shapes.get(name, ())) == tuple(torch_shape):
-        return name, _same, _same
-    return TABLES.get(rule_name, {}).get(name, (name, _same, _same))
 
 
 def _axis_order(shape: tuple, dim: int, to_flax: Callable, what: str) -> None:
@@ -244,15 +252,16 @@ def _weight_norm(module, name: str, rule_name: str, torch_shapes: dict, flax_sha
     legacy weight_norm names), as they are but for g's shape; or as the family's leaf for `w` (v in that
     family's layout) and its scale (`kernel/scale` under linen's nn.WeightNorm, or `scale`)."""
     g, v = f"parametrizations.{name}.original0", f"parametrizations.{name}.original1"
-    shape = tuple(module.parametrizations[name].original1.shape)
+    plist = module.parametrizations[name]
+    shape = tuple(plist.original1.shape)
     if f"{name}_g" in flax_shapes and f"{name}_v" in flax_shapes:
         to_g, to_v, layout = f"{name}_g", f"{name}_v", (_same, _same)
     else:
-        to_v, to_flax, to_torch = _family_leaf(name, rule_name, shape, flax_shapes)
+        to_v, to_flax, to_torch = leaf_for(TABLES.get(rule_name, {}), name, shape, flax_shapes)
         to_g, layout = _factor_leaf(flax_shapes, to_v, "scale") or "scale", (to_flax, to_torch)
-        if to_flax is not _same and module.parametrizations[name].original0.numel() > 1:  # dim=None: one g
-            _axis_order(shape, module.parametrizations[name][0].dim, to_flax, "weight_norm")
-    g_flax, g_torch = tuple(flax_shapes.get(to_g, ())), tuple(module.parametrizations[name].original0.shape)
+        if to_flax is not _same and plist.original0.numel() > 1:  # dim=None: one g
+            _axis_order(shape, plist[0].dim, to_flax, "weight_norm")
+    g_flax, g_torch = tuple(flax_shapes.get(to_g, ())), tuple(plist.original0.shape)
     moves = [one(g, to_g, lambda a, s=g_flax: np.asarray(a).reshape(s), lambda a, s=g_torch: np.asarray(a).reshape(s)),
              one(v, to_v, *layout)]
     return [m for m in moves if m.torch[0] in torch_shapes]  # what a weight_map converts itself is not here
@@ -281,10 +290,10 @@ def _spectral_norm(module, name: str, rule_name: str, torch_shapes: dict, flax_s
     `kernel/u` and `kernel/v` (or `u`, `v`): the columns in the order of the port's kernel rows. A port
     without both (Flax's nn.SpectralNorm keeps u, and a sigma it never reads) is mapped, and a note says
     why the two cannot agree. A 1-D weight is w / |w|: no iteration, nothing else to map."""
-    sn = module.parametrizations[name][0]
+    plist = module.parametrizations[name]
+    sn, shape = plist[0], tuple(plist.original.shape)
     original, u, v = (f"parametrizations.{name}.{k}" for k in ("original", "0._u", "0._v"))
-    shape = tuple(module.parametrizations[name].original.shape)
-    leaf, to_flax, to_torch = _family_leaf(name, rule_name, shape, flax_shapes)
+    leaf, to_flax, to_torch = leaf_for(TABLES.get(rule_name, {}), name, shape, flax_shapes)
     moves = [one(original, leaf, to_flax, to_torch)]
     if len(shape) == 1:
         return [m for m in moves if m.torch[0] in torch_shapes]
@@ -319,8 +328,7 @@ PARAMETRIZATIONS = {"_WeightNorm": _weight_norm, "_SpectralNorm": _spectral_norm
 def parametrization_moves(module, rule_name: str, torch_shapes: dict, flax_shapes: dict) -> list[Move]:
     """The parametrizations' factors on `module`, each by its class's rule; no two write one Flax leaf."""
     moves = []
-    for name, plist in module.parametrizations.items():
-        kinds = [type(m).__name__ for m in plist]
+    for name, kinds in parametrization_kinds(module).items():
         if len(kinds) > 1:
             raise PortMappingError(f"{type(module).__name__}.{name} has a chain of parametrizations "
                                    f"({', '.join(kinds)}), which no rule maps; pass a callable weight_map for its tensors")
