@@ -437,7 +437,7 @@ def _validate_loop(c: Config, check) -> None:
 
 def exit_on_user_error(fn):
     """Run a CLI entry point; a UserError becomes one stderr line and its exit code."""
-    from jaxtrain.errors import DivergedError, Interrupted, PeerLost, UserError
+    from jaxtrain.errors import DivergedError, InternalError, Interrupted, PeerLost, UserError
 
     def wrapper(argv=None):
         import os
@@ -447,7 +447,7 @@ def exit_on_user_error(fn):
             prog = os.path.basename(sys.argv[0])
         try:
             return fn(argv)
-        except (UserError, DivergedError, Interrupted, PeerLost) as e:
+        except (UserError, DivergedError, Interrupted, PeerLost, InternalError) as e:
             print(f"{prog}: error: {e}", file=sys.stderr)
             return e.exit_code
         except KeyboardInterrupt:

@@ -101,6 +101,17 @@ def test_the_whole_loop_on_a_cnn_passes(data):
     assert report.passed, str(report)
 
 
+def test_optax_adams_float32_bias_correction_is_a_finding_not_a_failure(data):
+    """optax.adam computes 1 - 0.999**t in float32 (1.3e-5 relative): the port is torch's math (float64 holds)
+    and its forward pass is as precise as torch's; the updates' excess is the library's arithmetic."""
+    report = check(data, optimizer=(lambda p: torch.optim.Adam(p, lr=1e-3), optax.adam(1e-3)), steps=6)
+    assert report.passed, str(report)
+    library = report.verdict["same_precision"]["library_float32"]
+    assert library["stages"] == ["updates"] and library["jax_median_error"] > 4 * library["torch_median_error"]
+    assert "FINDING (not the port's): JAX's float32 arithmetic, not the port" in str(report)
+    assert "bias correction" in report.findings[0]
+
+
 # --------------------------------------------------------------------------- planted loop bugs
 
 

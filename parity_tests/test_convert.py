@@ -142,6 +142,20 @@ def test_a_saved_state_dict_loads_into_the_port(tmp_path):
                                   state["features.0.weight"].numpy().transpose(2, 3, 1, 0))
 
 
+def test_a_float64_model_with_float64_inputs_round_trips_bit_for_bit():
+    """A model and inputs in float64, as check_port takes them: paired (in float32) and converted in float64."""
+    from examples.cnn import NnxCNN, TorchCNN
+
+    torch.manual_seed(3)
+    model = TorchCNN().double()
+    x = _images(1, 28).astype(np.float64)
+    port = torch_to_flax(model.state_dict(), NnxCNN(rngs=nnx.Rngs(1)), x, torch_model=model, flax_input="nhwc")
+    assert {str(v.dtype) for v in jax.tree.leaves(nnx.state(port, nnx.Param))} == {"float64"}
+    back = flax_to_torch(port, TorchCNN().double(), x, flax_input="nhwc")
+    for name, tensor in model.state_dict().items():
+        assert back.state_dict()[name].dtype == tensor.dtype and torch.equal(back.state_dict()[name], tensor), name
+
+
 def test_recurrent_cell_with_one_bias_round_trips_the_function_and_says_so():
     """Flax's LSTMCell has one bias per gate where torch trains two: torch -> Flax sums them, so the
     way back gives the same outputs, not the same two tensors."""

@@ -128,3 +128,50 @@ def test_a_chaotic_float64_run_widens_the_float32_allowance_by_the_ulp_ratio():
     chaotic = run(LOSSES * (1 + 1e-13), [1.5 * (1 + 1e-13), 1.2], [0.5, 0.6])  # x 2^29 = 5e-5 in float32
     assert not criteria.same_results(jax32, torch32, ref64, 1000, rounding64=calm)["passed"]
     assert criteria.same_results(jax32, torch32, ref64, 1000, rounding64=chaotic)["passed"]
+
+
+def _step1(jax_grad_error, forward_error=0.0, outlier=False, seed=3):
+    """Step-1 findings of a conv-like weight gradient: torch's float32 at float32's rounding, JAX's with every
+    element `jax_grad_error` relative off float64 (a summation order's pattern), its forward `forward_error` off."""
+    rng = np.random.default_rng(seed)
+    out64, grad64 = rng.normal(size=(64, 32)), rng.normal(size=(16, 25))
+    signs = lambda shape: rng.choice([-1, 1], size=shape)  # noqa: E731
+    torch_out, torch_grad = out64 * (1 + 6e-8 * signs(out64.shape)), grad64 * (1 + 6e-8 * signs(grad64.shape))
+    jax_out = out64 * (1 + (forward_error or 6e-8) * signs(out64.shape))
+    jax_grad = grad64 * (1 + jax_grad_error * signs(grad64.shape))
+    if outlier:
+        jax_grad[3, 4] += 0.5  # one element far off: no arithmetic does that to one element alone
+    return criteria.precision_findings(1, stages(jax_out, grads={"conv1.weight": jax_grad}),
+                                       stages(torch_out, grads={"conv1.weight": torch_grad}),
+                                       stages(out64, grads={"conv1.weight": grad64}))
+
+
+def test_a_gradient_pattern_no_reduced_format_explains_is_the_librarys_arithmetic_when_float64_holds():
+    findings = _step1(1.5e-5)  # the Zen 3 case: JAX's conv weight gradient 1.5e-5, torch's ~5e-8
+    assert not all(f["passed"] for f in findings)  # beyond what a port is allowed on its own
+    held = criteria.same_precision(run(LOSSES, [1.5], [0.5]), run(LOSSES, [1.5], [0.5]), run(LOSSES, [1.5], [0.5]),
+                                   findings, math_holds=True)
+    assert held["passed"] and held["library_float32"]["tensor"] == "conv1.weight"
+    assert "not the port" in held["sentence"] and "1.5e-05" in held["sentence"]
+    unknown = criteria.same_precision(run(LOSSES, [1.5], [0.5]), run(LOSSES, [1.5], [0.5]),
+                                      run(LOSSES, [1.5], [0.5]), findings, math_holds=False)
+    assert not unknown["passed"] and unknown["library_float32"] is None  # float64 did not show torch's math
+
+
+def test_what_a_port_or_a_reduced_format_does_is_never_the_librarys_arithmetic():
+    assert criteria.library_float32(_step1(1.5e-5), True) is not None
+    assert criteria.library_float32(_step1(2e-3), True) is None  # bfloat16/TF32-sized: a precision setting
+    assert criteria.library_float32(_step1(1.5e-5, forward_error=1.5e-5), True) is None  # the port's formula
+    assert criteria.library_float32(_step1(1.5e-5, outlier=True), True) is None  # some elements: a bug
+
+
+def test_float32_results_straying_after_float64_and_step1_hold_is_a_finding_unless_not_finite():
+    ref64 = run(LOSSES, [1.5, 1.2], [0.5, 0.6])
+    torch32 = run(LOSSES * (1 + 1e-7), [1.5 * (1 + 1e-7), 1.2 * (1 + 1e-7)], [0.5, 0.6])
+    strayed = run(LOSSES * 1.002, [1.5 * 1.003, 1.2 * 1.003], [0.5, 0.6])
+    assert not criteria.same_results(strayed, torch32, ref64, 1000, rounding64=ref64)["passed"]
+    found = criteria.same_results(strayed, torch32, ref64, 1000, rounding64=ref64, arithmetic_explained=True)
+    assert found["passed"] and "amplified by training" in found["float32_arithmetic"]
+    diverged = run(LOSSES * 1.002, [1.5 * 1.003, np.inf], [0.5, 0.6])
+    assert not criteria.same_results(diverged, torch32, ref64, 1000, rounding64=ref64,
+                                     arithmetic_explained=True)["passed"]

@@ -299,8 +299,9 @@ def _newton_schulz(x, coefficients, steps, eps):
     """torch's Muon orthogonalisation, in bfloat16 as torch does on every device: x -> a x + (b A + c A^2) x, A = x x^T.
 
     Each torch op rounds once to bfloat16 from float32 (CPU addmm: beta * C + alpha * A @ B accumulated in float32).
-    Bit-identical to torch on CPU while their float32 sums round alike (small matrices); on large ones torch's gemm
-    sums in its own order, so a bfloat16 rounding differs now and then: agreement to ~1e-2 of the update there.
+    Where torch's gemm orders a float32 sum otherwise than XLA (per CPU kind), a bfloat16 rounding flips now and
+    then and spreads: the two agree as two bfloat16 evaluations of one iteration do (equal RMS error against the
+    iteration in exact arithmetic), not bit for bit.
     """
     bf16, f32 = jnp.bfloat16, jnp.float32
     a, b, c = (jnp.asarray(v, f32) for v in coefficients)  # torch's addmm takes alpha and beta as float32 for bfloat16

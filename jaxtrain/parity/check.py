@@ -14,7 +14,7 @@ import numpy as np
 
 from jaxtrain import data as data_lib
 from jaxtrain import inputs as inputs_lib
-from jaxtrain.errors import ConfigError, PortMappingError
+from jaxtrain.errors import ConfigError, PortMappingError, ours, raised_by_us
 from jaxtrain.parity import criteria
 from jaxtrain.parity import optimizers as optimizers_lib
 from jaxtrain.parity.diagnose import diagnose
@@ -22,7 +22,7 @@ from jaxtrain.parity.localise import (JAX32, JAX64, ROUNDING32, ROUNDING64, TORC
                                       step1_precision)
 from jaxtrain.parity.mapping import FLAX_COMPOSITES, TORCH_COMPOSITES, build_mapping, is_torch_layer, rule_for
 from jaxtrain.parity.report import ParityReport
-from jaxtrain.parity.runners import DropoutCall, Port, TorchCall, run_trajectories
+from jaxtrain.parity.runners import DropoutCall, Port, TorchCall, run_trajectories, torch_default_dtype
 
 
 def _nhwc(x):
@@ -215,8 +215,10 @@ def _torch_forward(model, x, train: bool, calls: Calls, dropout_log=None):
             module.register_forward_hook(lambda m, i, o: dropout_log.append((m.p, tuple(i[0].shape[1:]))) if m.p else None)
     try:
         with torch.no_grad():
-            out = TorchCall(model, calls.torch_kwargs, calls.torch_output)(_torch_tensors(x))
+            out = TorchCall(model, calls.torch_kwargs, calls.torch_output)(_torch_tensors(x, np.float32))
     except Exception as e:  # the user's model: any error is a mapping problem to report in one line
+        if raised_by_us(e):
+            raise ours(e, "running the torch model once") from None
         raise PortMappingError(f"the torch model fails on inputs {_shapes(x)}: {type(e).__name__}: "
                                f"{str(e).splitlines()[0] if str(e) else ''}") from None
     if not hasattr(out, "shape"):
@@ -231,11 +233,17 @@ def _first_output(layers: dict, name: str, output) -> None:
         layers[name] = leaves[0].detach().numpy().copy() if leaves else None
 
 
-def _torch_tensors(x):
+def _torch_tensors(x, float_dtype=None):
+    """torch tensors of the inputs, each a copy (a model may change its inputs in place: `position_ids +=
+    offset`), integer arrays as int64, float ones in `float_dtype` (default: their own)."""
     import torch
 
-    return inputs_lib.map_leaves(lambda a: torch.from_numpy(np.asarray(a)).long() if inputs_lib.is_integer(a)
-                                 else torch.from_numpy(np.asarray(a)), x)
+    def tensor(a):
+        if inputs_lib.is_integer(a):
+            return torch.from_numpy(np.array(a, dtype=np.int64))
+        return torch.from_numpy(np.array(a, dtype=float_dtype))  # np.array copies
+
+    return inputs_lib.map_leaves(tensor, x)
 
 
 def _shapes(x) -> str:
@@ -259,7 +267,8 @@ def _random_beyond_dropout(model, x, calls: Calls) -> bool:
                 if isinstance(module, torch.nn.Dropout):
                     module.eval()
             torch.manual_seed(seed)
-            outs.append(TorchCall(copied, calls.torch_kwargs, calls.torch_output)(_torch_tensors(x)).numpy())
+            outs.append(TorchCall(copied, calls.torch_kwargs, calls.torch_output)(_torch_tensors(x, np.float32))
+                        .numpy())
     return not np.array_equal(outs[0], outs[1])
 
 
@@ -306,9 +315,13 @@ def pair_models(torch_model, flax_model, example_inputs, flax_input=None, weight
         eval_calls = flax.calls(sample_flax, train=False)
         train_calls = flax.calls(sample_flax, train=True)
     except (TypeError, ValueError) as e:
+        if raised_by_us(e):
+            raise ours(e, "running the Flax model once") from None
         raise PortMappingError(f"the Flax model cannot be run on inputs {_shapes(sample_flax)}: "
                                f"{type(e).__name__}: {str(e).splitlines()[0]}") from None
     except Exception as e:  # the user's model: report in one line
+        if raised_by_us(e):
+            raise ours(e, "running the Flax model once") from None
         raise PortMappingError(f"the Flax model fails on inputs {_shapes(sample_flax)}: "
                                f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}") from None
     torch_outputs, _ = _torch_forward(torch_model, sample, False, calls)
@@ -413,10 +426,12 @@ def judge(port: Port, config, dtypes, max_steps=None) -> ParityReport:
                              math_result["first_failing_step"], math_result["first_failing_epoch"]))
     if "float32" in dtypes:
         step1_evidence: dict = {}
+        math_holds = verdict["same_math"] is not None and verdict["same_math"]["passed"] is True
         precision = criteria.same_precision(runs[JAX32], runs[TORCH32], runs[TORCH64],
-                                            step1_precision(port, config, step1_evidence))
+                                            step1_precision(port, config, step1_evidence), math_holds)
         results = criteria.same_results(runs[JAX32], runs[TORCH32], runs[TORCH64], len(port.test or port.train),
-                                         runs[ROUNDING64], runs[ROUNDING32])
+                                         runs[ROUNDING64], runs[ROUNDING32],
+                                         arithmetic_explained=math_holds and precision["passed"])
         if not precision["passed"]:
             precision["localised"] = precision["first_failure"]
             if precision["localised"] is not None and step1_evidence:
@@ -449,7 +464,14 @@ def judge(port: Port, config, dtypes, max_steps=None) -> ParityReport:
             ((part or {}).get(key) or {}).pop("evidence", None)
     return ParityReport(passed=not failed and any(c["passed"] for c in checks), config=config.to_json(), checks=checks, verdict=verdict,
                         trajectories=runs, diagnosis=diagnosis, layers=[t for t, _, _ in port.mapping.layers],
-                        mapping_notes=mapping_notes(port.mapping))
+                        mapping_notes=mapping_notes(port.mapping), findings=findings(verdict))
+
+
+def findings(verdict: dict) -> list[str]:
+    """What the verdict found that is not the port's and does not fail it: the library's float32 arithmetic."""
+    found = [((verdict.get("same_precision") or {}).get("library_float32") or {}).get("sentence"),
+             (verdict.get("same_results") or {}).get("float32_arithmetic")]
+    return [f for f in found if f]
 
 
 def mapping_notes(mapping) -> list[str]:
@@ -507,7 +529,7 @@ def torch_float32_inside(port: Port) -> list[str]:
     x = inputs_lib.map_leaves(lambda a: a if inputs_lib.is_integer(a) else np.asarray(a, np.float64),
                               inputs_lib.rows(port.train.images, slice(0, 2)))
     try:
-        with torch.no_grad(), Spy():
+        with torch.no_grad(), torch_default_dtype("float64"), Spy():
             TorchCall(model, port.torch_kwargs, port.torch_output)(_torch_tensors(x))
     except Exception:  # noqa: BLE001  (the model ran in float64 in the check; if the spy fails, it finds nothing)
         return []

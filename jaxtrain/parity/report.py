@@ -21,11 +21,13 @@ class ParityReport:
     diagnosis: dict | None = None  # {"trap", "sentence"} for the first failure with a known signature
     layers: list = dataclasses.field(default_factory=list)  # the torch layers mapped, in call order
     mapping_notes: list = dataclasses.field(default_factory=list)  # what the mapping could not pair, or guessed
+    findings: list = dataclasses.field(default_factory=list)  # what is not the port's and does not fail it
 
     def to_dict(self) -> dict:
         first = self.checks[0]["dtype"]
         return {"passed": self.passed, "config": self.config, "checks": self.checks, "verdict": self.verdict,
                 "diagnosis": self.diagnosis, "layers": self.layers, "mapping_notes": self.mapping_notes,
+                "findings": self.findings,
                 "jax": self.trajectories[("jax", first)].record, "torch": self.trajectories[("torch", first)].record}
 
     def __str__(self) -> str:
@@ -74,6 +76,8 @@ def format_report(report: ParityReport) -> str:
             lines.append(_where(result.get("localised")))
     if report.diagnosis:
         lines.append(f"DIAGNOSIS ({report.diagnosis['trap']}): {report.diagnosis['sentence']}")
+    for finding in report.findings:
+        lines.append(f"FINDING (not the port's): {finding}")
     lines.append("")
     for note in report.mapping_notes:
         lines.append(f"MAPPING: {note}")

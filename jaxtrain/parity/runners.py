@@ -19,14 +19,16 @@ loss, grads, updates, buffers, and the parameters after it, keyed by torch's nam
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import dataclasses
+import functools
 from typing import Any, Callable
 
 import numpy as np
 
 from jaxtrain import data as data_lib
-from jaxtrain.errors import DivergedError, Interrupted, PortMappingError, UserError
+from jaxtrain.errors import DivergedError, Interrupted, PortMappingError, UserError, ours, raised_by_us
 from jaxtrain.inputs import rows
 from jaxtrain.metrics import append_epoch, new_record
 
@@ -222,8 +224,33 @@ def _capture_eval(state, x):
     return {"outputs": outputs, "recorded": recorded}
 
 
+@contextlib.contextmanager
+def torch_default_dtype(dtype: str):
+    """torch's default dtype set to the run's (`torch.finfo(torch.get_default_dtype())` in a model's causal mask,
+    `torch.zeros(...)` it adds to its activations), restored afterwards."""
+    import torch
+
+    before = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64 if dtype == "float64" else torch.float32)
+    try:
+        yield
+    finally:
+        torch.set_default_dtype(before)
+
+
+def _in_default_dtype(method):
+    """A TorchRunner method run with torch's default dtype the run's."""
+    @functools.wraps(method)
+    def wrapped(self, *args, **kwargs):
+        with torch_default_dtype(self.config.dtype):
+            return method(self, *args, **kwargs)
+
+    return wrapped
+
+
 class TorchRunner:
-    """torchref's train_loop/test_loop in one dtype, training a copy of the user's torch model."""
+    """torchref's train_loop/test_loop in one dtype, training a copy of the user's torch model (torch's default
+    dtype the run's while it runs)."""
 
     framework = "torch"
 
@@ -270,7 +297,7 @@ class TorchRunner:
         rng = np.random.default_rng([self.config.seed, 104729, step])
         with torch.no_grad():
             for p in self.model.parameters():
-                up = torch.from_numpy(rng.random(tuple(p.shape)) < 0.5).to(p.device)
+                up = torch.from_numpy(np.asarray(rng.random(tuple(p.shape)) < 0.5)).to(p.device)  # 0-d too
                 p.copy_(torch.nextafter(p, torch.where(up, torch.inf, -torch.inf).to(p.dtype)))
 
     def _inject_mask(self, module, inputs, output):
@@ -296,14 +323,17 @@ class TorchRunner:
 
         return hook
 
+    @_in_default_dtype
     def train_epoch(self, epoch: int, num_steps: int, first_step: int) -> np.ndarray:
         self.step = first_step
         self.train_loader.batch_sampler.set_epoch(epoch, num_steps)
         return self.train_lib.train_loop(self.train_loader, self.model, self.loss_fn, self.optimizer, loop=self.loop)
 
+    @_in_default_dtype
     def evaluate(self) -> tuple[float, float]:
         return self.train_lib.test_loop(self.test_loader, self.model, self.loss_fn)
 
+    @_in_default_dtype
     def end_epoch(self) -> None:
         if self.scheduler is None or self.loop.scheduler is not None:
             return  # none, or stepped after every batch
@@ -317,6 +347,7 @@ class TorchRunner:
         return {k: np.array(v.detach().cpu().double().numpy(), copy=True) for k, v in self.model.state_dict().items()
                 if k in names}  # a copy: a float64 buffer's .double().numpy() is the live tensor
 
+    @_in_default_dtype
     def capture_step(self, plan: data_lib.EpochBatches, b: int, step: int) -> dict:
         """Step `step` (0-based; batch b of `plan`) through train_step, capturing every stage."""
         X, y = self.train_loader.dataset[plan.index[b, : plan.sizes[b]]]
@@ -336,6 +367,7 @@ class TorchRunner:
                 "updates": {k: as_np(v) for k, v in out["updates"].items()}, "buffers": self.buffers(),
                 "params": {k: as_np(p) for k, p in self.model.named_parameters()}}
 
+    @_in_default_dtype
     def capture_eval(self, index: np.ndarray) -> dict:
         X, _ = self.test_loader.dataset[index]
         self.model.eval()
@@ -431,7 +463,9 @@ def run_trajectories(port: Port, config, dtypes, max_steps=None) -> dict:
             except (UserError, DivergedError, Interrupted):
                 raise
             except Exception as e:  # the user's model (or its library) fails in this dtype: one line
-                model = "torch model" if key[0] == "torch" else "Flax model"
+                if raised_by_us(e):
+                    raise ours(e, f"in the {key[1]} {key[0]} run (epoch {epoch + 1})") from None
+                model = "torch model" if key[0] != "jax" else "Flax model"
                 first = str(e).splitlines()[0] if str(e) else ""
                 raise PortMappingError(f"the {model} fails in the {key[1]} run (epoch {epoch + 1}): "
                                        f"{type(e).__name__}: {first}") from None

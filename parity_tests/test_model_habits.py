@@ -1,0 +1,108 @@
+"""check_port on habits of real torch code that are not porting bugs: a model that changes its inputs in
+place (`position_ids += offset`), a 0-dimensional parameter (`logit_scale`), a causal mask filled with
+`torch.finfo` of one dtype into a tensor of torch's default dtype; and a failure of jaxtrain's own code
+reported as ours, never as the model's."""
+
+import math
+
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import torch
+from flax import nnx
+
+from jaxtrain.errors import InternalError, PortMappingError
+from jaxtrain.parity import check_port
+
+VOCAB, T, D, OFFSET = 13, 6, 8, 2
+
+
+class TorchHabits(torch.nn.Module):
+    """A one-head causal attention LM, written with three habits of transformers' code."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.embed = torch.nn.Embedding(VOCAB, D)
+        self.positions = torch.nn.Embedding(T + OFFSET, D)
+        self.value = torch.nn.Linear(D, D)
+        self.head = torch.nn.Linear(D, VOCAB)
+        self.logit_scale = torch.nn.Parameter(torch.tensor(0.7))  # 0-dimensional
+
+    def forward(self, ids, position_ids):
+        position_ids += OFFSET  # in place, on the tensor it was given (OPT's learned positions start at 2)
+        h = self.embed(ids) + self.positions(position_ids)
+        causal = torch.ones(T, T, dtype=torch.bool).triu(1)
+        mask = torch.zeros(T, T).masked_fill(causal, torch.finfo(h.dtype).min)  # torch's default dtype
+        scores = h @ h.transpose(1, 2) / math.sqrt(D) + mask
+        return self.head(torch.softmax(scores, -1) @ self.value(h)) * self.logit_scale.exp()
+
+
+class NnxHabits(nnx.Module):
+    def __init__(self, rngs=None):
+        rngs = rngs or nnx.Rngs(0)
+        self.embed = nnx.Embed(VOCAB, D, rngs=rngs)
+        self.positions = nnx.Embed(T + OFFSET, D, rngs=rngs)
+        self.value = nnx.Linear(D, D, rngs=rngs)
+        self.head = nnx.Linear(D, VOCAB, rngs=rngs)
+        self.logit_scale = nnx.Param(jnp.asarray(0.0))
+
+    def __call__(self, ids, position_ids):
+        h = self.embed(ids) + self.positions(position_ids + OFFSET)
+        causal = jnp.triu(jnp.ones((T, T), bool), 1)
+        scores = jnp.where(causal, jnp.finfo(h.dtype).min, h @ jnp.swapaxes(h, 1, 2) / math.sqrt(D))
+        return self.head(nnx.softmax(scores, -1) @ self.value(h)) * jnp.exp(self.logit_scale[...])
+
+
+def lm_data(n=96, seed=0):
+    rng = np.random.default_rng(seed)
+    ids = rng.integers(0, VOCAB, (n, T))
+    positions = np.broadcast_to(np.arange(T), (n, T)).copy()
+    return (ids, positions), np.roll(ids, -1, axis=1)
+
+
+CHECK = dict(optimizer="adam", optimizer_kwargs={"lr": 1e-2}, batch_size=32, steps=4)
+
+
+def test_in_place_inputs_scalar_parameter_and_default_dtype_mask_need_no_glue():
+    (ids, positions), y = lm_data()
+    kept = positions.copy()
+    report = check_port(TorchHabits(), NnxHabits(), train=((ids, positions), y), test=((ids[:32], positions[:32]),
+                                                                                      y[:32]), **CHECK)
+    assert report.passed, report
+    np.testing.assert_array_equal(positions, kept)  # the model's `+=` never reached the user's arrays
+    assert torch.get_default_dtype() == torch.float32  # restored after the float64 runs
+
+
+def test_a_planted_bug_beside_the_habits_is_still_found():
+    class Shifted(NnxHabits):  # forgets the position offset
+        def __call__(self, ids, position_ids):
+            return super().__call__(ids, position_ids - OFFSET)
+
+    (ids, positions), y = lm_data()
+    report = check_port(TorchHabits(), Shifted(), train=((ids, positions), y), dtypes=("float64",), **CHECK)
+    assert not report.passed
+    assert report.checks[-1]["first_failing_step"] == 1 and report.checks[-1]["layer"] == "positions"
+
+
+def test_our_own_failure_is_reported_as_ours(monkeypatch):
+    from jaxtrain.parity import runners
+
+    # a bug planted in jaxtrain's torch' run: its per-step hook calls one of our methods with the wrong arguments
+    monkeypatch.setattr(runners.TorchRunner, "_nudge", runners.TorchRunner._inject_mask)
+    (ids, positions), y = lm_data()
+    with pytest.raises(InternalError, match=r"jaxtrain failed in the float64 torch_rounding run .*not the model: "
+                                            r"TypeError: .*at jaxtrain/parity/runners.py:\d+ in _count_step"):
+        check_port(TorchHabits(), NnxHabits(), train=((ids, positions), y), dtypes=("float64",), **CHECK)
+
+
+def test_the_models_own_failure_is_still_the_models():
+    class Fails(TorchHabits):
+        def forward(self, ids, position_ids):
+            if self.training and ids.dtype == torch.int64 and self.logit_scale.dtype == torch.float64:
+                raise RuntimeError("the user's float64 path is broken")
+            return super().forward(ids, position_ids)
+
+    (ids, positions), y = lm_data()
+    with pytest.raises(PortMappingError, match="the torch model fails in the float64 run .*RuntimeError: the user's"):
+        check_port(Fails(), NnxHabits(), train=((ids, positions), y), dtypes=("float64",), **CHECK)
