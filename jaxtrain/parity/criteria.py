@@ -252,7 +252,7 @@ def math_differences(jax64, torch64, rounding64) -> dict:
     ENVELOPE_FACTOR x torch's own rounding spread (torch' against torch, its running maximum)
     + 1e-10 relative."""
     lt = torch64.losses
-    step_diff = np.abs(jax64.losses - lt)
+    step_diff = abs_diff(jax64.losses, lt)  # a NaN loss on one side is an infinite difference
     step_spread = np.maximum.accumulate(np.abs(rounding64.losses - lt)) if len(lt) else np.zeros(0)
     step_allowed = ENVELOPE_FACTOR * step_spread + FLOAT64_REL_TOL * np.abs(lt)
     bad_steps = np.flatnonzero(step_diff > step_allowed)

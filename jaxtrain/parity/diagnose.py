@@ -28,6 +28,8 @@ sentence, or a general pointer when no known signature fits. The traps:
 | LayerNorm eps / RMSNorm eps            | the port's output is what another eps gives                    |
 | recurrent cell                         | an LSTM/GRU/RNN's output differs, its input agrees             |
 | spectral_norm power iteration          | a spectral_norm layer's output less bias is torch's times one constant |
+| float32 range                          | JAX's float32 tensor is inf/NaN where float64 and torch's float32 are finite |
+| one-pass variance                      | a norm's float32 error is what E[x^2] - E[x]^2 in float32 gives     |
 """
 
 from __future__ import annotations
@@ -54,6 +56,8 @@ def diagnose(finding: dict | None, port, config) -> dict | None:
     if "results" in finding:  # float32 test results beyond the rounding spread
         return _float32_results(finding)
     if "jax_error" in finding:  # float32 precision finding
+        if not np.isfinite([finding.get("element_error", 0.0), finding.get("jax_error", 0.0)]).all():
+            return _float32_range(finding)
         median, rule = finding.get("jax_median_error", 0.0), _kind(port, layer) if layer else None
         names = [t for t, _, _ in port.mapping.layers]
         # a matmul precision setting shows at the first matrix product; this one comes after some that agree
@@ -157,6 +161,18 @@ def _float32_results(finding: dict) -> dict:
                         "the float64 check (dtypes including float64) tells the two apart."}
 
 
+def _float32_range(finding: dict) -> dict:
+    """JAX's float32 tensor holds inf or NaN where float64 (and torch's float32) is finite: a formula that
+    leaves float32's range, which torch's fused op keeps inside it."""
+    where = f"{finding['stage']} {finding['tensor']}" + (f" (element {list(finding['element'])})"
+                                                       if finding.get("element") else "")
+    return {"trap": "float32 range",
+            "sentence": f"at step {finding.get('step', 1)} JAX's float32 {where} is not finite where float64 and "
+                        "torch's float32 are: the port computes a formula that leaves float32's range (exp of a large "
+                        "logit without subtracting the max, the log of a softmax that underflowed to 0); use the "
+                        "stable form torch's op computes (jax.nn.log_softmax, jax.nn.logsumexp, jax.nn.softmax)."}
+
+
 def _precision(finding: dict) -> dict:
     """A precision *pattern* (the tensor's typical element off by ~1e-3: a TF32/bfloat16 product) is
     told apart from a difference confined to some elements, which no precision setting explains."""
@@ -236,7 +252,7 @@ def _layer_forward(finding: dict, port, evidence) -> dict:
                                 "before it agrees: the port flattens its NHWC activations as (H, W, C) where torch "
                                 "flattens (C, H, W); transpose to NCHW before the reshape "
                                 "(x.transpose(0, 3, 1, 2).reshape(n, -1)) or permute the Linear's input rows."}
-    for signature in (_running_statistics_in_training, _norm_eps, _recurrent, _spectral_sigma):
+    for signature in (_running_statistics_in_training, _one_pass_variance, _norm_eps, _recurrent, _spectral_sigma):
         found = signature(layer, rule, port, evidence)
         if found is not None:
             return found
@@ -542,6 +558,40 @@ def _running_statistics_in_training(layer, rule, port, evidence) -> dict | None:
     return {"trap": "BatchNorm running statistics in training",
             "sentence": f"in training the port's {layer} normalises with its running statistics, not the batch's: "
                         "it is called without its train flag (use_running_average=not train; nnx: model.train())."}
+
+
+def _one_pass_variance(layer, rule, port, evidence) -> dict | None:
+    """A LayerNorm/BatchNorm whose float32 error is what the one-pass variance E[x^2] - E[x]^2 gives (its
+    cancellation when the mean is large against the spread): the port's output, from torch's input, is as
+    far off float64 as that formula computed in float32 is, and far beyond the two-pass formula's."""
+    if rule not in ("LayerNorm", "BatchNorm") or evidence is None or evidence.get("rtol") is None:
+        return None  # a float32 finding only: in float64 both formulas are exact enough
+    x = (evidence["torch"].get("inputs") or {}).get(layer)
+    module = dict(port.torch_model.named_modules()).get(layer)
+    eps = getattr(module, "eps", None)
+    port_out, torch_out = (np.asarray(evidence[k]["layers"].get(layer), np.float64) for k in ("jax", "torch"))
+    if x is None or not isinstance(eps, float) or port_out.shape != np.shape(x):
+        return None
+    axes = -1 if rule == "LayerNorm" else tuple(a for a in range(np.ndim(x)) if a != 1)
+    x32, w = np.asarray(x, np.float32), _weights_before(evidence, layer)
+
+    def normalised(one_pass: bool) -> np.ndarray:
+        mean = x32.mean(axes, keepdims=True)
+        var = (np.square(x32).mean(axes, keepdims=True) - np.square(mean)) if one_pass else \
+            np.square(x32 - mean).mean(axes, keepdims=True)
+        out = (x32 - mean) / np.sqrt(np.maximum(var, 0) + np.float32(eps))
+        shape = (-1,) + (1,) * (np.ndim(x) - 2) if rule == "BatchNorm" else (-1,)
+        return out * np.reshape(w.get("weight", 1.0), shape) + np.reshape(w.get("bias", 0.0), shape)
+
+    error = lambda out: float(np.median(np.abs(np.asarray(out, np.float64) - torch_out)))  # noqa: E731
+    port_error, one, two = error(port_out), error(normalised(True)), error(normalised(False))
+    if not (one > 10 * two and one / 10 <= port_error <= 10 * one):
+        return None
+    return {"trap": "one-pass variance",
+            "sentence": f"{layer} ({rule}) is off float64 by {port_error:.1e} (median) in float32, as the one-pass "
+                        f"variance E[x^2] - E[x]^2 computed in float32 is ({one:.1e}), where torch's two-pass "
+                        f"variance is off by {two:.1e}: its input's mean is large against its spread and the "
+                        "subtraction cancels; compute the variance of x - mean (Flax: use_fast_variance=False)."}
 
 
 def _norm_eps(layer, rule, port, evidence) -> dict | None:

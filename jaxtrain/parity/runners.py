@@ -22,7 +22,6 @@ from __future__ import annotations
 import contextlib
 import copy
 import dataclasses
-import functools
 from typing import Any, Callable
 
 import numpy as np
@@ -69,15 +68,18 @@ class Port:
 class TorchCall:
     """The user's torch model as torchref's loops call it: `model(X)` passes a tuple's arrays
     positionally and a dict's as keywords, with the constant keyword arguments, and returns the
-    prediction (`jaxtrain.inputs.prediction`); everything else is the model's own."""
+    prediction (`jaxtrain.inputs.prediction`); everything else is the model's own. With `dtype`, torch's
+    default dtype is that while the forward pass runs (a float64 run's causal masks, zeros and tables in
+    float64); torch.optim's own scalars keep the default dtype, as the twins expect."""
 
-    def __init__(self, model, kwargs: dict | None = None, output: Callable | None = None):
-        self.__dict__.update(model=model, kwargs=dict(kwargs or {}), output=output)
+    def __init__(self, model, kwargs: dict | None = None, output: Callable | None = None, dtype: str | None = None):
+        self.__dict__.update(model=model, kwargs=dict(kwargs or {}), output=output, dtype=dtype)
 
     def __call__(self, X):
         from jaxtrain.inputs import call, prediction
 
-        return prediction(call(self.model, X, **self.kwargs), self.output)
+        with torch_default_dtype(self.dtype):
+            return prediction(call(self.model, X, **self.kwargs), self.output)
 
     def __getattr__(self, name):
         return getattr(self.__dict__["model"], name)
@@ -225,32 +227,23 @@ def _capture_eval(state, x):
 
 
 @contextlib.contextmanager
-def torch_default_dtype(dtype: str):
+def torch_default_dtype(dtype: str | None):
     """torch's default dtype set to the run's (`torch.finfo(torch.get_default_dtype())` in a model's causal mask,
     `torch.zeros(...)` it adds to its activations), restored afterwards."""
     import torch
 
     before = torch.get_default_dtype()
-    torch.set_default_dtype(torch.float64 if dtype == "float64" else torch.float32)
+    if dtype is not None:
+        torch.set_default_dtype(torch.float64 if dtype == "float64" else torch.float32)
     try:
         yield
     finally:
         torch.set_default_dtype(before)
 
 
-def _in_default_dtype(method):
-    """A TorchRunner method run with torch's default dtype the run's."""
-    @functools.wraps(method)
-    def wrapped(self, *args, **kwargs):
-        with torch_default_dtype(self.config.dtype):
-            return method(self, *args, **kwargs)
-
-    return wrapped
-
-
 class TorchRunner:
     """torchref's train_loop/test_loop in one dtype, training a copy of the user's torch model (torch's default
-    dtype the run's while it runs)."""
+    dtype the run's while the model runs forward: `TorchCall`)."""
 
     framework = "torch"
 
@@ -265,7 +258,7 @@ class TorchRunner:
         model = copy.deepcopy(port.torch_model).to(dtype)
         model.load_state_dict({k: torch.from_numpy(np.asarray(v)) for k, v in _cast(port.weights, config.dtype).items()})
         self.module = model.to(torch_train.device())
-        self.model = TorchCall(self.module, port.torch_kwargs, port.torch_output)
+        self.model = TorchCall(self.module, port.torch_kwargs, port.torch_output, config.dtype)
         self.loss_fn = port.torch_loss
         self.optimizer, self.scheduler = port.optimizers.make_torch(config, self.module,
                                                                     data_lib.batches_per_epoch(len(port.train), config.batch_size))
@@ -323,17 +316,14 @@ class TorchRunner:
 
         return hook
 
-    @_in_default_dtype
     def train_epoch(self, epoch: int, num_steps: int, first_step: int) -> np.ndarray:
         self.step = first_step
         self.train_loader.batch_sampler.set_epoch(epoch, num_steps)
         return self.train_lib.train_loop(self.train_loader, self.model, self.loss_fn, self.optimizer, loop=self.loop)
 
-    @_in_default_dtype
     def evaluate(self) -> tuple[float, float]:
         return self.train_lib.test_loop(self.test_loader, self.model, self.loss_fn)
 
-    @_in_default_dtype
     def end_epoch(self) -> None:
         if self.scheduler is None or self.loop.scheduler is not None:
             return  # none, or stepped after every batch
@@ -347,7 +337,6 @@ class TorchRunner:
         return {k: np.array(v.detach().cpu().double().numpy(), copy=True) for k, v in self.model.state_dict().items()
                 if k in names}  # a copy: a float64 buffer's .double().numpy() is the live tensor
 
-    @_in_default_dtype
     def capture_step(self, plan: data_lib.EpochBatches, b: int, step: int) -> dict:
         """Step `step` (0-based; batch b of `plan`) through train_step, capturing every stage."""
         X, y = self.train_loader.dataset[plan.index[b, : plan.sizes[b]]]
@@ -367,7 +356,6 @@ class TorchRunner:
                 "updates": {k: as_np(v) for k, v in out["updates"].items()}, "buffers": self.buffers(),
                 "params": {k: as_np(p) for k, p in self.model.named_parameters()}}
 
-    @_in_default_dtype
     def capture_eval(self, index: np.ndarray) -> dict:
         X, _ = self.test_loader.dataset[index]
         self.model.eval()
