@@ -106,3 +106,54 @@ def test_the_models_own_failure_is_still_the_models():
     (ids, positions), y = lm_data()
     with pytest.raises(PortMappingError, match="the torch model fails in the float64 run .*RuntimeError: the user's"):
         check_port(Fails(), NnxHabits(), train=((ids, positions), y), dtypes=("float64",), **CHECK)
+
+
+# --------------------------------------------------------------------------- a computation across a layer boundary
+
+
+class ScaledEmbedding(torch.nn.Embedding):
+    """An embedding that scales its own output by sqrt(d), as several transformers families' do."""
+
+    def forward(self, ids):
+        return super().forward(ids) * math.sqrt(self.embedding_dim)
+
+
+class TorchScaled(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(1)
+        self.embed = ScaledEmbedding(VOCAB, D)
+        self.proj = torch.nn.Linear(D, D)
+        self.head = torch.nn.Linear(D, VOCAB)
+
+    def forward(self, ids):
+        return self.head(torch.tanh(self.proj(self.embed(ids))).mean(1))
+
+
+class NnxScaled(nnx.Module):
+    """The port scales after its nn.Embed: the same model, the boundary elsewhere."""
+
+    def __init__(self, activation=jnp.tanh, rngs=None):
+        rngs = rngs or nnx.Rngs(0)
+        self.embed = nnx.Embed(VOCAB, D, rngs=rngs)
+        self.proj = nnx.Linear(D, D, rngs=rngs)
+        self.head = nnx.Linear(D, VOCAB, rngs=rngs)
+        self.activation = activation
+
+    def __call__(self, ids):
+        return self.head(self.activation(self.proj(self.embed(ids) * math.sqrt(D))).mean(1))
+
+
+def test_a_scale_moved_across_a_layer_boundary_is_no_difference_and_is_said():
+    (ids, _), y = lm_data()
+    report = check_port(TorchScaled(), NnxScaled(), train=(ids, y[:, 0]), test=(ids[:32], y[:32, 0]), **CHECK)
+    assert report.passed, report
+    assert any("embed's output differs but proj receives the same input" in f for f in report.findings), report
+
+
+def test_a_bug_after_a_moved_boundary_is_localised_at_its_own_layer():
+    (ids, _), y = lm_data()
+    report = check_port(TorchScaled(), NnxScaled(activation=nnx.relu), train=(ids, y[:, 0]), **CHECK)
+    assert not report.passed
+    assert [(c["dtype"], c["layer"], c["first_failing_step"]) for c in report.checks] == [
+        ("float32", "head", 1), ("float64", "head", 1)], report

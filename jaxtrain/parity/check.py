@@ -471,6 +471,9 @@ def findings(verdict: dict) -> list[str]:
     """What the verdict found that is not the port's and does not fail it: the library's float32 arithmetic."""
     found = [((verdict.get("same_precision") or {}).get("library_float32") or {}).get("sentence"),
              (verdict.get("same_results") or {}).get("float32_arithmetic")]
+    moved = (verdict.get("same_precision") or {}).get("moved_boundaries") or \
+        ((verdict.get("same_math") or {}).get("localised") or {}).get("moved_boundaries") or []
+    found += list(dict.fromkeys(m["note"] for m in moved))
     return [f for f in found if f]
 
 

@@ -109,6 +109,44 @@ def _stage_scales(stages: dict) -> dict:
     return scales
 
 
+def _same_values(a, b) -> bool:
+    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    return a.shape == b.shape and a.size > 0 and bool(np.allclose(a, b, rtol=1e-12, atol=0.0))
+
+
+def consumer(layer: str, jax_stages: dict, torch_stages: dict) -> str | None:
+    """The first later layer that takes `layer`'s output as its input, on either side: torch's input of it
+    is torch's output of `layer`, or the port's input is the port's output (where a scale sits inside one
+    side's module and after the other's, only one side shows the link)."""
+    names = list(torch_stages.get("layers", {}))
+    if layer not in names:
+        return None
+    for later in names[names.index(layer) + 1:]:
+        for stages in (torch_stages, jax_stages):
+            given, out = stages.get("inputs", {}).get(later), stages.get("layers", {}).get(layer)
+            if given is not None and out is not None and _same_values(given, out):
+                return later
+    return None
+
+
+def moved_boundary(layer: str, jax_stages: dict, torch_stages: dict, agrees) -> dict | None:
+    """A layer output that differs but not downstream: the layer that consumes it sees the same input on both
+    sides (a computation moved across the boundary: torch's module scales inside its forward, the port after
+    its layer) or gives the same output (a constant factor the next layer cancels, a norm). `agrees(kind,
+    layer)` judges the consumer's "input" or "output" with the part's own tolerance. None: it persists."""
+    later = consumer(layer, jax_stages, torch_stages)
+    if later is None:
+        return None
+    what = {"input": ("receives the same input", "a scale inside one side's module and after the other's"),
+            "output": ("gives the same output", "a factor the next layer cancels")}
+    for kind, (seen, example) in what.items():
+        if agrees(kind, later):
+            return {"layer": layer, "consumer": later, "agrees": kind,
+                    "note": f"{layer}'s output differs but {later} {seen} on both sides: the computation moved "
+                            f"across the layer boundary ({example}), not a difference"}
+    return None
+
+
 def first_math_difference(step: int, jax_stages: dict, torch_stages: dict, rounding_stages: dict,
                           carried: dict) -> dict | None:
     """The first stage tensor of a float64 step with an element beyond rounding (`beyond_rounding`:
@@ -127,6 +165,19 @@ def first_math_difference(step: int, jax_stages: dict, torch_stages: dict, round
         if rounding is not None and np.shape(rounding) == np.shape(ref):
             carried[(stage, tensor)] = max(carried.get((stage, tensor), 0.0),
                                            _rms(np.asarray(rounding, np.float64) - np.asarray(ref, np.float64)))
+        if ratio > 1 and found is None and stage == "forward" and layer is not None:
+            def agrees(kind, later):
+                key = "inputs" if kind == "input" else "layers"
+                ours, theirs = jax_stages.get(key, {}).get(later), torch_stages.get(key, {}).get(later)
+                if ours is None or theirs is None:
+                    return False
+                floor = FLOAT64_REL_TOL * max(_max_abs(theirs), 1e-300)
+                return beyond_rounding(ours, theirs, rounding_stages.get(key, {}).get(later), floor)[0] <= 1
+
+            moved = moved_boundary(layer, jax_stages, torch_stages, agrees)
+            if moved is not None:
+                carried.setdefault("moved", {})[layer] = moved
+                continue
         if ratio > 1 and found is None:
             value = np.asarray(jax_tensors[(stage, tensor)], np.float64)
             diff = _max_abs(value - np.asarray(ref, np.float64)) if value.shape == np.shape(ref) else float("inf")
@@ -216,7 +267,30 @@ def precision_findings(step: int, jax32: dict, torch32: dict, ref64: dict) -> li
                     "allowed": float(allowed[k]) if k is not None else 0.0,
                     "pattern_allowed": pattern_allowed,
                     "passed": bool(pattern_excess <= 1 and element_excess <= 1)})
+    for finding in out:
+        if not finding["passed"] and finding["stage"] == "forward" and finding["layer"] is not None:
+            def agrees(kind, later):
+                key = "inputs" if kind == "input" else "layers"
+                values = [s.get(key, {}).get(later) for s in (jax32, torch32, ref64)]
+                return all(v is not None for v in values) and float32_agrees(*values)
+
+            moved = moved_boundary(finding["layer"], jax32, ref64, agrees)
+            if moved is not None:
+                finding.update(passed=True, moved_boundary=moved)
     return out
+
+
+def float32_agrees(value, torch_value, ref) -> bool:
+    """One tensor of a float32 step within what `precision_findings` allows: its typical element within
+    STAGE_FACTOR x torch's error + STAGE_FLOOR ulps, every element within ELEMENT_FACTOR x torch's."""
+    value, torch_value, ref = (np.asarray(v, np.float64) for v in (value, torch_value, ref))
+    if value.shape != ref.shape or torch_value.shape != ref.shape:
+        return False
+    err_jax, err_torch = np.abs(value - ref), np.abs(torch_value - ref)
+    pattern_ok = median_relative_error(value, ref) <= STAGE_FACTOR * median_relative_error(torch_value, ref) + \
+        STAGE_FLOOR * EPS32
+    allowed = ELEMENT_FACTOR * np.maximum(err_torch, _rms(err_torch)) + STAGE_FLOOR * EPS32 * np.abs(ref)
+    return bool(pattern_ok and np.all(err_jax <= allowed))
 
 
 def _resolved(g64, torch_g32, jax_g32) -> np.ndarray:
@@ -393,6 +467,7 @@ def same_precision(jax32, torch32, ref64, findings: list[dict], math_holds: bool
         "library_float32": library,
         "first_failure": bad[0] if bad else None,
         "step1_worst": max(findings, key=lambda f: f["excess"]) if findings else None,
+        "moved_boundaries": [f["moved_boundary"] for f in findings if f.get("moved_boundary")],
         "step1_tensors": len(findings),
         "max_pattern_excess": max((f.get("pattern_excess", 0.0) for f in findings), default=0.0),
         "max_element_excess": max((f.get("element_excess", 0.0) for f in findings), default=0.0),

@@ -46,6 +46,9 @@ def localise_math(port, config, math: dict, max_steps=None) -> dict:
                        for key in (JAX64, TORCH64, ROUNDING64)}).values(), carried)
     found = replay(port, config, [JAX64, TORCH64, ROUNDING64], until, visit,
                    after=eval_layers if loss_step > epoch_end else None)
+    moved = list(carried.get("moved", {}).values())  # layer outputs that differ but not downstream
+    if found is not None and moved:
+        found["moved_boundaries"] = moved
     if found is not None:
         if found.get("stage") != "eval":
             return found
@@ -54,7 +57,7 @@ def localise_math(port, config, math: dict, max_steps=None) -> dict:
                         f"the evaluation (model.eval(), no gradients) differs beyond rounding, first at "
                         f"{found['tensor']}"}
     evaluation = f" nor epoch {epoch}'s evaluation" if loss_step > epoch_end else ""
-    return {"step": int(until), "stage": "drift", "layer": None, "tensor": None,
+    return {"step": int(until), "stage": "drift", "layer": None, "tensor": None, "moved_boundaries": moved,
             "note": f"no stage of steps 1-{until}{evaluation} differs beyond torch's own rounding spread: float64 "
                     "rounding accumulated"}
 
