@@ -5,6 +5,7 @@ reported as ours, never as the model's."""
 
 import math
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -157,3 +158,66 @@ def test_a_bug_after_a_moved_boundary_is_localised_at_its_own_layer():
     assert not report.passed
     assert [(c["dtype"], c["layer"], c["first_failing_step"]) for c in report.checks] == [
         ("float32", "head", 1), ("float64", "head", 1)], report
+
+
+# --------------------------------------------------------------------------- buffers, parameters and frozen tensors
+
+
+class TorchBiasBuffer(torch.nn.Module):
+    """A tied LM head and a logits bias kept as a buffer on the model itself (BART/Marian's final_logits_bias)."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(2)
+        self.embed = torch.nn.Embedding(VOCAB, D)
+        self.proj = torch.nn.Linear(D, D)
+        self.lm_head = torch.nn.Linear(D, VOCAB, bias=False)
+        self.lm_head.weight = self.embed.weight
+        self.register_buffer("final_logits_bias", 0.1 * torch.randn(1, VOCAB))
+    def forward(self, ids):
+        return self.lm_head(torch.tanh(self.proj(self.embed(ids)))) + self.final_logits_bias
+
+class NnxBiasParam(nnx.Module):
+    def __init__(self, rngs=None):
+        rngs = rngs or nnx.Rngs(0)
+        self.embed = nnx.Embed(VOCAB, D, rngs=rngs); self.proj = nnx.Linear(D, D, rngs=rngs)
+        self.final_logits_bias = nnx.Param(jnp.zeros((1, VOCAB)))
+    def __call__(self, ids):
+        return self.embed.attend(jnp.tanh(self.proj(self.embed(ids)))) + jax.lax.stop_gradient(self.final_logits_bias[...])
+
+class TorchFrozenTable(torch.nn.Module):
+    """A position table torch freezes (requires_grad_(False)); the port reads its table behind stop_gradient."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(2)
+        self.embed = torch.nn.Embedding(VOCAB, D)
+        self.pos = torch.nn.Embedding(T, D); self.pos.requires_grad_(False)
+        self.head = torch.nn.Linear(D, VOCAB)
+    def forward(self, ids):
+        return self.head(torch.tanh(self.embed(ids) + self.pos(torch.arange(ids.shape[1]))))
+
+class NnxFrozenTable(nnx.Module):
+    def __init__(self, rngs=None):
+        rngs = rngs or nnx.Rngs(0)
+        self.embed = nnx.Embed(VOCAB, D, rngs=rngs); self.pos = nnx.Embed(T, D, rngs=rngs); self.head = nnx.Linear(D, VOCAB, rngs=rngs)
+    def __call__(self, ids):
+        pos = jax.lax.stop_gradient(self.pos.embedding[...])
+        return self.head(jnp.tanh(self.embed(ids) + pos[None, : ids.shape[1]]))
+
+
+ADAMW = {**CHECK, "optimizer": "adamw", "optimizer_kwargs": {"lr": 1e-2, "weight_decay": 0.1}}
+
+
+@pytest.mark.parametrize("torch_model, port", [(TorchBiasBuffer, NnxBiasParam), (TorchFrozenTable, NnxFrozenTable)])
+def test_a_tensor_torch_never_trains_pairs_by_name_and_passes_without_decay(torch_model, port):
+    (ids, _), y = lm_data()
+    report = check_port(torch_model(), port(), train=(ids, y), test=(ids[:32], y[:32]), **CHECK)
+    assert report.passed, report
+
+
+@pytest.mark.parametrize("torch_model, port", [(TorchBiasBuffer, NnxBiasParam), (TorchFrozenTable, NnxFrozenTable)])
+def test_weight_decay_on_a_tensor_torch_never_trains_is_named(torch_model, port):
+    (ids, _), y = lm_data()
+    report = check_port(torch_model(), port(), train=(ids, y), dtypes=("float64",), **ADAMW)
+    assert not report.passed and report.diagnosis["trap"] == "frozen tensor trained", report

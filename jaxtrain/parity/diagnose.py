@@ -30,6 +30,7 @@ sentence, or a general pointer when no known signature fits. The traps:
 | spectral_norm power iteration          | a spectral_norm layer's output less bias is torch's times one constant |
 | float32 range                          | JAX's float32 tensor is inf/NaN where float64 and torch's float32 are finite |
 | one-pass variance                      | a norm's float32 error is what E[x^2] - E[x]^2 in float32 gives     |
+| frozen tensor trained                  | the port's optimizer moves a tensor torch never updates (decay)     |
 """
 
 from __future__ import annotations
@@ -68,6 +69,9 @@ def diagnose(finding: dict | None, port, config) -> dict | None:
                 evidence["rtol"] = FLOAT32_RTOL
             return _layer_forward(finding, port, evidence)  # no matmul precision explains it
         return _precision(finding)
+    frozen = _frozen_trained(port, evidence)
+    if frozen is not None and stage in ("forward", "updates", "eval"):
+        return frozen
     noted = _mapping_note(finding, port)
     if noted is not None:
         return noted
@@ -107,6 +111,24 @@ def diagnose(finding: dict | None, port, config) -> dict | None:
         return {"trap": "model output",
                 "sentence": "the model output differs while every mapped layer agrees: look at what the port does "
                             "after its last layer with weights (activation, softmax, reshaping)."}
+    return None
+
+
+def _frozen_trained(port, evidence) -> dict | None:
+    """A tensor torch never trains (requires_grad=False, or a buffer) that the port's optimizer moves: kept as a
+    parameter behind stop_gradient, its gradient is zero, but weight decay still shrinks it."""
+    if evidence is None:
+        return None
+    model = port.torch_model
+    never = [n for n, p in model.named_parameters() if not p.requires_grad] + [n for n, _ in model.named_buffers()]
+    for name in never:
+        ours, theirs = evidence["jax"]["updates"].get(name), evidence["torch"]["updates"].get(name)
+        if ours is not None and np.any(np.asarray(ours) != 0) and (theirs is None or not np.any(theirs)):
+            return {"trap": "frozen tensor trained",
+                    "sentence": f"torch never updates {name} (requires_grad=False or a buffer); the port's optimizer "
+                                f"does (by {np.abs(ours).max():.1e} at this step): a stop_gradient zeroes its gradient, "
+                                "but weight decay still moves it. Keep it out of the port's parameters (an "
+                                "nnx.Variable, not nnx.Param) or mask it out of the optimizer (optax.masked)."}
     return None
 
 

@@ -526,6 +526,13 @@ def build_mapping(torch_layers: list, flax_layers: list, torch_model, model: Pur
                **{k: unwrapped(k.split(".", 1)[1] if model.kind == "linen" else k, params) for k in buffers}}
     real_path = {name_of[k]: k for k in (*params, *buffers)}
     flax_state = {name_of[k]: v for k, v in (*params.items(), *buffers.items())}
+    # a frozen torch layer (requires_grad=False: a sinusoidal table) whose port reads its table without calling
+    # the module (stop_gradient(self.pos.embedding)): the uncalled Flax module of the same name is its layer
+    prefixes = {k.rsplit(".", 1)[0] for k in flax_state if "." in k}
+    for t in torch_layers:
+        named = [p for p in prefixes if _name_key(p) == _name_key(t) and p not in flax_layers]
+        if _frozen(modules[t]) and len(named) == 1 and not any(p.startswith(named[0] + ".") for p in flax_layers):
+            flax_layers.append(named[0])
     flax_owned = {p: _owned(flax_state, p, flax_layers) for p in flax_layers}
     # a module applied with weights that live elsewhere (a tied head: embedding.T) owns nothing here
     flax_layers = [p for p in flax_layers if flax_owned[p]]
@@ -562,6 +569,10 @@ def build_mapping(torch_layers: list, flax_layers: list, torch_model, model: Pur
     if callable(weight_map):
         for name in torch_layers:
             user[name] = _user_moves(weight_map, name, torch_owned(name), flax_state)
+    # a tensor one side keeps as a buffer and the other as a parameter (final_logits_bias: a torch buffer, a
+    # Flax Param behind stop_gradient) pairs by name and shape, never as a layer of its own
+    by_name = _loose_tensors(torch_model, torch_layers, torch_owned, flax_layers, flax_owned)
+    flax_layers = [p for p in flax_layers if p not in by_name]
     user_flax = {path for ms in user.values() for m in ms for path in m.flax}
     by_user = [t for t in torch_layers if user.get(t) and len({m.torch[0] for m in user[t]}) == len(torch_owned(t))]
     pairing_torch = [t for t in torch_layers if t not in by_user]
@@ -575,16 +586,35 @@ def build_mapping(torch_layers: list, flax_layers: list, torch_model, model: Pur
     if not pairs and frozen:
         for dropped in (frozen, frozen + tied):
             pairs = pairs or _pair([t for t in pairing_torch if t not in dropped], pairing_flax, overrides)
+    if not pairs and pairing_torch and len(pairing_torch) == len(pairing_flax):
+        raise PortMappingError(
+            f"the layers cannot be paired: as many on each side ({len(pairing_torch)}), but some pair by name and the "
+            f"rest are left unequal (torch [{'; '.join(pairing_torch)}], Flax [{'; '.join(pairing_flax)}]); pass "
+            "weight_map={torch_module: flax_path} for the ones that do not pair by name or call order")
     if not pairs and pairing_torch:
         raise PortMappingError(
-            f"the models have different numbers of layers with weights: torch {len(torch_layers)} "
-            f"[{'; '.join(f'{t}: ' + _describe({k: v.shape for k, v in torch_owned(t).items()}) for t in torch_layers)}]"
-            f", Flax {len(flax_layers)} "
-            f"[{'; '.join(f'{p}: ' + _describe({k: v.shape for k, v in flax_owned[p].items()}) for p in flax_layers)}]"
-            "; pass weight_map={torch_module: flax_path} for the ones that do not pair by name or call order")
+            f"the models have different numbers of layers with weights{' left to pair' if by_user or user_flax else ''}: "
+            f"torch {len(pairing_torch)} "
+            f"[{'; '.join(f'{t}: ' + _describe({k: v.shape for k, v in torch_owned(t).items()}) for t in pairing_torch)}]"
+            f", Flax {len(pairing_flax)} "
+            f"[{'; '.join(f'{p}: ' + _describe({k: v.shape for k, v in flax_owned[p].items()}) for p in pairing_flax)}]"
+            + (f" (the weight_map converts some tensors itself: torch layers it converts whole leave the pairing, "
+               f"Flax layers it fills whole too)" if by_user or user_flax else "")
+            + "; pass weight_map={torch_module: flax_path} for the ones that do not pair by name or call order")
     pairs.update({t: None for t in by_user})
 
     layers, moves, notes, used_flax = [], [], [], set()
+    for flax_layer, tensors in by_name.items():
+        for flax_rel, (torch_name, tensor) in tensors.items():
+            flax_name = _join(flax_layer, flax_rel)
+            trained_in_port = real_path[flax_name] in params
+            moves.append((one(torch_name, flax_name), {torch_name: torch_name}, {flax_name: real_path[flax_name]},
+                          not trained_in_port))  # read back from the tree the port keeps it in
+            used_flax.add(flax_name)
+            if trained_in_port and not tensor.requires_grad:
+                notes.append((torch_name, f"torch never trains {torch_name} (a buffer or requires_grad=False); the "
+                                          f"port keeps {real_path[flax_name]} as a parameter, which an optimizer with "
+                                          "weight decay moves even behind stop_gradient"))
     for torch_name in torch_layers:
         if torch_name not in pairs:
             continue  # a tied layer the port does not have: its tensor is the earlier layer's
@@ -659,6 +689,22 @@ def build_mapping(torch_layers: list, flax_layers: list, torch_model, model: Pur
     return Mapping(layers, moves, {t: type(modules[t]).__name__ for t in torch_layers},
                    weight_map if callable(weight_map) else None, notes, unused,
                    _order_guesses(pairs, overrides, {t: torch_owned(t) for t in pairs if pairs[t] is not None}))
+
+
+def _loose_tensors(torch_model, torch_layers: list, torch_owned: Callable, flax_layers: list,
+                   flax_owned: dict) -> dict:
+    """{Flax layer: {its leaf: (torch name, tensor)}} for the Flax layers all of whose leaves are torch tensors
+    of the same name and shape that no torch layer owns (a buffer on the model itself: final_logits_bias)."""
+    owned = {id(v) for t in torch_layers for v in torch_owned(t).values()}
+    loose = {_name_key(n): (n, v) for n, v in [*torch_model.named_buffers(), *torch_model.named_parameters()]
+             if v.is_floating_point() and id(v) not in owned and n.rsplit(".", 1)[-1] not in DROPPED}
+    out = {}
+    for layer in flax_layers:
+        leaves = flax_owned[layer]
+        found = {rel: loose.get(_name_key(_join(layer, rel))) for rel in leaves}
+        if leaves and all(v is not None and tuple(v[1].shape) == tuple(leaves[rel].shape) for rel, v in found.items()):
+            out[layer] = found
+    return out
 
 
 def _order_guesses(pairs: dict, overrides: dict, owned: dict) -> list[str]:
