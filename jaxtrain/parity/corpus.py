@@ -40,7 +40,7 @@ from flax import nnx
 from jaxtrain.layers import TorchBatchNorm
 from jaxtrain.losses import cross_entropy, mse
 from jaxtrain.parity import check_parity, check_port
-from jaxtrain.parity import corpus_float32, corpus_hf, corpus_loops, corpus_real
+from jaxtrain.parity import corpus_float32, corpus_habits, corpus_hf, corpus_loops, corpus_real
 from jaxtrain.parity import corpus_ports as ports
 
 TRAIN_SAMPLES, TEST_SAMPLES = 640, 2000
@@ -111,6 +111,8 @@ HEALTHY: dict[str, dict] = {
     **corpus_loops.HEALTHY,
     # float32 on uncentred inputs and logits in the hundreds (corpus_float32)
     **corpus_float32.HEALTHY,
+    # habits of torch code that are no porting bug: in-place inputs, a moved boundary, buffers (corpus_habits)
+    **corpus_habits.HEALTHY,
 }
 # The lines of glue a user writes for the real ports (none listed: none)
 GLUE = {**{name: [] for name in corpus_real.HEALTHY}, **corpus_real.GLUE, **corpus_hf.GLUE}
@@ -354,6 +356,9 @@ BUGS: dict[str, Bug] = {
     # training loops ported wrong (corpus_loops.BUGS)
     **{name: Bug(case, None, "same_math", stage, step, tensor, why, trap)
        for name, (case, stage, step, tensor, why, trap) in corpus_loops.BUGS.items()},
+    # bugs beside those habits (corpus_habits.BUGS)
+    **{name: Bug(case, None, "same_math", stage, step, tensor, why, trap)
+       for name, (case, stage, step, tensor, why, trap) in corpus_habits.BUGS.items()},
     # ports whose float32 alone goes wrong, float64 holding (corpus_float32.BUGS)
     **{name: Bug(case, None, "same_precision", stage, step, tensor, why, trap)
        for name, (case, stage, step, tensor, why, trap) in corpus_float32.BUGS.items()},
