@@ -1,6 +1,7 @@
 """The errors a user can cause, each reported as one line on stderr with exit code 2; and ours."""
 
 import os
+import re
 
 
 def first_line(error: BaseException) -> str:
@@ -43,6 +44,15 @@ class PortMappingError(UserError):
     after the layout rule, a model that fails to run, a module path that does not import."""
 
 
+class InputTypeError(PortMappingError, TypeError):
+    """A model, output or input of the wrong kind, raised by our code on purpose (a TypeError to the callers
+    that catch one)."""
+
+
+class InputValueError(ConfigError, ValueError):
+    """Input arrays that do not fit together, raised by our code on purpose (a ValueError to its callers)."""
+
+
 class PeerLost(Exception):
     """A collective of a multi-process run failed: another process died or the network broke.
     Printed as one line, exit 1."""
@@ -59,37 +69,37 @@ class InternalError(Exception):
 
 def _frame_owner(filename: str) -> str:
     """'ours' (jaxtrain's and torchref's code, its case corpus aside), 'library' (installed packages, the
-    standard library) or 'user' (everything else: the user's model and scripts)."""
-    import os
+    standard library) or 'user' (everything else: the user's model and scripts, exec'd code, notebook cells)."""
     import sysconfig
 
     path = os.path.abspath(filename)
     here = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # the folder holding jaxtrain/, torchref/
+    inside = os.path.relpath(path, here).split(os.sep)
+    if inside[0] in ("jaxtrain", "torchref") and not filename.startswith("<"):
+        return "user" if any(p.startswith("corpus") for p in inside) else "ours"  # corpus cases are users' models
     parts = path.split(os.sep)
-    if path.startswith(os.path.join(here, "jaxtrain") + os.sep) or path.startswith(os.path.join(here, "torchref") + os.sep):
-        return "user" if any(p.startswith("corpus") for p in parts) else "ours"  # corpus cases are users' models
     stdlib = {sysconfig.get_paths()[k] for k in ("stdlib", "platstdlib")}
-    if ("site-packages" in parts or "dist-packages" in parts or filename.startswith("<")
-            or any(path.startswith(p + os.sep) for p in stdlib)):
+    if "site-packages" in parts or "dist-packages" in parts or any(path.startswith(p + os.sep) for p in stdlib):
         return "library"
     return "user"
 
 
-MODEL_CALLS = (os.sep.join(("torch", "nn", "modules", "module.py")), os.sep.join(("flax", "")))
+CALL_SIGNATURE = re.compile(r"positional argument|keyword argument|takes \d+|required (positional|keyword)")
 
 
 def raised_by_us(error: BaseException) -> bool:
-    """Whether `error` is a failure of jaxtrain's own code rather than of the model being run: the deepest
-    frame of its traceback outside the libraries is ours, and no module (torch's or Flax's) was called
-    below it. A model built from library layers alone fails inside those libraries, under our call."""
+    """Whether `error` is a failure of jaxtrain's own code rather than of the model, loss or input being run: it
+    was raised in our code (or by a builtin our code called), is not an error we raise on purpose for bad input
+    (UserError), and is not the user's function refusing the arguments it was called with. An error raised
+    inside a library (torch, flax, optax) stays the model's: the model or loss chose that library call."""
     import traceback
 
-    frames = traceback.extract_tb(error.__traceback__)
-    owners = [_frame_owner(f.filename) for f in frames]
-    deepest = max((i for i, o in enumerate(owners) if o != "library"), default=None)
-    if deepest is None or owners[deepest] != "ours":
+    if isinstance(error, UserError):
         return False
-    return not any(any(m in f.filename for m in MODEL_CALLS) for f in frames[deepest + 1:])
+    frames = traceback.extract_tb(error.__traceback__)
+    if not frames or _frame_owner(frames[-1].filename) != "ours":
+        return False
+    return not (isinstance(error, TypeError) and CALL_SIGNATURE.search(str(error)))
 
 
 def ours(error: BaseException, where: str) -> InternalError:

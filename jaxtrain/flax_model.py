@@ -30,6 +30,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from jaxtrain.errors import InputTypeError
 from jaxtrain.inputs import call, is_structured, prediction, tensor_leaves
 
 
@@ -360,7 +361,7 @@ def pure_model(module, sample_input=None, seed: int = 0, kwargs: dict | None = N
         variables = dict(call(init, sample, **linen_mode(module, False), **kwargs))
         params = variables.pop("params", {})
         return PureModel("linen", module, params, variables, None, kwargs, output)
-    raise TypeError(f"expected a flax.nnx.Module or a flax.linen.Module, got {type(module).__name__}")
+    raise InputTypeError(f"expected a flax.nnx.Module or a flax.linen.Module, got {type(module).__name__}")
 
 
 def cast_floats(tree, dtype):

@@ -14,6 +14,8 @@ from typing import Any, Callable
 
 import numpy as np
 
+from jaxtrain.errors import InputTypeError, InputValueError
+
 
 def is_structured(x) -> bool:
     return isinstance(x, (tuple, list, dict))
@@ -40,7 +42,7 @@ def map_leaves(fn: Callable, x):
 def num_rows(x) -> int:
     lengths = {len(a) for a in leaves(x)}
     if len(lengths) != 1:
-        raise ValueError(f"the input arrays have different numbers of samples: {sorted(lengths)}")
+        raise InputValueError(f"the input arrays have different numbers of samples: {sorted(lengths)}")
     return lengths.pop()
 
 
@@ -76,7 +78,7 @@ def prediction(out, select: Callable | None = None) -> Any:
         return out["logits"]
     if isinstance(out, (tuple, list)) and out:
         return prediction(out[0])
-    raise TypeError(f"cannot tell the prediction in a model output of type {type(out).__name__}: pass "
+    raise InputTypeError(f"cannot tell the prediction in a model output of type {type(out).__name__}: pass "
                     "torch_output= / flax_output= (a callable picking it)")
 
 

@@ -26,8 +26,8 @@ def test_parity_cli_prints_the_verdict_writes_the_report_and_the_plot(tmp_path, 
         assert sentence in result.stdout
     assert "PARITY PASSED" in result.stdout
     report = json.loads(report_path.read_text())
-    assert list(report) == ["passed", "config", "checks", "verdict", "diagnosis", "layers", "mapping_notes", "jax",
-                            "torch"]
+    assert list(report) == ["passed", "config", "checks", "verdict", "diagnosis", "layers", "mapping_notes", "findings",
+                            "jax", "torch"]
     assert report["passed"] is True and report["config"]["optimizer"] == "adam"
     assert set(report["verdict"]) == {"same_math", "same_precision", "same_results"}
     assert all(part["passed"] for part in report["verdict"].values())

@@ -3,6 +3,8 @@ whose every case `make corpus` runs): in-place inputs, a 0-d parameter and a def
 glue; a scale that moved across a layer boundary is no difference; a buffer the port keeps as a parameter pairs;
 a failure of jaxtrain's own code is reported as ours, never as the model's."""
 
+import math
+
 import numpy as np
 import pytest
 import torch
@@ -26,11 +28,12 @@ def test_in_place_inputs_scalar_parameter_and_default_dtype_mask_need_no_glue():
 def test_our_own_failure_is_reported_as_ours(monkeypatch):
     from jaxtrain.parity import runners
 
-    # a bug planted in jaxtrain's torch' run: its per-step hook calls one of our methods with the wrong arguments
-    monkeypatch.setattr(runners.TorchRunner, "_nudge", runners.TorchRunner._inject_mask)
+    # a bug planted in jaxtrain's torch' run: its per-step hook takes the log of the first step's index, 0
+    monkeypatch.setattr(runners.TorchRunner, "_nudge", staticmethod(math.log))
     (ids, positions), y = lm_data()
     with pytest.raises(InternalError, match=r"jaxtrain failed in the float64 torch_rounding run .*not the model: "
-                                            r"TypeError: .*at jaxtrain/parity/runners.py:\d+ in _count_step"):
+                                            r"ValueError: math domain error .*at jaxtrain/parity/runners.py:\d+ in "
+                                            r"_count_step"):
         check_port(TorchHabits(), NnxHabits(), train=((ids, positions), y), dtypes=("float64",), **CHECK)
 
 

@@ -138,7 +138,7 @@ BUGS = {
     "layernorm_one_pass_variance": (
         layernorm_case(fast_variance=True), "forward", 1, "norm (output)",
         "nn.LayerNorm ported as nnx.LayerNorm with its default use_fast_variance=True: E[x^2] - E[x]^2 in float32 "
-        "on inputs whose mean is 100x their spread", None),
+        "on inputs whose mean is 100x their spread", "one-pass variance"),
     "linear_in_bfloat16": (
         layernorm_case(bf16_fc1=True), "forward", 1, "fc1 (output)",
         "one Linear's input cast to bfloat16 (float32 parameters and product)", "matmul precision below float32"),

@@ -111,16 +111,24 @@ class TorchBiasBuffer(torch.nn.Module):
         self.lm_head = torch.nn.Linear(D, VOCAB, bias=False)
         self.lm_head.weight = self.embed.weight
         self.register_buffer("final_logits_bias", 0.1 * torch.randn(1, VOCAB))
+
     def forward(self, ids):
         return self.lm_head(torch.tanh(self.proj(self.embed(ids)))) + self.final_logits_bias
 
+
 class NnxBiasParam(nnx.Module):
+    """Its port: the head through embed.attend, the bias an nnx.Param behind stop_gradient."""
+
     def __init__(self, rngs=None):
         rngs = rngs or nnx.Rngs(0)
-        self.embed = nnx.Embed(VOCAB, D, rngs=rngs); self.proj = nnx.Linear(D, D, rngs=rngs)
+        self.embed = nnx.Embed(VOCAB, D, rngs=rngs)
+        self.proj = nnx.Linear(D, D, rngs=rngs)
         self.final_logits_bias = nnx.Param(jnp.zeros((1, VOCAB)))
+
     def __call__(self, ids):
-        return self.embed.attend(jnp.tanh(self.proj(self.embed(ids)))) + jax.lax.stop_gradient(self.final_logits_bias[...])
+        bias = jax.lax.stop_gradient(self.final_logits_bias[...])
+        return self.embed.attend(jnp.tanh(self.proj(self.embed(ids)))) + bias
+
 
 class TorchFrozenTable(torch.nn.Module):
     """A position table torch freezes (requires_grad_(False)); the port reads its table behind stop_gradient."""
@@ -129,20 +137,24 @@ class TorchFrozenTable(torch.nn.Module):
         super().__init__()
         torch.manual_seed(2)
         self.embed = torch.nn.Embedding(VOCAB, D)
-        self.pos = torch.nn.Embedding(T, D); self.pos.requires_grad_(False)
+        self.pos = torch.nn.Embedding(T, D)
+        self.pos.requires_grad_(False)
         self.head = torch.nn.Linear(D, VOCAB)
+
     def forward(self, ids):
         return self.head(torch.tanh(self.embed(ids) + self.pos(torch.arange(ids.shape[1]))))
+
 
 class NnxFrozenTable(nnx.Module):
     def __init__(self, rngs=None):
         rngs = rngs or nnx.Rngs(0)
-        self.embed = nnx.Embed(VOCAB, D, rngs=rngs); self.pos = nnx.Embed(T, D, rngs=rngs); self.head = nnx.Linear(D, VOCAB, rngs=rngs)
+        self.embed = nnx.Embed(VOCAB, D, rngs=rngs)
+        self.pos = nnx.Embed(T, D, rngs=rngs)
+        self.head = nnx.Linear(D, VOCAB, rngs=rngs)
+
     def __call__(self, ids):
         pos = jax.lax.stop_gradient(self.pos.embedding[...])
         return self.head(jnp.tanh(self.embed(ids) + pos[None, : ids.shape[1]]))
-
-
 
 
 ADAMW = {**CHECK, "optimizer": "adamw", "optimizer_kwargs": {"lr": 1e-2, "weight_decay": 0.1}}

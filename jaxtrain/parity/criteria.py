@@ -193,7 +193,8 @@ def first_eval_difference(jax_eval: dict, torch_eval: dict, rounding_eval: dict,
     layer output (torch's call order), or the model output, beyond rounding (`beyond_rounding`; the
     spread a layer's training output carried in the replay, `carried`, counts as its spread too)."""
     carried = carried or {}
-    named = [(layer, f"{layer} (output)", value) for layer, value in torch_eval["layers"].items()]
+    moved = carried.get("moved", {})  # layer outputs training showed differ only across a moved boundary
+    named = [(layer, f"{layer} (output)", value) for layer, value in torch_eval["layers"].items() if layer not in moved]
     for layer, tensor, ref in named + [(None, "output", torch_eval["forward"])]:
         value = jax_eval["forward"] if layer is None else jax_eval["layers"].get(layer)
         if value is None:
@@ -516,10 +517,10 @@ def same_results(jax32, torch32, ref64, num_test: int, rounding64=None, rounding
                  arithmetic_explained: bool = False) -> dict:
     """JAX's float32 test results are as close to float64's as rounding puts them on this run.
 
-    `arithmetic_explained`: float64 showed torch's math step by step and step 1 in float32 showed the
-    port's formulas as precise as torch's (what exceeded, if anything, was the library's arithmetic):
-    results beyond the spread are then that arithmetic amplified by training, a finding with its
-    numbers (`float32_arithmetic`), not a failure, as long as they are finite.
+    `arithmetic_explained`: float64 showed torch's math step by step and step 1 in float32 measured the
+    library's arithmetic less accurate than torch's (`library_float32`) while the port's formulas are as
+    precise: a test loss beyond the spread is then that arithmetic amplified by training, a finding with
+    its numbers (`float32_arithmetic`), not a failure, as long as it is finite and the accuracy holds.
 
     Over the epochs, the RMS of JAX's float32-vs-float64 test-loss error (relative) must be within
     RESULT_FACTOR x the spread (+ RESULT_LOSS_FLOOR ulps), and the RMS of its accuracy error within
@@ -565,14 +566,14 @@ def same_results(jax32, torch32, ref64, num_test: int, rounding64=None, rounding
     }
     result["float32_arithmetic"] = None
     finite = bool(np.isfinite(err_loss_jax).all() and np.isfinite(jax32.losses).all())
-    if not result["passed"] and arithmetic_explained and finite:
+    if not result["passed"] and arithmetic_explained and finite and acc_ok:
         ratio = _rms(err_loss_jax) / max(_rms(err_loss_torch), 1e-300)
-        result.update(passed=True, float32_arithmetic=(
+        result.update(passed=True, first_failing_epoch=None, float32_arithmetic=(
             f"JAX's float32 test loss strays {_rms(err_loss_jax):.1e} (RMS, relative) from float64, torch's "
             f"{_rms(err_loss_torch):.1e} ({ratio:.3g}x; allowed for a port's own error {loss_allowed:.1e}), while "
-            "float64 agrees step by step and step 1 shows the port's formulas as precise as torch's: float32 "
-            "arithmetic of JAX's (its summation order, an accumulation torch keeps in higher precision) "
-            "amplified by training, not the port; compare in float64, or over fewer steps"))
+            "float64 agrees step by step and step 1 measured JAX's float32 arithmetic less accurate than torch's "
+            "where the port's formulas are as precise: that arithmetic amplified by training, not the port; "
+            "compare in float64, or over fewer steps"))
     verdict = "hold" if result["float32_arithmetic"] is None and result["passed"] else (
         "hold, with a finding" if result["passed"] else "FAILED")
     result["sentence"] = (

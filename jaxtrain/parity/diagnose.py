@@ -57,7 +57,8 @@ def diagnose(finding: dict | None, port, config) -> dict | None:
     if "results" in finding:  # float32 test results beyond the rounding spread
         return _float32_results(finding)
     if "jax_error" in finding:  # float32 precision finding
-        if not np.isfinite([finding.get("element_error", 0.0), finding.get("jax_error", 0.0)]).all():
+        if finding.get("element") is not None and not np.isfinite(finding.get("element_error", 0.0)) \
+                and np.isfinite(finding.get("element_torch_error", np.inf)):
             return _float32_range(finding)
         median, rule = finding.get("jax_median_error", 0.0), _kind(port, layer) if layer else None
         names = [t for t, _, _ in port.mapping.layers]
@@ -69,9 +70,10 @@ def diagnose(finding: dict | None, port, config) -> dict | None:
                 evidence["rtol"] = FLOAT32_RTOL
             return _layer_forward(finding, port, evidence)  # no matmul precision explains it
         return _precision(finding)
-    frozen = _frozen_trained(port, evidence)
-    if frozen is not None and stage in ("forward", "updates", "eval"):
-        return frozen
+    frozen = _frozen_trained(port, evidence)  # an update can move a forward pass from step 2 on, or be the update
+    if frozen is not None and (stage == "forward" and (finding.get("step") or 1) > 1
+                               or stage == "updates" and finding.get("tensor") in frozen["tensors"]):
+        return {"trap": frozen["trap"], "sentence": frozen["sentence"]}
     noted = _mapping_note(finding, port)
     if noted is not None:
         return noted
@@ -124,7 +126,7 @@ def _frozen_trained(port, evidence) -> dict | None:
     for name in never:
         ours, theirs = evidence["jax"]["updates"].get(name), evidence["torch"]["updates"].get(name)
         if ours is not None and np.any(np.asarray(ours) != 0) and (theirs is None or not np.any(theirs)):
-            return {"trap": "frozen tensor trained",
+            return {"trap": "frozen tensor trained", "tensors": [name],
                     "sentence": f"torch never updates {name} (requires_grad=False or a buffer); the port's optimizer "
                                 f"does (by {np.abs(ours).max():.1e} at this step): a stop_gradient zeroes its gradient, "
                                 "but weight decay still moves it. Keep it out of the port's parameters (an "
@@ -169,6 +171,11 @@ def _float32_results(finding: dict) -> dict:
     """Only the float32 results differ. With float64 agreeing step by step, that is float32
     arithmetic (JAX's less accurate here than torch's, amplified by training), not the math."""
     r = finding["results"]
+    if not np.isfinite(r["rms_rel_test_loss_error_jax"]):
+        return {"trap": "float32 range",
+                "sentence": "JAX's float32 test loss is not finite where float64's and torch's float32 are: somewhere in "
+                            "training a formula of the port left float32's range (exp without the max subtracted, the "
+                            "log of a softmax that underflowed); use the stable form torch's op computes."}
     ratio = r["rms_rel_test_loss_error_jax"] / max(r["rms_rel_test_loss_error_torch"], 1e-300)
     sizes = (f"JAX's float32 test loss is {r['rms_rel_test_loss_error_jax']:.1e} from float64 (RMS, relative), "
              f"torch's {r['rms_rel_test_loss_error_torch']:.1e} ({ratio:.2g}x)")

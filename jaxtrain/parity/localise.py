@@ -53,6 +53,7 @@ def localise_math(port, config, math: dict, max_steps=None) -> dict:
         if found.get("stage") != "eval":
             return found
         return {"step": None, "epoch": epoch, "stage": "eval", "layer": found["layer"], "tensor": found["tensor"],
+                "moved_boundaries": moved,
                 "note": f"training agrees (every stage of every step, buffers included) through epoch {epoch}; "
                         f"the evaluation (model.eval(), no gradients) differs beyond rounding, first at "
                         f"{found['tensor']}"}

@@ -685,6 +685,7 @@ def build_mapping(torch_layers: list, flax_layers: list, torch_model, model: Pur
                if t not in pairs]
     called = {id(p) for t in torch_layers for p in [*modules[t].parameters(recurse=rule_for(modules[t]) in TORCH_COMPOSITES),
                                                      *parametrized(modules[t]).values()]}
+    called |= {id(tensor) for tensors in by_name.values() for _, tensor in tensors.values()}  # paired by name
     unused += [f"torch {n}" for n, p in torch_model.named_parameters() if id(p) not in called]
     return Mapping(layers, moves, {t: type(modules[t]).__name__ for t in torch_layers},
                    weight_map if callable(weight_map) else None, notes, unused,
@@ -696,8 +697,9 @@ def _loose_tensors(torch_model, torch_layers: list, torch_owned: Callable, flax_
     """{Flax layer: {its leaf: (torch name, tensor)}} for the Flax layers all of whose leaves are torch tensors
     of the same name and shape that no torch layer owns (a buffer on the model itself: final_logits_bias)."""
     owned = {id(v) for t in torch_layers for v in torch_owned(t).values()}
+    saved = torch_model.state_dict()  # a non-persistent buffer (rotary inv_freq) is no weight to carry
     loose = {_name_key(n): (n, v) for n, v in [*torch_model.named_buffers(), *torch_model.named_parameters()]
-             if v.is_floating_point() and id(v) not in owned and n.rsplit(".", 1)[-1] not in DROPPED}
+             if n in saved and v.is_floating_point() and id(v) not in owned and n.rsplit(".", 1)[-1] not in DROPPED}
     out = {}
     for layer in flax_layers:
         leaves = flax_owned[layer]

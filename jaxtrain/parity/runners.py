@@ -27,7 +27,7 @@ from typing import Any, Callable
 import numpy as np
 
 from jaxtrain import data as data_lib
-from jaxtrain.errors import DivergedError, Interrupted, PortMappingError, UserError, ours, raised_by_us
+from jaxtrain.errors import DivergedError, Interrupted, PortMappingError, UserError, first_line, ours, raised_by_us
 from jaxtrain.inputs import rows
 from jaxtrain.metrics import append_epoch, new_record
 
@@ -73,12 +73,13 @@ class TorchCall:
     float64); torch.optim's own scalars keep the default dtype, as the twins expect."""
 
     def __init__(self, model, kwargs: dict | None = None, output: Callable | None = None, dtype: str | None = None):
-        self.__dict__.update(model=model, kwargs=dict(kwargs or {}), output=output, dtype=dtype)
+        # run_dtype, not dtype: the model's own `.dtype` (transformers' PreTrainedModel) stays the model's
+        self.__dict__.update(model=model, kwargs=dict(kwargs or {}), output=output, run_dtype=dtype)
 
     def __call__(self, X):
         from jaxtrain.inputs import call, prediction
 
-        with torch_default_dtype(self.dtype):
+        with torch_default_dtype(self.run_dtype):
             return prediction(call(self.model, X, **self.kwargs), self.output)
 
     def __getattr__(self, name):
@@ -437,7 +438,14 @@ def run_trajectories(port: Port, config, dtypes, max_steps=None) -> dict:
     """Train every run on the same plan, epoch by epoch; evaluate and read buffers after each epoch."""
     import time
 
-    runners = make_runners(port, config, runs_for(dtypes))
+    try:
+        runners = make_runners(port, config, runs_for(dtypes))
+    except (UserError, DivergedError, Interrupted):
+        raise
+    except Exception as e:  # building a run: the optimizer factory, the weights, the model's copy
+        if raised_by_us(e):
+            raise ours(e, "building the runs") from None
+        raise PortMappingError(f"the runs cannot be built: {type(e).__name__}: {first_line(e)}") from None
     out = {}
     for key, runner in runners.items():
         record = new_record(key[0], dataclasses.replace(config, dtype=key[1]), _device(key[0]))
