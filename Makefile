@@ -43,8 +43,11 @@ data:
 train: setup
 	$(BIN)/jaxtrain train $(ARGS)
 
+# Two pytest workers (the machines have 2 cores; much of the suite waits on subprocesses), one test file
+# each at a time: a file's tests share their processes' ports and fixtures. WORKERS=0 runs in one process.
+WORKERS ?= 2
 test: setup
-	$(BIN)/python -m pytest -q $(ARGS)
+	$(BIN)/python -m pytest -q $(if $(filter 0,$(WORKERS)),,-n $(WORKERS) --dist loadfile) $(ARGS)
 
 parity: setup
 	$(BIN)/jaxtrain parity $(ARGS)

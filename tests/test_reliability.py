@@ -38,7 +38,8 @@ def checkpoints(directory: Path, prog: str) -> list:
     return sorted(p.name for p in directory.iterdir() if p.name.endswith(".pt"))
 
 
-@pytest.mark.parametrize("prog", ["jaxtrain", "torchref"])
+# the suite's budget on the slowest kind: the torch twin's run among the long checks (make corpus), JAX's here
+@pytest.mark.parametrize("prog", ["jaxtrain", pytest.param("torchref", marks=pytest.mark.corpus)])
 def test_resume_is_bit_identical_to_an_uninterrupted_run(prog, tmp_path, fashion):
     ck = tmp_path / "ck"
     first = cli(prog, "--epochs", "2", *SMALL, "--checkpoint-dir", str(ck))

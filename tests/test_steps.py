@@ -135,6 +135,7 @@ def test_non_finite_loss_stops_with_step_and_epoch(fashion):
         train_lib.fit(config, fashion[0].take(1280), fashion[1].take(64))
 
 
+@pytest.mark.corpus  # the suite's budget on the slowest kind (AMD Zen 3): among the long checks, make corpus
 def test_tutorial_ten_epochs_reaches_the_tutorials_accuracy(fashion):
     """Defaults (SGD lr 1e-3, batch 64, torch init): the tutorial printed 71.0% at epoch 10."""
     record = train_lib.fit(Config(), *fashion)
