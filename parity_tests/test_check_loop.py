@@ -111,19 +111,6 @@ def test_optax_adams_float32_bias_correction_is_a_finding_not_a_failure(data):
     assert "FINDING (not the port's): JAX's float32 arithmetic, not the port" in str(report)
 
 
-def test_a_users_optax_transformation_in_float32_leaves_float64_undecided_and_float32_decides(data):
-    """optax.MultiSteps accumulating in float32 during the float64 run, as torch-side float32 would: named, and
-    the float32 parts (against torch's own float32 error) judge the port."""
-    import jax.numpy as jnp
-
-    port = optax.MultiSteps(optax.sgd(0.05), 2, accumulator_dtype=jnp.float32)
-    report = check(data, optimizer=(lambda p: torch.optim.SGD(p, lr=0.05), port.gradient_transformation()),
-                   accumulate=2, steps=6)
-    assert report.passed, str(report)
-    math = report.verdict["same_math"]
-    assert math["passed"] in (None, True) and "the port's optax transformation" in math["float32_inside"], math
-
-
 # --------------------------------------------------------------------------- planted loop bugs
 
 
