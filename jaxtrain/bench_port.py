@@ -40,8 +40,8 @@ worker imports torch, as the port is paired by running both models: `import_rss_
 RSS after its imports, says how much of its peak that is. The loop is the plain one: no
 scheduler stepping, accumulation or clipping (a factory's scheduler is left alone on torch's side).
 
-Same model. One `check_port(..., steps=1, dtypes=("float32",))` on the first batch from the same
-weights says whether the two sides compute the same training step (its float32 verdict: each
+Same model. One `check_port(..., steps=1)` on the first batch from the same weights says whether
+the two sides compute the same training step (its float64 math, and its float32 precision: each
 side's error against float64 within torch's own), in `report["same_model"]`: a fast port that
 trains another model is not a faster port (`strict=True`, as the CLI runs, refuses to time it).
 It runs in the parent while the workers import and build (they were spawned with the parent's
@@ -193,14 +193,13 @@ def _name(thing) -> str:
 
 
 def same_model(torch_model, flax_model, train, **arguments) -> dict:
-    """check_port's float32 verdict on one step from the same weights: {"passed", "detail"}.
+    """check_port's verdict on one step from the same weights: {"passed", "detail"}.
     `train`: a jaxtrain.data.Split (one batch); `arguments`: check_port's. The environment
     check_port sets for itself (deterministic XLA, cuBLAS workspace) is put back afterwards."""
     from jaxtrain.parity import check_port
 
     with _environment_kept("XLA_FLAGS", "CUBLAS_WORKSPACE_CONFIG"):
-        report = check_port(torch_model, flax_model, train=(train.images, train.labels), steps=1,
-                            dtypes=("float32",), **arguments)
+        report = check_port(torch_model, flax_model, train=(train.images, train.labels), steps=1, **arguments)
     sentences = [part["sentence"] for part in report.verdict.values() if part is not None and
                  (report.passed or part["passed"] is False)]
     if report.diagnosis:

@@ -5,9 +5,11 @@ a failure of jaxtrain's own code is reported as ours, never as the model's."""
 
 import math
 
+import jax.numpy as jnp
 import numpy as np
 import pytest
 import torch
+from flax import nnx
 
 from jaxtrain.errors import InternalError, PortMappingError
 from jaxtrain.parity import check_port
@@ -65,3 +67,53 @@ def test_a_buffer_the_port_keeps_as_a_parameter_pairs_by_name_and_its_decay_is_n
     report = check_port(TorchBiasBuffer(), NnxBiasParam(), train=(ids, y), dtypes=("float64",), **ADAMW)
     assert not report.passed and report.diagnosis["trap"] == "frozen tensor trained", report
     assert "final_logits_bias" in report.diagnosis["sentence"]
+
+
+# --------------------------------------------------------------------------- float32 only: no float64 run at all
+
+
+class TorchFloat32Head(torch.nn.Module):
+    """A model that cannot run in float64: its head's input is cast to float32 in its own code."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.embed = torch.nn.Embedding(13, 8)
+        self.head = torch.nn.Linear(8, 13)
+
+    def forward(self, ids):
+        return self.head(self.embed(ids).mean(1).to(torch.float32))
+
+
+class NnxFloat32Head(nnx.Module):
+    def __init__(self, pool=jnp.mean):
+        rngs = nnx.Rngs(0)
+        self.embed, self.head, self.pool = nnx.Embed(13, 8, rngs=rngs), nnx.Linear(8, 13, rngs=rngs), pool
+
+    def __call__(self, ids):
+        return self.head(self.pool(self.embed(ids), axis=1))
+
+
+def test_float32_only_runs_nothing_in_float64_and_judges_against_torchs_float32():
+    (ids, _), y = lm_data()
+    data = dict(train=(ids, y[:, 0]), test=(ids[:32], y[:32, 0]), **CHECK)
+    with pytest.raises(PortMappingError, match="the torch model fails in the float64 run"):
+        check_port(TorchFloat32Head(), NnxFloat32Head(), **data)
+    report = check_port(TorchFloat32Head(), NnxFloat32Head(), dtypes="float32", **data)
+    assert report.passed, report
+    assert {dtype for _, dtype in report.trajectories} == {"float32"}
+    assert report.verdict["same_math"] is None
+    assert "against torch's float32 run" in report.verdict["same_precision"]["sentence"]
+    bug = check_port(TorchFloat32Head(), NnxFloat32Head(pool=jnp.sum), dtypes=("float32",), **data)
+    assert not bug.passed
+    assert (bug.checks[0]["stage"], bug.checks[0]["layer"], bug.checks[0]["first_failing_step"]) == \
+        ("forward", "head", 1), bug
+
+
+@pytest.mark.parametrize("dtypes", [(), ("float16",), ("float32", "bfloat16")])
+def test_dtypes_other_than_float32_and_float64_are_refused(dtypes):
+    from jaxtrain.errors import ConfigError
+
+    (ids, _), y = lm_data()
+    with pytest.raises(ConfigError, match=r"dtypes=.*give \"float32\", \"float64\" or both"):
+        check_port(TorchFloat32Head(), NnxFloat32Head(), train=(ids, y[:, 0]), dtypes=dtypes, **CHECK)

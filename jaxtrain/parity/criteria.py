@@ -454,10 +454,15 @@ def library_float32(findings: list[dict], math_holds: bool) -> dict | None:
                                   "builds a twin that computes as torch.optim does)"))}
 
 
-def same_precision(jax32, torch32, ref64, findings: list[dict], math_holds: bool = False) -> dict:
+def same_precision(jax32, torch32, ref64, findings: list[dict], math_holds: bool = False,
+                   reference: str = "float64") -> dict:
     """float32 judged against float64: at step 1, from identical weights, every element of every stage
     tensor within what `precision_findings` allows, or beyond it only as the library's float32 arithmetic
-    (`library_float32`: reported as a finding, not failed). Drift is information."""
+    (`library_float32`: reported as a finding, not failed). Drift is information.
+
+    `reference`: what `ref64` is, in the sentence. Without a float64 run, `ref64` is torch's float32 run and
+    `torch32` torch' in float32 (every weight an ulp off at every step): JAX's difference from torch is then
+    judged against the difference an ulp of rounding makes in torch."""
     ej, et = loss_errors(jax32, ref64), loss_errors(torch32, ref64)
     onset = jax_onset(jax32, ref64)
     strayed_torch = np.flatnonzero(et > RUN_DRIFT_LEVEL)
@@ -507,7 +512,10 @@ def same_precision(jax32, torch32, ref64, findings: list[dict], math_holds: bool
                   + (f"at step {result['torch_drift_onset_step']}" if strayed_torch.size else "does not")
                   + ")" if onset else f"no drift onset (JAX's loss stays within {RUN_DRIFT_LEVEL:.0e} of float64)")
     verdict = "holds" if result["passed"] else "FAILED"
-    result["sentence"] = (f"Same precision (float32 against float64): {verdict}: {stages_text}; {onset_text}; "
+    if reference != "float64":
+        stages_text = stages_text.replace("torch's", "torch' (an ulp off)").replace("float32 error", "error")
+        onset_text = onset_text.replace("float64", reference)
+    result["sentence"] = (f"Same precision (float32 against {reference}): {verdict}: {stages_text}; {onset_text}; "
                           f"RMS relative loss error over {len(ej)} steps: JAX {_rms(ej):.1e}, torch {_rms(et):.1e}.")
     return result
 
@@ -517,7 +525,7 @@ def _element(index: list) -> str:
 
 
 def same_results(jax32, torch32, ref64, num_test: int, rounding64=None, rounding32=None,
-                 arithmetic_explained: bool = False) -> dict:
+                 arithmetic_explained: bool = False, reference: str = "float64") -> dict:
     """JAX's float32 test results are as close to float64's as rounding puts them on this run.
 
     `arithmetic_explained`: float64 showed torch's math step by step and step 1 in float32 measured the
@@ -533,7 +541,10 @@ def same_results(jax32, torch32, ref64, num_test: int, rounding64=None, rounding
     float32 rounding run (`rounding32`: torch' in float32, whose discrete rounding events, a ReLU
     flip or a noise-level gradient that Adam turns into a full step, are its own, as JAX's are),
     and the float64 rounding spread (torch' against torch, `rounding64`) scaled from float64's ulp
-    to float32's: an unstable run amplifies a float32 rounding as it amplifies a float64 one."""
+    to float32's: an unstable run amplifies a float32 rounding as it amplifies a float64 one.
+
+    Without a float64 run (`reference`: what `ref64` is), `ref64` is torch's float32 run and `torch32`
+    torch' in float32: JAX's distance from torch within RESULT_FACTOR x torch''s."""
     loss64, acc64 = ref64.test_losses, ref64.accuracies
     ends = np.asarray(ref64.epoch_ends) - 1
     references32 = [torch32] + ([rounding32] if rounding32 is not None else [])
@@ -577,12 +588,13 @@ def same_results(jax32, torch32, ref64, num_test: int, rounding64=None, rounding
             "float64 agrees step by step and step 1 measured JAX's float32 arithmetic less accurate than torch's "
             "where the port's formulas are as precise: that arithmetic amplified by training, not the port; "
             "compare in float64, or over fewer steps"))
+    other = "torch's" if reference == "float64" else "torch' (an ulp off)"
     verdict = "hold" if result["float32_arithmetic"] is None and result["passed"] else (
         "hold, with a finding" if result["passed"] else "FAILED")
     result["sentence"] = (
         f"Same results (float32): {verdict}: over {len(loss64)} epochs JAX's test loss is within {_rms(err_loss_jax):.1e} "
-        f"(RMS, relative) of float64's, torch's within {_rms(err_loss_torch):.1e} (allowed {loss_allowed:.1e}); "
-        f"test accuracy within {100 * _rms(err_acc_jax):.2f} points, torch's {100 * _rms(err_acc_torch):.2f} "
+        f"(RMS, relative) of {reference}'s, {other} within {_rms(err_loss_torch):.1e} (allowed {loss_allowed:.1e}); "
+        f"test accuracy within {100 * _rms(err_acc_jax):.2f} points, {other} {100 * _rms(err_acc_torch):.2f} "
         f"(allowed {100 * acc_allowed:.2f}); test results of the two differ by at most "
         f"{result['max_test_loss_diff']:.1e} in loss, {100 * result['max_accuracy_diff']:.2f} points in accuracy"
         + (f". Finding: {result['float32_arithmetic']}." if result["float32_arithmetic"] else "."))

@@ -69,14 +69,17 @@ def _first_test_batch(port, config):
     return np.arange(min(config.batch_size, len(port.test or port.train)))
 
 
-def step1_precision(port, config, evidence: dict | None = None) -> list[dict]:
+def step1_precision(port, config, evidence: dict | None = None, reference=TORCH64) -> list[dict]:
     """Step 1 of the float32 runs beside torch float64, from identical weights: every element of every
     stage tensor, JAX's rounding error against torch's. `evidence` (a dict) receives JAX float32's and
-    torch float64's stage tensors, for the diagnosis."""
+    the reference's stage tensors, for the diagnosis. With `reference=TORCH32` (no float64 run) torch's
+    float32 step is the reference and torch' in float32 (every weight an ulp off) stands for torch's error."""
+    other = TORCH32 if reference == TORCH64 else ROUNDING32
+
     def visit(step, stages):
         if evidence is not None:
-            evidence.update(jax=stages[JAX32], torch=stages[TORCH64], buffers_before={
+            evidence.update(jax=stages[JAX32], torch=stages[reference], buffers_before={
                 n: port.weights[n].astype("float64") for n in port.mapping.buffer_names()})
-        return criteria.precision_findings(step, stages[JAX32], stages[TORCH32], stages[TORCH64])
+        return criteria.precision_findings(step, stages[JAX32], stages[other], stages[reference])
 
-    return replay(port, config, [JAX32, TORCH32, TORCH64], 1, visit)
+    return replay(port, config, [JAX32, other, reference], 1, visit)

@@ -395,12 +395,11 @@ ROUNDING = "torch_rounding"  # torch': the rounding-spread run (TorchRunner with
 
 
 def runs_for(dtypes) -> list[tuple[str, str]]:
-    """(framework, dtype) runs a check of `dtypes` needs: float32 is judged against float64, and both
-    against torch's own rounding spread (torch' in float64, and in float32 when float32 is checked)."""
+    """(framework, dtype) runs a check of `dtypes` needs: each dtype's JAX and torch runs and torch's own
+    rounding spread in it (torch'). Asked for float32 only, nothing runs in float64: float32 is then judged
+    against torch's float32 run and its spread (`check.judge`), else against float64."""
     wanted = [(fw, d) for d in ("float32", "float64") if d in dtypes for fw in ("jax", "torch")]
-    if "float32" in dtypes and "float64" not in dtypes:
-        wanted.append(("torch", "float64"))
-    return wanted + [(ROUNDING, "float64")] + ([(ROUNDING, "float32")] if "float32" in dtypes else [])
+    return wanted + [(ROUNDING, d) for d in ("float64", "float32") if d in dtypes]
 
 
 def make_runners(port: Port, config, keys) -> dict:
