@@ -430,9 +430,10 @@ def judge(port: Port, config, dtypes, max_steps=None) -> ParityReport:
     checks = []
     if "float64" in dtypes:
         differences = criteria.math_differences(runs[JAX64], runs[TORCH64], runs[ROUNDING64])
+        lowered = float32_inside(port) + torch_float32_inside(port) + optimizer_float32_inside(port, config)
         localised = (None if differences["within_tolerance"]
-                     else localise_math(port, config, differences, max_steps))
-        verdict["same_math"] = math_result = _lowered(criteria.same_math(differences, localised), port)
+                     else localise_math(port, config, differences, max_steps, float32_inside=bool(lowered)))
+        verdict["same_math"] = math_result = _lowered(criteria.same_math(differences, localised), lowered)
         checks.append(_check("float64", math_result["passed"], runs[JAX64], runs[TORCH64],
                              math_result["localised"] if not math_result["passed"] else None,
                              math_result["first_failing_step"], math_result["first_failing_epoch"]))
@@ -526,6 +527,48 @@ def float32_inside(port: Port) -> list[str]:
     return list(dict.fromkeys(names))
 
 
+def optimizer_float32_inside(port: Port, config) -> list[str]:
+    """["the port's optax transformation"] when the user's own optax transformation (with its schedule) computes
+    in a float type below float64 during the float64 run: optax.MultiSteps' default float32 accumulator, a
+    schedule built on float32 constants. jaxtrain's torch.optim twins keep torch's own float32 scalars on purpose
+    (from_torch), so only a transformation the user gave is read."""
+    import jax
+
+    from jaxtrain.flax_model import cast_floats
+    from jaxtrain.parity.runners import jax_tx
+    from jaxtrain.train import configure_jax
+
+    if not port.optimizers.users_tx:
+        return []
+    configure_jax("float64")
+    flax = port.flax.computing_in("float64")
+    params, _ = port.mapping.to_flax(flax, {k: np.asarray(v, np.float64) if np.issubdtype(
+        np.asarray(v).dtype, np.floating) else v for k, v in port.weights.items()})
+    params = cast_floats(params, np.float64)
+    try:
+        tx = jax_tx(port, dataclasses.replace(config, dtype="float64"), params)
+        jaxpr = jax.make_jaxpr(lambda g, p: tx.update(g, tx.init(p), p)[0])(params, params)
+    except Exception:  # noqa: BLE001  (the run itself reports a transformation that fails)
+        return []
+    return ["the port's optax transformation"] if _computes_below_float64(jaxpr.jaxpr) else []
+
+
+def _computes_below_float64(jaxpr) -> bool:
+    """Whether any equation of a jaxpr (or of the jaxprs inside it) produces a float narrower than float64."""
+    import jax.numpy as jnp
+
+    for eqn in jaxpr.eqns:
+        if any(jnp.issubdtype(v.aval.dtype, jnp.floating) and jnp.finfo(v.aval.dtype).bits < 64
+               for v in eqn.outvars if hasattr(v.aval, "dtype")):
+            return True
+        for value in eqn.params.values():
+            for sub in value if isinstance(value, (tuple, list)) else (value,):
+                inner = getattr(sub, "jaxpr", sub)
+                if hasattr(inner, "eqns") and _computes_below_float64(inner):
+                    return True
+    return False
+
+
 def torch_float32_inside(port: Port) -> list[str]:
     """The torch modules (innermost, by name) whose code produces float32 from float64 in a float64
     forward pass (`softmax(..., dtype=torch.float32)` in transformers' eager attention)."""
@@ -559,23 +602,33 @@ def torch_float32_inside(port: Port) -> list[str]:
     return list(dict.fromkeys(found))
 
 
-def _lowered(math_result: dict, port: Port) -> dict:
-    """The float64 verdict, knowing what computes in float32 inside the float64 run (the port's forward pass, the
-    torch model's): named always; a float64 difference then cannot tell a
-    porting bug from that rounding, so the float32 parts, which compare against torch's own float32 error, decide."""
-    lowered = float32_inside(port) + torch_float32_inside(port)
+def _lowered(math_result: dict, lowered: list[str]) -> dict:
+    """The float64 verdict, knowing what computes in float32 inside the float64 run (`lowered`: the port's
+    forward pass, the torch model's, the port's own optax transformation or schedule): named always. The
+    localisation then looked past differences float32 rounding gives (`criteria.FLOAT32_CAST_EXPLAINS` of the
+    tensor); a difference beyond that is the port's, and float64 fails it there. Otherwise float64 cannot
+    tell a porting bug from that rounding: the float32 parts, which compare against torch's own float32
+    error, decide."""
     if not lowered:
         return math_result
     where = f"{', '.join(lowered)} {'computes' if len(lowered) == 1 else 'compute'} in float32 during the float64 run"
     result = dict(math_result, float32_inside=lowered)
-    if result["passed"]:
+    found = result.get("localised") or {}
+    if result["within_tolerance"]:
         result["sentence"] += f" ({where})"
+        return result
+    size = found.get("tensor_rel_diff", found.get("rel_diff"))
+    if found.get("stage") != "drift" and size is not None and size > criteria.FLOAT32_CAST_EXPLAINS:
+        result["sentence"] = result["sentence"][:-1] + (
+            f" ({where}; the difference in {found.get('tensor')} at step {found.get('step') or 'eval'}, {size:.1e} of "
+            f"its magnitude, is beyond what float32 rounding gives: {criteria.FLOAT32_CAST_EXPLAINS:.1e}).")
         return result
     result.update(passed=None, localised=None, sentence=(
         f"Same math (float64): not decidable: {where} (a cast to float32 in the model's or its library's code: "
-        f"jax.nn.dot_product_attention's float32 softmax, softmax(dtype=torch.float32)), so float64 cannot separate a porting difference "
-        f"from float32 rounding there ({result['max_rel_step_loss_diff']:.1e} relative in step losses); the float32 "
-        "parts decide."))
+        f"jax.nn.dot_product_attention's float32 softmax, softmax(dtype=torch.float32), an optax schedule or "
+        f"MultiSteps accumulator in float32), and no stage differs beyond what float32 rounding gives there "
+        f"({criteria.FLOAT32_CAST_EXPLAINS:.1e} of a tensor; {result['max_rel_step_loss_diff']:.1e} relative in "
+        "step losses): the float32 parts decide."))
     return result
 
 

@@ -75,6 +75,11 @@ def warmup_cosine(params):
                                                  S.CosineAnnealingLR(optimizer, T_max=35)], milestones=[5])
 
 
+def optax_warmup_cosine(init_value):
+    """warmup_cosine as users write it in optax (from `init_value`): its learning rate is float32 in float64 runs."""
+    return optax.sgd(optax.warmup_cosine_decay_schedule(init_value, 0.1, 5, 40, 0.0), momentum=0.9)
+
+
 def one_cycle(params, cycle_momentum=True):
     torch, S = _torch()
     optimizer = torch.optim.AdamW(params, lr=3e-3)
@@ -99,6 +104,9 @@ HEALTHY = {
     "loop_one_cycle": lambda data: _case(data, optimizer=one_cycle, scheduler_interval="step"),
     "loop_plateau": lambda data: _case(data, optimizer=plateau, steps=None, epochs=4),
     "loop_accumulate": lambda data: _case(data, optimizer=sgd_momentum, accumulate=2),
+    # the user's own optax schedule, which computes the learning rate in float32 inside the float64 run
+    "loop_optax_warmup_cosine_float32": lambda data: _case(
+        data, optimizer=(warmup_cosine, optax_warmup_cosine(0.01)), scheduler_interval="step"),
 }
 
 
@@ -162,6 +170,11 @@ BUGS = {
         lambda data: _case(data, optimizer=(plateau, _twin(lambda p: plateau(p)[0])), steps=None, epochs=4),
         "updates", 21, "linear_relu_stack.0.weight",
         "ReduceLROnPlateau (its first cut after epoch 2) left out of the port: its lr never drops", "learning rate at this step"),
+    "loop_optax_warmup_from_zero": (
+        lambda data: _case(data, optimizer=(warmup_cosine, optax_warmup_cosine(0.0)), scheduler_interval="step"),
+        "updates", 1, "linear_relu_stack.0.weight",
+        "torch's LinearLR warms up from 0.1 x lr, the optax schedule from 0 (and computes in float32)",
+        "learning rate at this step"),
     "loop_accumulated_sum": (
         lambda data: _case(data, optimizer=(_sgd, optax.MultiSteps(optax.sgd(0.05), 2, use_grad_mean=False)
                                             .gradient_transformation()), accumulate=2),

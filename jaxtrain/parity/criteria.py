@@ -51,6 +51,10 @@ ELEMENT_FACTOR = 1000.0
 RESULT_FACTOR, RESULT_LOSS_FLOOR = 10.0, 16.0
 RUN_DRIFT_LEVEL = 1e-6
 ZERO_IN_EXACT_MATH = 1e-6  # a float64 tensor this small against its stage is rounding noise of a zero
+# a float32 cast inside a float64 run (a float32 schedule, softmax or accumulator) moves the first stage tensor
+# it reaches by ~1 float32 ulp of that tensor's magnitude, times what the step between amplifies; a thousand
+# ulps is beyond it (a porting bug moves it by a factor: a sum for a mean, another activation)
+FLOAT32_CAST_EXPLAINS = 1e3 * float(np.finfo(np.float32).eps)
 REDUCED_FORMAT_ERROR = 2.0 ** -11 / 4  # below what a product of TF32/float16 inputs is off by (see library_float32)
 
 
@@ -148,10 +152,11 @@ def moved_boundary(layer: str, jax_stages: dict, torch_stages: dict, agrees) -> 
 
 
 def first_math_difference(step: int, jax_stages: dict, torch_stages: dict, rounding_stages: dict,
-                          carried: dict) -> dict | None:
+                          carried: dict, float32_floor: float = 0.0) -> dict | None:
     """The first stage tensor of a float64 step with an element beyond rounding (`beyond_rounding`:
-    ENVELOPE_FACTOR x torch' spread + 1e-10 of its stage's magnitude). `carried` keeps, per tensor,
-    the largest RMS spread of the steps before (updated here)."""
+    ENVELOPE_FACTOR x torch' spread + 1e-10 of its stage's magnitude, or `float32_floor` of the tensor's
+    where part of a run computes in float32). `carried` keeps, per tensor, the largest RMS spread of the
+    steps before (updated here)."""
     jax_tensors = {(s, t): v for s, _, t, v in stage_tensors(jax_stages)}
     rounding_tensors = {(s, t): v for s, _, t, v in stage_tensors(rounding_stages)}
     scales = _stage_scales(torch_stages)
@@ -160,7 +165,8 @@ def first_math_difference(step: int, jax_stages: dict, torch_stages: dict, round
         if (stage, tensor) not in jax_tensors:
             continue  # a layer whose output the port does not produce on its own
         rounding = rounding_tensors.get((stage, tensor))
-        ratio, worst = beyond_rounding(jax_tensors[(stage, tensor)], ref, rounding, FLOAT64_REL_TOL * scales[stage],
+        floor = max(FLOAT64_REL_TOL * scales[stage], float32_floor * _max_abs(ref))
+        ratio, worst = beyond_rounding(jax_tensors[(stage, tensor)], ref, rounding, floor,
                                        carried.get((stage, tensor), 0.0))
         if rounding is not None and np.shape(rounding) == np.shape(ref):
             carried[(stage, tensor)] = max(carried.get((stage, tensor), 0.0),
@@ -183,12 +189,13 @@ def first_math_difference(step: int, jax_stages: dict, torch_stages: dict, round
             diff = _max_abs(value - np.asarray(ref, np.float64)) if value.shape == np.shape(ref) else float("inf")
             found = {"step": step, "stage": stage, "layer": layer, "tensor": tensor,
                      "rel_diff": diff / scales[stage] if scales[stage] > 0 else float("inf"),
+                     "tensor_rel_diff": diff / _max_abs(ref) if _max_abs(ref) > 0 else float("inf"),
                      "beyond_rounding": ratio, "element": worst, "tolerance": FLOAT64_REL_TOL}
     return found
 
 
-def first_eval_difference(jax_eval: dict, torch_eval: dict, rounding_eval: dict, carried: dict | None = None
-                          ) -> dict | None:
+def first_eval_difference(jax_eval: dict, torch_eval: dict, rounding_eval: dict, carried: dict | None = None,
+                          float32_floor: float = 0.0) -> dict | None:
     """model.eval() on one test batch, each run from its own weights after the same steps: the first
     layer output (torch's call order), or the model output, beyond rounding (`beyond_rounding`; the
     spread a layer's training output carried in the replay, `carried`, counts as its spread too)."""
@@ -200,7 +207,7 @@ def first_eval_difference(jax_eval: dict, torch_eval: dict, rounding_eval: dict,
         if value is None:
             continue
         rounding = rounding_eval["forward"] if layer is None else rounding_eval["layers"].get(layer)
-        ratio, worst = beyond_rounding(value, ref, rounding, FLOAT64_REL_TOL * _max_abs(ref),
+        ratio, worst = beyond_rounding(value, ref, rounding, max(FLOAT64_REL_TOL, float32_floor) * _max_abs(ref),
                                        carried.get(("forward", tensor), 0.0))
         if ratio > 1:
             return {"stage": "eval", "layer": layer, "tensor": tensor, "rel_diff": rel_max_diff(value, ref),

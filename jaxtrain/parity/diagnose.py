@@ -267,7 +267,7 @@ def _layer_forward(finding: dict, port, evidence) -> dict:
     previous = before[-1] if before else None
     inputs = _layer_inputs(evidence, layer)
     if inputs is not None and not _close(*inputs, _rtol(evidence)):  # the layer's input differs: what lies between layers
-        return _between(layer, previous, rule, inputs, evidence)
+        return _between(layer, before[-2:], rule, inputs, evidence)
     if inputs is None:  # no recorded input: the layout evidence alone
         # a flatten of a channel-carrying conv output feeds this Linear: the paired layer right before it
         # is a convolution (or BatchNorm after one) with a 4-D output, and this Linear takes 2-D input
@@ -513,9 +513,13 @@ def _layer_inputs(evidence, layer):
     return tuple(pair) if pair[0].shape == pair[1].shape else None
 
 
-def _between(layer, previous, rule, inputs, evidence) -> dict:
-    """`layer`'s input differs while `previous` (the paired layer before it) agrees: name what lies between."""
+def _between(layer, before, rule, inputs, evidence) -> dict:
+    """`layer`'s input differs while the paired layers `before` it (the last two) agree: name what lies between."""
     torch_in, port_in = inputs
+    previous = before[-1] if before else None
+    gated = _gated_activation(layer, before, inputs, evidence)
+    if gated is not None:
+        return gated
     if rule == "Linear" and _close(np.sort(torch_in, axis=None), np.sort(port_in, axis=None), _rtol(evidence)):
         return {"trap": FLATTEN[0], "sentence": FLATTEN[1].format(layer=layer)}
     source = None if previous is None else evidence["torch"]["layers"].get(previous)
@@ -533,6 +537,24 @@ def _between(layer, previous, rule, inputs, evidence) -> dict:
     return {"trap": "between layers",
             "sentence": f"{layer}'s input differs while {previous or 'the model input'} agrees: what the port computes "
                         "between them (an activation, pooling, a residual, a mask, a reshape) differs from torch's."}
+
+
+def _gated_activation(layer, before, inputs, evidence) -> dict | None:
+    """A gated MLP (Llama's down_proj(act(gate_proj(x)) * up_proj(x))): the input is one activation of a
+    layer's output times the other's in torch, another activation in the port."""
+    layers = evidence["torch"]["layers"] if evidence else {}
+    if len(before) < 2 or any(np.shape(layers.get(b)) != inputs[0].shape for b in before):
+        return None
+    for gate, up in (before, before[::-1]):
+        g, u = (np.asarray(layers[gate], np.float64), np.asarray(layers[up], np.float64))
+        theirs = [n for n, f in ACTIVATIONS.items() if _close(f(g) * u, inputs[0], _rtol(evidence, 1e-5))]
+        ours = [n for n, f in ACTIVATIONS.items() if _close(f(g) * u, inputs[1], _rtol(evidence, 1e-5))]
+        if theirs and ours and theirs[0] != ours[0]:
+            return {"trap": "activation function",
+                    "sentence": f"{layer}'s input is {ours[0]}({gate}) * {up} in the port and {theirs[0]}({gate}) * "
+                                f"{up} in torch (a gated MLP), every layer before agrees: use the config's activation "
+                                "(hidden_act) in the port."}
+    return None
 
 
 def _pool_padding(torch_in, port_in, source, rtol: float) -> dict | None:

@@ -22,10 +22,13 @@ def steps_through_epoch(config, num_train: int, epoch: int, max_steps=None) -> i
     return sum(epoch_lengths(config, num_train, max_steps)[:epoch])
 
 
-def localise_math(port, config, math: dict, max_steps=None) -> dict:
+def localise_math(port, config, math: dict, max_steps=None, float32_inside: bool = False) -> dict:
     """The first (step, stage, tensor) where float64 JAX and torch differ beyond torch's own rounding
     spread; `eval` when training agrees through the epoch whose evaluation differs beyond it;
-    `drift` when no stage of any step and no evaluation does (rounding amplified by an unstable run)."""
+    `drift` when no stage of any step and no evaluation does (rounding amplified by an unstable run).
+    `float32_inside`: part of either run computes in float32, so a difference within float32 rounding
+    (`criteria.FLOAT32_CAST_EXPLAINS` of the tensor) is not one."""
+    floor = criteria.FLOAT32_CAST_EXPLAINS if float32_inside else 0.0
     inf = float("inf")
     loss_step = math["first_failing_step"] or inf
     epoch = math["first_failing_epoch"]
@@ -35,7 +38,8 @@ def localise_math(port, config, math: dict, max_steps=None) -> dict:
     buffers_in = [{n: port.weights[n].astype("float64") for n in port.mapping.buffer_names()}]
 
     def visit(step, stages):
-        found = criteria.first_math_difference(step, stages[JAX64], stages[TORCH64], stages[ROUNDING64], carried)
+        found = criteria.first_math_difference(step, stages[JAX64], stages[TORCH64], stages[ROUNDING64], carried,
+                                               floor)
         if found is not None:  # what the diagnosis reads (taken out before the report is written)
             found["evidence"] = {"jax": stages[JAX64], "torch": stages[TORCH64], "buffers_before": buffers_in[0]}
         buffers_in[0] = stages[TORCH64]["buffers"]
@@ -43,7 +47,7 @@ def localise_math(port, config, math: dict, max_steps=None) -> dict:
 
     eval_layers = lambda runners: criteria.first_eval_difference(  # noqa: E731
         *align_layers({key: runners[key].capture_eval(_first_test_batch(port, config))
-                       for key in (JAX64, TORCH64, ROUNDING64)}).values(), carried)
+                       for key in (JAX64, TORCH64, ROUNDING64)}).values(), carried, floor)
     found = replay(port, config, [JAX64, TORCH64, ROUNDING64], until, visit,
                    after=eval_layers if loss_step > epoch_end else None)
     moved = list(carried.get("moved", {}).values())  # layer outputs that differ but not downstream

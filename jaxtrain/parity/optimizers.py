@@ -42,6 +42,7 @@ class Optimizers:
     torch_step: Callable | None = None
     clip: dict = dataclasses.field(default_factory=dict)
     twin_of_factory: bool = False  # the JAX side is from_torch of the factory's optimizer
+    users_tx: bool = False  # the JAX side is the user's own optax transformation
 
     def probe(self, config, torch_model, batches_per_epoch: int) -> None:
         """Make torch's optimizer once on a copy, before anything trains: a factory that fails, returns
@@ -124,7 +125,7 @@ def build(optimizer, interval: str, accumulate, torch_step, clip: dict, norm_typ
     if not callable(factory) or not hasattr(tx, "update"):
         raise ConfigError("optimizer=(factory, tx): factory(params) makes the torch optimizer, tx is an optax "
                           "GradientTransformation")
-    return Optimizers(_factory_torch(factory), _given_tx(tx), **common)
+    return Optimizers(_factory_torch(factory), _given_tx(tx), **common, users_tx=True)
 
 
 def _named_torch(config, module, batches_per_epoch=1):
