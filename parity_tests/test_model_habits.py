@@ -13,7 +13,7 @@ from flax import nnx
 
 from jaxtrain.errors import InternalError, PortMappingError
 from jaxtrain.parity import check_port
-from jaxtrain.parity.corpus_habits import (ADAMW, CHECK, NnxBiasParam, NnxHabits, NnxScaled, TorchBiasBuffer,
+from jaxtrain.parity.corpus_habits import (ADAMW, CHECK, HEALTHY, NnxBiasParam, NnxHabits, NnxScaled, TorchBiasBuffer,
                                            TorchHabits, TorchScaled, lm_data)
 
 
@@ -117,3 +117,12 @@ def test_dtypes_other_than_float32_and_float64_are_refused(dtypes):
     (ids, _), y = lm_data()
     with pytest.raises(ConfigError, match=r"dtypes=.*give \"float32\", \"float64\" or both"):
         check_port(TorchFloat32Head(), NnxFloat32Head(), train=(ids, y[:, 0]), dtypes=dtypes, **CHECK)
+
+
+def test_a_port_returning_channels_last_images_is_read_in_torchs_layout_by_every_part():
+    """An autoencoder port returning NHWC (torch: NCHW): its loss sees targets in its own layout, and the float64
+    and float32 parts read its prediction through one path, in torch's layout (no "off by inf")."""
+    report = check_port(**HEALTHY["autoencoder_output_channels_last"]())
+    assert report.passed, report
+    assert report.verdict["same_precision"]["step1_tensors"] > 0
+    assert report.verdict["same_precision"]["step1_worst"]["excess"] < 1, report

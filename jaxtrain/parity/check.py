@@ -305,6 +305,7 @@ class Pairing:
     train_calls: list
     torch_outputs: dict
     to_flax: object  # torch-layout inputs -> the Flax model's inputs
+    output_channels_last: bool = False  # the port's prediction has the channel axis last where torch's has it at 1
 
 
 def pair_models(torch_model, flax_model, example_inputs, flax_input=None, weight_map=None, calls: Calls = Calls(),
@@ -336,11 +337,13 @@ def pair_models(torch_model, flax_model, example_inputs, flax_input=None, weight
             raise ours(e, "running the Flax model once") from None
         raise PortMappingError(f"the Flax model fails on inputs {_shapes(sample_flax)}: "
                                f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}") from None
-    torch_outputs, _ = _torch_forward(torch_model, sample, False, calls)
+    torch_outputs, torch_out = _torch_forward(torch_model, sample, False, calls)
     mapping = build_mapping(list(torch_outputs), _flax_layers(eval_calls), torch_model, flax, weight_map,
                             {c.path: c.kind for c in eval_calls})
-    channels_last = _channels_last(mapping, flax, sample_flax, eval_calls, torch_outputs, port_weights(torch_model))
-    return Pairing(flax, mapping, channels_last, eval_calls, train_calls, torch_outputs, to_flax)
+    channels_last, flax_out = _channels_last(mapping, flax, sample_flax, eval_calls, torch_outputs,
+                                             port_weights(torch_model))
+    output_last = _moved_is_closer(np.asarray(torch_out.detach().double().numpy()), flax_out)
+    return Pairing(flax, mapping, channels_last, eval_calls, train_calls, torch_outputs, to_flax, output_last)
 
 
 def build_port(torch_model, flax_model, train, test, config, loss, optimizers, flax_input, weight_map,
@@ -370,41 +373,52 @@ def build_port(torch_model, flax_model, train, test, config, loss, optimizers, f
     data_lib.check_training_batches(len(train), config.batch_size, any(
         isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in torch_model.modules()))
     weights = port_weights(torch_model)
-    jax_split = lambda s: None if s is None else data_lib.Split(pairing.to_flax(s.images), s.labels)  # noqa: E731
+    def jax_split(split):  # the port's inputs; float targets laid out as its prediction is
+        if split is None:
+            return None
+        labels = split.labels
+        if pairing.output_channels_last and np.ndim(labels) >= 3 and not inputs_lib.is_integer(labels):
+            labels = np.ascontiguousarray(np.moveaxis(labels, 1, -1))
+        return data_lib.Split(pairing.to_flax(split.images), labels)
+
     return Port(torch_model, weights, pairing.flax, pairing.mapping, torch_loss, jax_loss, optimizers, train, test, jax_split(train), jax_split(test), dropout,
                 pairing.channels_last, pairing.train_calls, pairing.eval_calls, dict(calls.torch_kwargs or {}),
-                calls.torch_output)
+                calls.torch_output, pairing.output_channels_last)
 
 
 def port_weights(torch_model) -> dict:
     return {k: v.detach().cpu().numpy().copy() for k, v in torch_model.state_dict().items()}
 
 
-def _channels_last(mapping, flax, sample_flax, eval_calls, torch_outputs: dict, weights: dict) -> set:
+def _channels_last(mapping, flax, sample_flax, eval_calls, torch_outputs: dict, weights: dict) -> tuple:
     """The torch layers whose Flax output has the channel axis last, decided from the data: both
     models run on the sample with the mapped weights, and each layer's Flax output is compared
     with torch's as it is and with its last axis moved to 1 (a C == H == W feature map included)."""
     params, buffers = mapping.to_flax(flax, {k: v.astype(np.float32) if np.issubdtype(v.dtype, np.floating) else v
                                              for k, v in weights.items()})
     try:
-        _, _, recorded = flax.apply(params, buffers, sample_flax, False, record=True)
+        out, _, recorded = flax.apply(params, buffers, sample_flax, False, record=True)
     except Exception:  # noqa: BLE001  (the user's model ran in `calls`; judge by shapes if this fails)
-        recorded = [(None, None)] * len(eval_calls)
+        out, recorded = None, [(None, None)] * len(eval_calls)
     flax_outputs: dict = {}
     for call, (_, out) in zip(eval_calls, recorded):
         if call.kind != "Dropout":
             flax_outputs.setdefault(call.path, None if out is None else np.asarray(out, np.float64))
-    found = set()
-    for torch_name, flax_path, _ in mapping.layers:
-        a, b = torch_outputs.get(torch_name), flax_outputs.get(flax_path)
-        if a is None or b is None or a.ndim < 3:
-            continue
-        moved = np.moveaxis(b, -1, 1)
-        if moved.shape != a.shape:
-            continue
-        if b.shape != a.shape or np.abs(moved - a).max() < np.abs(b - a).max():
-            found.add(torch_name)
-    return found
+    found = {torch_name for torch_name, flax_path, _ in mapping.layers
+             if _moved_is_closer(torch_outputs.get(torch_name), flax_outputs.get(flax_path))}
+    return found, None if out is None else np.asarray(out, np.float64)
+
+
+def _moved_is_closer(torch_value, flax_value) -> bool:
+    """Whether a Flax tensor is torch's with the channel axis last: its last axis moved to 1 gives torch's
+    shape, and (where the shapes agree as they are, C == H == W) torch's values more closely."""
+    a, b = torch_value, flax_value
+    if a is None or b is None or np.ndim(a) < 3 or np.ndim(b) != np.ndim(a):
+        return False
+    moved = np.moveaxis(b, -1, 1)
+    if moved.shape != a.shape:
+        return False
+    return bool(b.shape != a.shape or np.abs(moved - a).max() < np.abs(b - a).max())
 
 
 def _is_channels_last(flax_shape, torch_shape) -> bool:

@@ -2,7 +2,8 @@
 a model that changes its inputs in place (`position_ids += offset`), a 0-dimensional parameter, a causal mask
 filled with `torch.finfo` of one dtype into a tensor of torch's default dtype; a scale inside torch's embedding
 module that the port applies after its nn.Embed (a layer boundary that moved); a logits bias torch keeps as a
-buffer and the port as a parameter; a position table torch freezes and the port reads behind stop_gradient.
+buffer and the port as a parameter; a position table torch freezes and the port reads behind stop_gradient; an
+autoencoder port that returns channels-last images where torch returns NCHW.
 
 Each entry of `HEALTHY`/`BUGS` is `data -> check_port keyword arguments` (the cases make their own token data).
 """
@@ -157,6 +158,41 @@ class NnxFrozenTable(nnx.Module):
         return self.head(jnp.tanh(self.embed(ids) + pos[None, : ids.shape[1]]))
 
 
+class TorchAutoencoder(torch.nn.Module):
+    """A small convolutional autoencoder on 3-channel images, NCHW in and out."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(3)
+        self.enc = torch.nn.Conv2d(3, 8, 3, padding=1)
+        self.dec = torch.nn.Conv2d(8, 3, 3, padding=1)
+
+    def forward(self, x):
+        return torch.sigmoid(self.dec(torch.relu(self.enc(x))))
+
+
+class NnxAutoencoder(nnx.Module):
+    """Its port, channels-last throughout as Flax writes it: NHWC in (flax_input="nhwc") and NHWC out."""
+
+    def __init__(self, squash=jax.nn.sigmoid, rngs=None):
+        rngs = rngs or nnx.Rngs(0)
+        self.enc = nnx.Conv(3, 8, (3, 3), padding=1, rngs=rngs)
+        self.dec = nnx.Conv(8, 3, (3, 3), padding=1, rngs=rngs)
+        self.squash = squash
+
+    def __call__(self, x):
+        return self.squash(self.dec(nnx.relu(self.enc(x))))
+
+
+def _autoencoder(flax_model):
+    def case(data=None):
+        images = np.random.default_rng(4).random((96, 3, 8, 8), dtype=np.float32)
+        return dict(torch_model=TorchAutoencoder(), flax_model=flax_model(), train=(images, images),
+                    test=(images[:32], images[:32]), loss="mse", flax_input="nhwc", **CHECK)
+
+    return case
+
+
 ADAMW = {**CHECK, "optimizer": "adamw", "optimizer_kwargs": {"lr": 1e-2, "weight_decay": 0.1}}
 
 
@@ -187,6 +223,7 @@ HEALTHY = {
     "embedding_scale_across_boundary": _case(TorchScaled, NnxScaled, _first),
     "logits_bias_buffer_as_param": _case(TorchBiasBuffer, NnxBiasParam),
     "frozen_table_behind_stop_gradient": _case(TorchFrozenTable, NnxFrozenTable),
+    "autoencoder_output_channels_last": _autoencoder(NnxAutoencoder),
 }
 # name: (case, stage, step, tensor, why, trap)
 BUGS = {
@@ -204,4 +241,7 @@ BUGS = {
         _case(TorchFrozenTable, NnxFrozenTable, **ADAMW), "updates", 1, "pos.weight",
         "a position table torch freezes (requires_grad_(False)), trainable behind stop_gradient in the port: "
         "AdamW decays it", "frozen tensor trained"),
+    "autoencoder_sigmoid_forgotten": (
+        _autoencoder(lambda: NnxAutoencoder(squash=lambda x: x)), "forward", 1, "output",
+        "the port of an autoencoder that returns NHWC (torch: NCHW) leaves out the final sigmoid", None),
 }

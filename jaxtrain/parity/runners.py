@@ -63,6 +63,7 @@ class Port:
     flax_eval_calls: list
     torch_kwargs: dict = dataclasses.field(default_factory=dict)  # constant keyword arguments of torch's calls
     torch_output: Callable | None = None  # picks the prediction from torch's return value
+    output_channels_last: bool = False  # the port's prediction has the channel axis last (read in torch's layout)
 
 
 class TorchCall:
@@ -197,7 +198,8 @@ class JaxRunner:
         to_torch = self.port.mapping.to_torch
         return {"layers": _layer_outputs(self.port, self.port.flax_train_calls, out["recorded"]),
                 "inputs": _layer_outputs(self.port, self.port.flax_train_calls, out["recorded"], inputs=True),
-                "forward": np.asarray(out["outputs"], np.float64), "loss": np.float64(out["loss"]),
+                "forward": to_torch_layout(out["outputs"], self.port.output_channels_last),
+                "loss": np.float64(out["loss"]),
                 "grads": to_torch(out["grads"]), "updates": to_torch(out["updates"]),
                 "buffers": to_torch(out["buffers"], buffers=True), "params": to_torch(out["params"])}
 
@@ -206,7 +208,7 @@ class JaxRunner:
         self._configure()
         out = self.jax.device_get(self._capture_eval(self.trainer.state, rows(self.trainer.test_x, index)))
         return {"layers": _layer_outputs(self.port, self.port.flax_eval_calls, out["recorded"]),
-                "forward": np.asarray(out["outputs"], np.float64)}
+                "forward": to_torch_layout(out["outputs"], self.port.output_channels_last)}
 
 
 def _capture_step(state, batch):
