@@ -179,3 +179,40 @@ def test_random_dropout_drops_p_and_scales_by_one_over_one_minus_p():
         kept = sample != 0
         assert abs(1 - kept.mean() - 0.3) < 0.01  # 102400 draws: 4+ standard deviations
         np.testing.assert_allclose(sample[kept], 1 / 0.7, rtol=1e-6)
+
+
+def test_a_weight_map_converting_part_of_a_layer_says_which_tensor_is_left_and_never_contradicts_itself():
+    """An LSTM whose gates a user's callable converts, all but bias_hh: the message names what is left, not
+    "different numbers of layers" with equal counts."""
+    class TorchLSTM(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            torch.manual_seed(0)
+            self.lstm, self.head = torch.nn.LSTM(4, 6, batch_first=True), torch.nn.Linear(6, 3)
+
+        def forward(self, x):
+            return self.head(self.lstm(x)[0][:, -1])
+
+    class NnxLSTM(nnx.Module):
+        def __init__(self):
+            rngs = nnx.Rngs(0)
+            self.lstm, self.head = nnx.RNN(nnx.LSTMCell(4, 6, rngs=rngs)), nnx.Linear(6, 3, rngs=rngs)
+
+        def __call__(self, x):
+            return self.head(self.lstm(x)[:, -1])
+
+    def gates(prefix, value, transpose):
+        return [(f"lstm.cell.{prefix}{g}.{'kernel' if transpose else 'bias'}",
+                 value[k * 6:(k + 1) * 6].T if transpose else value[k * 6:(k + 1) * 6])
+                for k, g in enumerate(["i", "f_", "g", "o"] if prefix == "i" else "ifgo")]
+
+    def weight_map(name, value):
+        return {"lstm.weight_ih_l0": lambda: gates("i", value, True), "lstm.weight_hh_l0": lambda: gates("h", value, True),
+                "lstm.bias_ih_l0": lambda: gates("h", value, False)}.get(name, lambda: None)()
+
+    x = np.random.default_rng(0).random((32, 5, 4), dtype=np.float32)
+    y = np.random.default_rng(1).integers(0, 3, 32)
+    with pytest.raises(PortMappingError, match=r"converts some of lstm's tensors \(bias_ih_l0, weight_hh_l0, "
+                                               r"weight_ih_l0\) but not bias_hh_l0.*return a Flax leaf") as e:
+        check_port(TorchLSTM(), NnxLSTM(), train=(x, y), steps=1, batch_size=16, weight_map=weight_map)
+    assert "different numbers" not in str(e.value)

@@ -591,6 +591,17 @@ def build_mapping(torch_layers: list, flax_layers: list, torch_model, model: Pur
             f"the layers cannot be paired: as many on each side ({len(pairing_torch)}), but some pair by name and the "
             f"rest are left unequal (torch [{'; '.join(pairing_torch)}], Flax [{'; '.join(pairing_flax)}]); pass "
             "weight_map={torch_module: flax_path} for the ones that do not pair by name or call order")
+    partly = [t for t in pairing_torch if user.get(t)]
+    if not pairs and partly:
+        t = partly[0]
+        done = sorted({m.torch[0] for m in user[t]})
+        left = [k for k in torch_owned(t) if k not in done]
+        filled = [p for p in flax_layers if p not in pairing_flax]
+        raise PortMappingError(
+            f"the weight_map converts some of {t}'s tensors ({', '.join(done)}) but not {', '.join(left)}, which "
+            f"it leaves to the automatic rule, while the Flax tensors it fills leave no layer for that rule "
+            f"({', '.join(filled) or 'none left'}): return a Flax leaf and its value for {', '.join(left)} too, or "
+            "None for every tensor of the layer to let the rule convert it whole (it names what cannot train alike)")
     if not pairs and pairing_torch:
         raise PortMappingError(
             f"the models have different numbers of layers with weights{' left to pair' if by_user or user_flax else ''}: "
