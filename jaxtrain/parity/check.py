@@ -613,7 +613,31 @@ def torch_float32_inside(port: Port) -> list[str]:
             TorchCall(model, port.torch_kwargs, port.torch_output)(_torch_tensors(x))
     except Exception:  # noqa: BLE001  (the model ran in float64 in the check; if the spy fails, it finds nothing)
         return []
-    return list(dict.fromkeys(found))
+    return list(dict.fromkeys(found + _float32_tables(port.torch_model)))
+
+
+def _float32_tables(torch_model) -> list[str]:
+    """The torch modules holding a table computed in float32 that no state_dict carries to the port (a
+    non-persistent buffer: XGLM's sinusoidal positions): the float64 run reads its float32 rounding, while
+    the port computes its own. Tables of a few bits (masks, integers, powers of two) round to nothing."""
+    found = []
+    for name, module in torch_model.named_modules():
+        for key in getattr(module, "_non_persistent_buffers_set", ()):
+            table = module._buffers.get(key)
+            if table is None or table.dtype not in (torch_dtype("float32"), torch_dtype("float16"),
+                                                    torch_dtype("bfloat16")):
+                continue
+            values = table.detach().cpu().double().numpy()
+            finite = values[np.isfinite(values)]
+            if finite.size and np.any(finite * 2.0 ** 12 != np.round(finite * 2.0 ** 12)):
+                found.append(f"torch {name}" if name else "the torch model")
+    return found
+
+
+def torch_dtype(name: str):
+    import torch
+
+    return getattr(torch, name)
 
 
 def _lowered(math_result: dict, lowered: list[str]) -> dict:

@@ -112,9 +112,12 @@ def images(torch_cls, flax_cls, config_cls, **config):
     return case
 
 
-# Not here: XGLM. Its torch model cannot run in float64 (its causal mask puts float64's min into a float32
-# tensor), and every verdict needs torch's float64 run as the reference: check_port refuses in one line.
 CASES = {
+    # XGLM fills its causal mask with the min of torch's default dtype, and scales its word embeddings by sqrt(d)
+    # inside the embedding module (the port after it) before adding sinusoidal positions
+    "hf_xglm_lm_default_dtype_mask": causal_lm("XGLMForCausalLM", "FlaxXGLMForCausalLM", "XGLMConfig",
+                                               d_model=32, num_layers=2, attention_heads=4, ffn_dim=64,
+                                               max_position_embeddings=32),
     "hf_gpt2_lm_tied": causal_lm("GPT2LMHeadModel", "FlaxGPT2LMHeadModel", "GPT2Config", n_embd=32, n_layer=2,
                                  n_head=4, n_positions=32),
     "hf_bert_classifier_mask": classifier("BertForSequenceClassification", "FlaxBertForSequenceClassification",
@@ -172,6 +175,8 @@ FINDINGS = {
     "hf_mistral_lm_no_sliding_window": "attention computation",
     # FlaxLlama's rotary table is built with base 10000 whatever config.rope_theta says
     "hf_llama3_rope_theta": "RoPE base",
+    # FlaxXGLM's nn.Embed trains the padding row torch's nn.Embedding(padding_idx=1) keeps out of training
+    "hf_xglm_lm_default_dtype_mask": "Embedding(padding_idx) row trained",
 }
 
 # Planted bugs: the same pairs with the port's config changed as a porting mistake changes it.

@@ -147,8 +147,8 @@ def _mapping_note(finding: dict, port) -> dict | None:
 
 
 def _padding_row(finding: dict, port, evidence) -> dict | None:
-    """An nn.Embedding(padding_idx) whose port trains the padding row: torch's gradient of that row
-    is zero, the port's is not, and the rest of the table agrees."""
+    """An nn.Embedding(padding_idx) whose port trains the padding row: the port's gradient of that row
+    has the lookups' part torch leaves out, and the rest of the table agrees."""
     layer, name = finding.get("layer"), finding.get("tensor")
     module = dict(port.torch_model.named_modules()).get(layer)
     row = getattr(module, "padding_idx", None)
@@ -159,7 +159,9 @@ def _padding_row(finding: dict, port, evidence) -> dict | None:
         return None
     diff = np.abs(jax_grad - torch_grad)
     others = np.delete(diff, row, axis=0)
-    if np.any(torch_grad[row]) or not np.any(diff[row]) or others.max(initial=0.0) > 1e-6 * diff[row].max():
+    # the row differs by a whole gradient (torch's row may still have one from a head tied to the table); the
+    # others by rounding at most (float32's, where a run computes in it)
+    if not np.any(diff[row]) or others.max(initial=0.0) > 1e-3 * diff[row].max():
         return None
     return {"trap": "Embedding(padding_idx) row trained",
             "sentence": f"{name} differs only in row {row}: torch's nn.Embedding(padding_idx={row}) never gives that "
