@@ -10,6 +10,7 @@ from jaxtrain import config as config_lib
 from jaxtrain import metrics
 from jaxtrain.console import Interrupts, TutorialPrinter, epoch_hook
 from jaxtrain.errors import ConfigError, PortMappingError
+from jaxtrain.loading import load_model
 
 
 def run_train(config) -> int:
@@ -76,33 +77,6 @@ def run_parity(config, args) -> int:
     if args.plot:
         parity.plot(report, args.plot)
     return 0 if report.passed else 1
-
-
-def load_model(spec: str, flag: str):
-    """MODULE:ATTR -> the model ATTR builds (a class or a zero-argument factory), importable from
-    the current directory or PYTHONPATH; anything wrong is a one-line PortMappingError."""
-    import importlib
-    import os
-
-    from jaxtrain.errors import PortMappingError
-
-    module_name, _, attr = spec.partition(":")
-    if not module_name or not attr:
-        raise PortMappingError(f"{flag} {spec!r}: expected MODULE:ATTR, e.g. examples.cnn:TorchCNN")
-    if os.getcwd() not in sys.path:
-        sys.path.insert(0, os.getcwd())
-    try:
-        module = importlib.import_module(module_name)
-    except Exception as e:  # ImportError, or the user's module failing on import
-        raise PortMappingError(f"{flag}: cannot import {module_name!r}: {type(e).__name__}: {e}") from None
-    factory = getattr(module, attr, None)
-    if factory is None or not callable(factory):
-        raise PortMappingError(f"{flag}: {module_name!r} has no class or factory named {attr!r}")
-    try:
-        return factory()
-    except Exception as e:  # the user's constructor
-        raise PortMappingError(f"{flag}: {spec} could not be built with no arguments: {type(e).__name__}: {e}; "
-                               "give a zero-argument factory") from None
 
 
 def run_convert(args) -> int:
@@ -184,10 +158,10 @@ PORT_BENCH_FLAGS = ("steps", "variants", "input_shape", "vocab", "classes", "tar
 
 def run_bench_port(config, args) -> int:
     """`bench --torch-model --flax-model`: your port's training step timed against torch's
-    (`jaxtrain.bench_port.compare_port`) on random inputs of --input-shape, after a same-model check."""
+    (`jaxtrain.bench.compare_port`) on random inputs of --input-shape, after a same-model check."""
     import sys as _sys
 
-    from jaxtrain import bench_port
+    from jaxtrain.bench import port as bench_port
 
     metrics.check_writable(args.json, "--json")
     metrics.check_writable(args.plot, "--plot")
@@ -209,7 +183,7 @@ def run_bench_port(config, args) -> int:
 
 
 def _report(module, result, args) -> int:
-    """A bench's table on stdout, its JSON and plot where asked (module: jaxtrain.bench or bench_port)."""
+    """A bench's table on stdout, its JSON and plot where asked (module: jaxtrain.bench or jaxtrain.bench.port)."""
     print(module.format_table(result))
     if args.json:
         module.write_json(result, args.json)
@@ -234,7 +208,7 @@ def _random_data(args, config, rows: int) -> tuple:
 
 
 def _variant_names(text: str) -> tuple:
-    from jaxtrain.bench_port import variant_list
+    from jaxtrain.bench.port import variant_list
 
     return variant_list(text)
 

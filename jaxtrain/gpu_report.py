@@ -29,7 +29,8 @@ def run(out_dir: Path, data_dir: str | None, quick: bool, log) -> dict:
     import jax
     import torch
 
-    from jaxtrain import bench, bench_port, parity
+    from jaxtrain import bench, parity
+    from jaxtrain.bench import port as bench_port
     from jaxtrain import data as data_lib
     from jaxtrain.config import Config
     from jaxtrain.parity import corpus
@@ -57,7 +58,7 @@ def run(out_dir: Path, data_dir: str | None, quick: bool, log) -> dict:
     speed = bench.run_bench(bench_config, repeats=2 if quick else 5, log=log)
     bench.plot(speed, f"{stem}.png")
 
-    log("your port's bench: a transformer LM, a BatchNorm CNN, an LSTM (python -m jaxtrain.bench_port --suite)")
+    log("your port's bench: a transformer LM, a BatchNorm CNN, an LSTM (python -m jaxtrain.bench.port --suite)")
     ports = bench_port.run_suite(quick=quick, log=log)
     bench_port.plot(ports, f"{stem}-ports.png")
 
@@ -71,7 +72,8 @@ def run(out_dir: Path, data_dir: str | None, quick: bool, log) -> dict:
 
 
 def markdown(result: dict, report) -> str:
-    from jaxtrain import bench, bench_port
+    from jaxtrain import bench
+    from jaxtrain.bench import port as bench_port
     from jaxtrain.parity.corpus import markdown as corpus_table
 
     epochs = result["parity"]["config"]["epochs"]

@@ -14,7 +14,7 @@ import pytest
 
 import jaxtrain.models
 import torchref.models
-from jaxtrain.bench_port import VARIANTS, compare_port, format_table
+from jaxtrain.bench.port import VARIANTS, compare_port, format_table
 from jaxtrain.config import make_config
 from jaxtrain.errors import ConfigError, PortMappingError
 from jaxtrain.parity import corpus_real
@@ -45,7 +45,7 @@ def _lstm():
 def _lm():
     """The suite's GPT-2 pair (transformers' PyTorch model against its own Flax port), tiny: 1 layer, hidden 32.
     (The BatchNorm CNN is the CLI test's model.)"""
-    from jaxtrain.bench_port import suite
+    from jaxtrain.bench.port import suite
 
     arguments = suite(quick=True)["transformer_lm"]
     return {k: arguments[k] for k in ("torch_model", "flax_model", "train", "optimizer", "optimizer_kwargs")}
@@ -183,7 +183,7 @@ def test_torch_compile_is_timed_too():
 @pytest.mark.corpus  # three models, every variant (torch.compile included): minutes
 def test_the_quick_suite_writes_json_and_plot(tmp_path):
     out, png = tmp_path / "suite.json", tmp_path / "suite.png"
-    run = subprocess.run([sys.executable, "-m", "jaxtrain.bench_port", "--suite", "--quick", "--json", str(out),
+    run = subprocess.run([sys.executable, "-m", "jaxtrain.bench.port", "--suite", "--quick", "--json", str(out),
                           "--plot", str(png)], capture_output=True, text=True, timeout=1800, cwd=ROOT)
     assert run.returncode == 0, run.stderr[-3000:]
     result = json.loads(out.read_text())

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import torch
 
-from jaxtrain import bench
+from jaxtrain.bench import tutorial as bench
 from jaxtrain.config import Config
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -1,3 +1,5 @@
+"""`python -m torchref`: the torch twin's command line (torchref.cli)."""
+
 from torchref.cli import main
 from torchref.distributed import exit_process
 

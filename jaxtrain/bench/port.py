@@ -2,7 +2,7 @@
 
     report = compare_port(torch_model, flax_model, train=(inputs, targets), optimizer="adamw",
                           optimizer_kwargs={"lr": 1e-3}, batch_size=32, steps=50)
-    python -m jaxtrain.bench_port --suite --json results/bench_port.json --plot results/bench_port.png
+    python -m jaxtrain.bench.port --suite --json results/bench_port.json --plot results/bench_port.png
 
 The arguments are `check_port`'s (inputs one array, a tuple or a dict of arrays, torch's layout;
 `flax_input`, `weight_map`, `*_kwargs`, `*_output`; `optimizer` a torch.optim name with torch's
@@ -64,7 +64,7 @@ from typing import Any
 
 import numpy as np
 
-from jaxtrain import bench
+from jaxtrain.bench import tutorial as bench
 from jaxtrain.config import exit_on_user_error
 from jaxtrain.errors import ConfigError, PortMappingError, UserError, first_line
 
@@ -176,7 +176,7 @@ def build_model(recipe, what: str):
 
     torch.manual_seed(0)
     if isinstance(recipe, str):
-        from jaxtrain.cli import load_model
+        from jaxtrain.loading import load_model
 
         return load_model(recipe, what)
     try:
@@ -663,7 +663,7 @@ def main(argv=None) -> int:
     from jaxtrain import config as config_lib
     from jaxtrain import devices, metrics
 
-    parser = config_lib.OneLineParser(prog="python -m jaxtrain.bench_port", description=__doc__.split("\n")[0])
+    parser = config_lib.OneLineParser(prog="python -m jaxtrain.bench.port", description=__doc__.split("\n")[0])
     parser.add_argument("--suite", action="store_true", required=True,
                         help="time the three models of `suite` (a GPT-2 LM, a BatchNorm CNN, an LSTM)")
     parser.add_argument("--quick", action="store_true", help="tiny models, 2 steps, 1 round: a smoke test")
@@ -697,7 +697,7 @@ def variant_list(text: str) -> tuple:
     return names
 
 
-if __name__ == "__main__":  # through the imported module, so workers unpickle its names as jaxtrain.bench_port's
-    from jaxtrain.bench_port import main as imported_main
+if __name__ == "__main__":  # through the imported module, so workers unpickle its names as jaxtrain.bench.port's
+    from jaxtrain.bench.port import main as imported_main
 
     raise SystemExit(imported_main())

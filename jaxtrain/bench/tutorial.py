@@ -533,13 +533,3 @@ def write_json(result: dict, path: str) -> None:
     from jaxtrain.metrics import write_json as atomic_write
 
     atomic_write(path, json.loads(json.dumps(result)))
-
-
-def __getattr__(name: str):
-    """`jaxtrain.bench.compare_port`, your own port's bench, imported on first use: jaxtrain.bench_port
-    builds on this module, so importing it here at load time would be a cycle."""
-    if name == "compare_port":
-        from jaxtrain.bench_port import compare_port
-
-        return compare_port
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
