@@ -10,7 +10,7 @@ so their sum moves twice as fast; the check fails at the LSTM and says so.
 """
 
 from jaxtrain.parity import check_port
-from jaxtrain.parity.corpus_real import LinenLSTM, TorchLSTM, tokens
+from jaxtrain.parity.corpus.real import LinenLSTM, TorchLSTM, tokens
 
 ids, _, labels = tokens(14, 192)
 train, test = (ids[:96], labels[:96]), (ids[96:], labels[96:])

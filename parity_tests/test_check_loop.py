@@ -114,7 +114,7 @@ def test_optax_adams_float32_bias_correction_is_a_finding_not_a_failure(data):
 def test_a_users_optax_schedule_in_float32_leaves_float64_undecided_and_float32_decides(data):
     """optax's warmup-cosine schedule computes the learning rate in float32 during the float64 run, as torch-side
     float32 would: named, float64 undecided, and the float32 parts (against torch's own float32 error) pass it."""
-    from jaxtrain.parity.corpus_loops import optax_warmup_cosine, warmup_cosine
+    from jaxtrain.parity.corpus.loops import optax_warmup_cosine, warmup_cosine
 
     report = check(data, optimizer=(warmup_cosine, optax_warmup_cosine(0.01)), scheduler_interval="step", steps=8)
     assert report.passed, str(report)
@@ -125,7 +125,7 @@ def test_a_users_optax_schedule_in_float32_leaves_float64_undecided_and_float32_
 
 def test_a_bug_beside_float32_inside_is_still_decided_and_localised_by_float64(data):
     """The same schedule warming up from 0 (torch's LinearLR from 0.1 x lr): far beyond float32 rounding."""
-    from jaxtrain.parity.corpus_loops import optax_warmup_cosine, warmup_cosine
+    from jaxtrain.parity.corpus.loops import optax_warmup_cosine, warmup_cosine
 
     report = check(data, optimizer=(warmup_cosine, optax_warmup_cosine(0.0)), scheduler_interval="step", steps=4,
                    dtypes=("float64",))

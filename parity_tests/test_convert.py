@@ -15,7 +15,7 @@ from flax import nnx
 from jaxtrain.convert import flax_to_torch, torch_to_flax
 from jaxtrain.errors import PortMappingError
 from jaxtrain.flax_model import pure_model
-from jaxtrain.parity import corpus_real as real
+from jaxtrain.parity.corpus import real as real
 
 
 def _images(channels, size, n=4, seed=0):

@@ -1,4 +1,4 @@
-"""check_port on habits of real torch code that are not porting bugs (the models: jaxtrain.parity.corpus_habits,
+"""check_port on habits of real torch code that are not porting bugs (the models: jaxtrain.parity.corpus.habits,
 whose every case `make corpus` runs): in-place inputs, a 0-d parameter and a default-dtype causal mask need no
 glue; a scale that moved across a layer boundary is no difference; a buffer the port keeps as a parameter pairs;
 a failure of jaxtrain's own code is reported as ours, never as the model's."""
@@ -13,7 +13,7 @@ from flax import nnx
 
 from jaxtrain.errors import InternalError, PortMappingError
 from jaxtrain.parity import check_port
-from jaxtrain.parity.corpus_habits import (ADAMW, CHECK, HEALTHY, NnxBiasParam, NnxHabits, NnxScaled, TorchBiasBuffer,
+from jaxtrain.parity.corpus.habits import (ADAMW, CHECK, HEALTHY, NnxBiasParam, NnxHabits, NnxScaled, TorchBiasBuffer,
                                            TorchHabits, TorchScaled, lm_data)
 
 

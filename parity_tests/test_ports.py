@@ -120,8 +120,8 @@ def test_cli_checks_the_example_files_and_names_the_flatten_bug(fashion):
     (["--torch-model", "examples.cnn:TorchCNN", "--flax-model", "examples.layernorm_mlp:NnxLayerNormMLP"],
      "has no match in Flax layer hidden"),
     # a token model: the CLI's FashionMNIST images are not its inputs
-    (["--torch-model", "jaxtrain.parity.corpus_real:TorchTagger", "--flax-model",
-      "jaxtrain.parity.corpus_real:LinenTagger"], "use the Python API: jaxtrain.parity.check_port"),
+    (["--torch-model", "jaxtrain.parity.corpus.real:TorchTagger", "--flax-model",
+      "jaxtrain.parity.corpus.real:LinenTagger"], "use the Python API: jaxtrain.parity.check_port"),
 ])
 def test_cli_bad_model_paths_and_shapes_give_one_line_and_exit_2(args, message, fashion):
     result = _parity_cli(*args, "--train-limit", "128", "--steps", "1")

@@ -10,8 +10,9 @@ import torch
 from flax import nnx
 
 from jaxtrain.errors import PortMappingError
-from jaxtrain.parity import check_port, corpus_real
-from jaxtrain.parity.corpus_real import (N, SHORT, LinenLSTM, LinenTagger, NnxAttention, NnxBag, NnxPackedAttention,
+from jaxtrain.parity import check_port
+from jaxtrain.parity.corpus import real as corpus_real
+from jaxtrain.parity.corpus.real import (N, SHORT, LinenLSTM, LinenTagger, NnxAttention, NnxBag, NnxPackedAttention,
                                         NnxTiedLM, NnxValue, TorchAttention, TorchBag, TorchLSTM, TorchTagger,
                                         TorchTiedLM, TorchValue, tokens)
 
@@ -121,7 +122,7 @@ def test_a_torch_model_failing_in_one_dtype_is_one_line_naming_the_run():
 
     from jaxtrain.errors import PortMappingError
     from jaxtrain.parity import check_port
-    from jaxtrain.parity.corpus_real import LinenTagger, TorchTagger, tokens
+    from jaxtrain.parity.corpus.real import LinenTagger, TorchTagger, tokens
 
     class Float32Only(TorchTagger):
         def forward(self, ids):

@@ -17,7 +17,7 @@ import torchref.models
 from jaxtrain.bench.port import VARIANTS, compare_port, format_table
 from jaxtrain.config import make_config
 from jaxtrain.errors import ConfigError, PortMappingError
-from jaxtrain.parity import corpus_real
+from jaxtrain.parity.corpus import real as corpus_real
 
 ROOT = Path(__file__).resolve().parents[1]
 FAST = ("torch_eager", "jax_step", "jax_scan")
@@ -135,8 +135,8 @@ def _cli(*flags, timeout=120):
 
 def test_the_cli_times_a_port_from_import_paths(tmp_path):
     out, png = tmp_path / "port.json", tmp_path / "port.png"
-    run = _cli("--torch-model", "jaxtrain.parity.corpus_real:TorchConvBN", "--flax-model",
-               "jaxtrain.parity.corpus_real:LinenConvBN", "--flax-input", "nhwc", "--input-shape", "1,8,8",
+    run = _cli("--torch-model", "jaxtrain.parity.corpus.real:TorchConvBN", "--flax-model",
+               "jaxtrain.parity.corpus.real:LinenConvBN", "--flax-input", "nhwc", "--input-shape", "1,8,8",
                "--classes", "3", "--batch-size", "8", "--quick", "--variants", "torch_eager,jax_scan",
                "--json", str(out), "--plot", str(png))
     assert run.returncode == 0, run.stderr

@@ -616,7 +616,7 @@ def suite(quick: bool = False) -> dict:
     (4 layers, hidden 256, 128 tokens; transformers' own Flax port), examples/cnn.py's BatchNorm CNN
     (run from the checkout), and examples/lstm_classifier.py's LSTM pair at 256 hidden units over 64 tokens,
     its port's time loop one lax.scan; `quick`: tiny ones."""
-    from jaxtrain.parity.corpus_real import LinenLSTM, TorchLSTM
+    from jaxtrain.parity.corpus.real import LinenLSTM, TorchLSTM
 
     lm = (dict(layers=1, hidden=32, heads=2, seq=16, vocab=64) if quick
           else dict(layers=4, hidden=256, heads=4, seq=128, vocab=1024))

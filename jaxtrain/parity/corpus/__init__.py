@@ -4,10 +4,15 @@ fail them, and say where). It measures the parity checker's false-alarm and miss
     python -m jaxtrain.parity.corpus                      # everything: table on stdout
     python -m jaxtrain.parity.corpus --json results/corpus.json --markdown results/corpus.md
 
+This module lists every case and runs them; the case data lives beside it, one module per kind: `ports`
+(hand-written pairs with their own data), `real` (hand-written ports of torch.nn layers), `hf`
+(transformers' PyTorch models against that library's own Flax ports), `loops` (training loops: clipping,
+param groups, schedules, accumulation), `float32` (ports whose float32 alone goes wrong), `habits` (habits
+of torch code that are no porting bug, and the bugs beside them).
+
 The configuration cases train on the first 640 FashionMNIST training images (10 steps an epoch,
 batch 64) and evaluate on the first 2000 test images, on the CPU, in float32 and float64. The
-real ports (corpus_real: hand-written ports of torch.nn layers; corpus_hf: transformers' PyTorch
-models against that library's own Flax ports) bring their own models and data, through check_port.
+other kinds bring their own models and data, through check_port.
 
 Healthy cases include the runs where float32 rounding is amplified: large learning rates,
 Adagrad from a zero accumulator, RMSprop with momentum, AdamW/AMSGrad at lr >= 2e-3,
@@ -40,8 +45,12 @@ from flax import nnx
 from jaxtrain.layers import TorchBatchNorm
 from jaxtrain.losses import cross_entropy, mse
 from jaxtrain.parity import check_parity, check_port
-from jaxtrain.parity import corpus_float32, corpus_habits, corpus_hf, corpus_loops, corpus_real
-from jaxtrain.parity import corpus_ports as ports
+from jaxtrain.parity.corpus import float32 as corpus_float32
+from jaxtrain.parity.corpus import habits as corpus_habits
+from jaxtrain.parity.corpus import hf as corpus_hf
+from jaxtrain.parity.corpus import loops as corpus_loops
+from jaxtrain.parity.corpus import ports
+from jaxtrain.parity.corpus import real as corpus_real
 
 TRAIN_SAMPLES, TEST_SAMPLES = 640, 2000
 
@@ -95,7 +104,7 @@ HEALTHY: dict[str, dict] = {
     "bn_bias_rmsprop_lr1e-2": dict(**BN, dropout=0.0, optimizer="rmsprop", lr=1e-2),
     "bn_large_lr_sgd": dict(**BN, dropout=0.0, optimizer="sgd", lr=0.5, momentum=0.9),
     "bn_large_lr_adam": dict(**BN, optimizer="adam", lr=1e-2, shuffle=True, seed=4),
-    # cases with their own models and data (jaxtrain/parity/corpus_ports.py), through check_port
+    # cases with their own models and data (jaxtrain/parity/corpus/ports.py), through check_port
     "conv_bias_bn_adam": ports.conv_bn("adam", lr=1e-3),
     "conv_bias_bn_adamw": ports.conv_bn("adamw", lr=1e-3),
     "conv_bias_bn_rmsprop": ports.conv_bn("rmsprop", lr=1e-3),
@@ -573,6 +582,3 @@ def main(argv=None) -> int:
             f.write(table + "\n")
     return 0 if all(r["ok"] for r in rows) else 1
 
-
-if __name__ == "__main__":
-    raise SystemExit(main())
