@@ -176,8 +176,12 @@ def first_math_difference(step: int, jax_stages: dict, torch_stages: dict, round
             continue  # a layer whose output the port does not produce on its own
         rounding = rounding_tensors.get((stage, tensor))
         floor = max(FLOAT64_REL_TOL * scales[stage], float32_floor * _max_abs(ref))
-        ratio, worst = beyond_rounding(jax_tensors[(stage, tensor)], ref, rounding, floor,
-                                       carried.get((stage, tensor), 0.0))
+        value = jax_tensors[(stage, tensor)]
+        if float32_floor and _max_abs(ref) < ZERO_IN_EXACT_MATH * scales[stage]:
+            continue  # zero in exact math (a key bias' gradient): float32 inside leaves only its rounding there
+        if float32_floor and stage == "updates":
+            value = _unresolved_as_torchs(value, ref, jax_stages["grads"].get(tensor), torch_stages["grads"].get(tensor))
+        ratio, worst = beyond_rounding(value, ref, rounding, floor, carried.get((stage, tensor), 0.0))
         if rounding is not None and np.shape(rounding) == np.shape(ref):
             carried[(stage, tensor)] = max(carried.get((stage, tensor), 0.0),
                                            _rms(np.asarray(rounding, np.float64) - np.asarray(ref, np.float64)))
@@ -195,7 +199,7 @@ def first_math_difference(step: int, jax_stages: dict, torch_stages: dict, round
                 carried.setdefault("moved", {})[layer] = moved
                 continue
         if ratio > 1 and found is None:
-            value = np.asarray(jax_tensors[(stage, tensor)], np.float64)
+            value = np.asarray(value, np.float64)
             diff = _max_abs(value - np.asarray(ref, np.float64)) if value.shape == np.shape(ref) else float("inf")
             found = {"step": step, "stage": stage, "layer": layer, "tensor": tensor,
                      "rel_diff": diff / scales[stage] if scales[stage] > 0 else float("inf"),
@@ -309,6 +313,22 @@ def float32_agrees(value, torch_value, ref) -> bool:
         STAGE_FLOOR * EPS32
     allowed = ELEMENT_FACTOR * np.maximum(err_torch, _rms(err_torch)) + STAGE_FLOOR * EPS32 * np.abs(ref)
     return bool(pattern_ok and np.all(err_jax <= allowed))
+
+
+def _unresolved_as_torchs(value, ref, jax_grad, torch_grad):
+    """An update with float32 inside the float64 run, element by element: its gradient carries that float32
+    rounding, relative r (the two gradients apart by r of torch's), and an optimizer's update moves by at
+    most about r relative for it (SGD exactly r; Adam's g / (|g| + eps) less). An element within 2r of
+    torch's, or whose gradient the rounding does not resolve (r >= 1/2: noise an adaptive optimizer scales
+    to a full step), takes torch's value: only what the gradient does not explain is compared."""
+    value, ref = np.asarray(value, np.float64), np.asarray(ref, np.float64)
+    if np.shape(jax_grad) != ref.shape or np.shape(torch_grad) != ref.shape or value.shape != ref.shape:
+        return value
+    g_jax, g_torch = np.asarray(jax_grad, np.float64), np.asarray(torch_grad, np.float64)
+    gap = np.abs(g_jax - g_torch)
+    r = np.divide(gap, np.abs(g_torch), out=np.where(gap > 0, np.inf, 0.0), where=g_torch != 0)
+    explained = (r >= 0.5) | (np.abs(value - ref) <= 2 * r * np.abs(ref))
+    return np.where(explained, ref, value)
 
 
 def _resolved(g64, torch_g32, jax_g32) -> np.ndarray:
