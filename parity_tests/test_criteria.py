@@ -170,11 +170,25 @@ def test_float32_results_straying_with_the_librarys_arithmetic_measured_is_a_fin
     torch32 = run(LOSSES * (1 + 1e-7), [1.5 * (1 + 1e-7), 1.2 * (1 + 1e-7)], [0.5, 0.6])
     strayed = run(LOSSES * 1.002, [1.5 * 1.003, 1.2 * 1.003], [0.5, 0.6])
     assert not criteria.same_results(strayed, torch32, ref64, 1000, rounding64=ref64)["passed"]
-    found = criteria.same_results(strayed, torch32, ref64, 1000, rounding64=ref64, arithmetic_explained=True)
+    found = criteria.same_results(strayed, torch32, ref64, 1000, rounding64=ref64, arithmetic_explained="library")
     assert found["passed"] and "amplified by training" in found["float32_arithmetic"]
     diverged = run(LOSSES * 1.002, [1.5 * 1.003, np.inf], [0.5, 0.6])
     assert not criteria.same_results(diverged, torch32, ref64, 1000, rounding64=ref64,
-                                     arithmetic_explained=True)["passed"]
+                                     arithmetic_explained="library")["passed"]
     misclassified = run(LOSSES * 1.002, [1.5 * 1.003, 1.2 * 1.003], [0.5, 0.66])  # 60 of 1000 test samples
     assert not criteria.same_results(misclassified, torch32, ref64, 1000, rounding64=ref64,
-                                     arithmetic_explained=True)["passed"]
+                                     arithmetic_explained="library")["passed"]
+
+
+def test_float32_results_straying_after_a_step_1_as_precise_as_torchs_is_a_finding_only_below_reduced_formats():
+    """XLA's float32 sums on one CPU kind (AMD Zen 3), accumulated over the steps of a port whose step 1 is as
+    precise as torch's: a finding while the excess stays below a reduced-precision product's error."""
+    ref64 = run(LOSSES, [1.5, 1.2], [0.5, 0.6])
+    torch32 = run(LOSSES * (1 + 1e-8), [1.5 * (1 + 1e-8), 1.2 * (1 + 1e-8)], [0.5, 0.6])
+    summed = run(LOSSES * (1 + 8e-6), [1.5 * (1 + 8e-6), 1.2 * (1 + 8e-6)], [0.5, 0.6])
+    assert not criteria.same_results(summed, torch32, ref64, 1000, rounding64=ref64)["passed"]
+    found = criteria.same_results(summed, torch32, ref64, 1000, rounding64=ref64, arithmetic_explained="step1")
+    assert found["passed"] and "as precise as torch's everywhere" in found["float32_arithmetic"]
+    reduced = run(LOSSES * 1.002, [1.5 * 1.003, 1.2 * 1.003], [0.5, 0.6])  # bfloat16-sized: a precision setting
+    assert not criteria.same_results(reduced, torch32, ref64, 1000, rounding64=ref64,
+                                     arithmetic_explained="step1")["passed"]

@@ -459,8 +459,10 @@ def judge(port: Port, config, dtypes, max_steps=None) -> ParityReport:
             precision = criteria.same_precision(runs[JAX32], runs[TORCH32], runs[TORCH64],
                                                 step1_precision(port, config, step1_evidence), math_holds)
             results = criteria.same_results(runs[JAX32], runs[TORCH32], runs[TORCH64], len(port.test or port.train),
-                                             runs[ROUNDING64], runs[ROUNDING32], arithmetic_explained=math_holds
-                                             and precision["library_float32"] is not None)
+                                             runs[ROUNDING64], runs[ROUNDING32], arithmetic_explained=(
+                                                 None if not math_holds else "library" if
+                                                 precision["library_float32"] is not None else
+                                                 "step1" if precision["passed"] else None))
         else:  # float32 only: torch's float32 run is the reference, torch' (an ulp off) its spread
             precision = criteria.same_precision(runs[JAX32], runs[ROUNDING32], runs[TORCH32],
                                                 step1_precision(port, config, step1_evidence, reference=TORCH32),
