@@ -265,7 +265,8 @@ class PureModel:
     def lower_precision(self, x, params=None, buffers=None) -> list[tuple]:
         """Where a forward pass casts a value of the run's dtype down to a lower float dtype
         (`jax.nn.dot_product_attention`'s float32 softmax in a float64 run, a hard-coded
-        `.astype(jnp.float32)`): each cast's scopes, outermost first (module paths; "model" the root)."""
+        `.astype(jnp.float32)`, a bfloat16 cast): each cast's scopes, outermost first (module paths; "model" the
+        root), and the float dtype it casts to."""
         params = self.params if params is None else params
         buffers = self.buffers if buffers is None else buffers
         jaxpr = jax.make_jaxpr(lambda p, b, x: self._run(p, b, x, False, None, jax.random.key(0), False)[0])(
@@ -318,7 +319,7 @@ def _lowering_casts(jaxpr, prefix: str, found: list) -> None:
             before, after = eqn.invars[0].aval.dtype, eqn.params["new_dtype"]
             if jnp.issubdtype(before, jnp.floating) and jnp.issubdtype(after, jnp.floating) \
                     and jnp.finfo(after).bits < jnp.finfo(before).bits:
-                found.append(tuple(p for p in stack.split("/") if p))
+                found.append((tuple(p for p in stack.split("/") if p), jnp.dtype(after).name))
         for value in eqn.params.values():
             for sub in value if isinstance(value, (tuple, list)) else (value,):
                 inner = getattr(sub, "jaxpr", sub)

@@ -192,3 +192,26 @@ def test_float32_results_straying_after_a_step_1_as_precise_as_torchs_is_a_findi
     reduced = run(LOSSES * 1.002, [1.5 * 1.003, 1.2 * 1.003], [0.5, 0.6])  # bfloat16-sized: a precision setting
     assert not criteria.same_results(reduced, torch32, ref64, 1000, rounding64=ref64,
                                      arithmetic_explained="step1")["passed"]
+
+
+def test_a_bfloat16_cast_inside_the_float64_run_leaves_float64_to_the_float32_parts_and_float32_one_does_not():
+    """A port casting a Linear's input to bfloat16 is found with its format; bfloat16 rounding explains any stage
+    difference (float64 undecided: the float32 parts decide and diagnose it), float32 rounding only ~1e-4."""
+    from jaxtrain.flax_model import pure_model
+    from jaxtrain.parity.check import _lowered
+    from jaxtrain.parity.corpus.float32 import FEATURES, NnxSensorNet
+
+    x = np.ones((2, FEATURES), np.float64)
+    model = pure_model(NnxSensorNet(bf16_fc1=True), x).computing_in(np.float64)
+    casts = model.lower_precision(x)
+    assert casts == [(("model",), "bfloat16")], casts  # cast in the model's __call__, before fc1
+    assert pure_model(NnxSensorNet(), x).computing_in(np.float64).lower_precision(x) == []
+
+    failed = {"passed": False, "within_tolerance": False, "max_rel_step_loss_diff": 3e-3,
+              "sentence": "Same math (float64): FAIL.",
+              "localised": {"step": 1, "stage": "forward", "tensor": "fc1 (output)", "tensor_rel_diff": 3e-3}}
+    bfloat16 = _lowered(failed, [("fc1", "bfloat16")])
+    assert bfloat16["passed"] is None and bfloat16["localised"] is None and "fc1 computes in bfloat16" in bfloat16["sentence"]
+    float32 = _lowered(failed, [("torch attn", "float32")])
+    assert float32["passed"] is False and "beyond what float32 rounding gives" in float32["sentence"]
+    assert criteria.cast_explains("float32") < 3e-3 < criteria.cast_explains("bfloat16")

@@ -446,7 +446,7 @@ def judge(port: Port, config, dtypes, max_steps=None) -> ParityReport:
         differences = criteria.math_differences(runs[JAX64], runs[TORCH64], runs[ROUNDING64])
         lowered = float32_inside(port) + torch_float32_inside(port) + optimizer_float32_inside(port, config)
         localised = (None if differences["within_tolerance"]
-                     else localise_math(port, config, differences, max_steps, float32_inside=bool(lowered)))
+                     else localise_math(port, config, differences, max_steps, floor=_cast_floor(lowered)))
         verdict["same_math"] = math_result = _lowered(criteria.same_math(differences, localised), lowered)
         checks.append(_check("float64", math_result["passed"], runs[JAX64], runs[TORCH64],
                              math_result["localised"] if not math_result["passed"] else None,
@@ -523,9 +523,9 @@ def mapping_notes(mapping) -> list[str]:
     return notes
 
 
-def float32_inside(port: Port) -> list[str]:
+def float32_inside(port: Port) -> list[tuple[str, str]]:
     """The layers of the port (torch's names; "the model" outside any) that cast float64 values down
-    to float32 in a float64 forward pass."""
+    to a lower float format (float32, bfloat16, float16) in a float64 forward pass, each with that format."""
     from jaxtrain.flax_model import cast_floats
     from jaxtrain.train import configure_jax
 
@@ -537,14 +537,15 @@ def float32_inside(port: Port) -> list[str]:
                               inputs_lib.rows(port.jax_train.images, slice(0, 2)))
     layers = {f: t for t, f, _ in port.mapping.layers if f is not None}
     names = []
-    for scopes in flax.lower_precision(x, cast_floats(params, np.float64), cast_floats(buffers, np.float64)):
+    for scopes, dtype in flax.lower_precision(x, cast_floats(params, np.float64), cast_floats(buffers, np.float64)):
         layer = next((layers[p] for p in reversed(scopes) if p in layers), None)
-        names.append(layer or next((f"Flax {p}" for p in scopes if p != "model" and "(" not in p), "the model"))
+        names.append((layer or next((f"Flax {p}" for p in scopes if p != "model" and "(" not in p), "the model"),
+                      dtype))
     return list(dict.fromkeys(names))
 
 
-def optimizer_float32_inside(port: Port, config) -> list[str]:
-    """["the port's optax transformation"] when the user's own optax transformation (with its schedule) computes
+def optimizer_float32_inside(port: Port, config) -> list[tuple[str, str]]:
+    """[("the port's optax transformation", its narrowest float format)] when the user's own optax transformation (with its schedule) computes
     in a float type below float64 during the float64 run: optax.MultiSteps' default float32 accumulator, a
     schedule built on float32 constants. jaxtrain's torch.optim twins keep torch's own float32 scalars on purpose
     (from_torch), so only a transformation the user gave is read."""
@@ -566,28 +567,42 @@ def optimizer_float32_inside(port: Port, config) -> list[str]:
         jaxpr = jax.make_jaxpr(lambda g, p: tx.update(g, tx.init(p), p)[0])(params, params)
     except Exception:  # noqa: BLE001  (the run itself reports a transformation that fails)
         return []
-    return ["the port's optax transformation"] if _computes_below_float64(jaxpr.jaxpr) else []
+    narrow = _floats_below_float64(jaxpr.jaxpr)
+    return [("the port's optax transformation", min(narrow, key=_format_bits))] if narrow else []
 
 
-def _computes_below_float64(jaxpr) -> bool:
-    """Whether any equation of a jaxpr (or of the jaxprs inside it) produces a float narrower than float64."""
+def _floats_below_float64(jaxpr) -> set[str]:
+    """The float dtypes narrower than float64 that equations of a jaxpr (or of the jaxprs inside it) produce."""
     import jax.numpy as jnp
 
+    found: set[str] = set()
     for eqn in jaxpr.eqns:
-        if any(jnp.issubdtype(v.aval.dtype, jnp.floating) and jnp.finfo(v.aval.dtype).bits < 64
-               for v in eqn.outvars if hasattr(v.aval, "dtype")):
-            return True
+        found |= {jnp.dtype(v.aval.dtype).name for v in eqn.outvars if hasattr(v.aval, "dtype")
+                  and jnp.issubdtype(v.aval.dtype, jnp.floating) and jnp.finfo(v.aval.dtype).bits < 64}
         for value in eqn.params.values():
             for sub in value if isinstance(value, (tuple, list)) else (value,):
                 inner = getattr(sub, "jaxpr", sub)
-                if hasattr(inner, "eqns") and _computes_below_float64(inner):
-                    return True
-    return False
+                if hasattr(inner, "eqns"):
+                    found |= _floats_below_float64(inner)
+    return found
 
 
-def torch_float32_inside(port: Port) -> list[str]:
-    """The torch modules (innermost, by name) whose code produces float32 from float64 in a float64
-    forward pass (`softmax(..., dtype=torch.float32)` in transformers' eager attention)."""
+def _format_bits(dtype: str) -> int:
+    """A float format's mantissa bits: the narrowest format's rounding is what a cast explains."""
+    import ml_dtypes
+
+    return int(ml_dtypes.finfo(dtype).nmant)
+
+
+def _cast_floor(lowered: list[tuple[str, str]]) -> float:
+    """What the casts inside a float64 run explain of a stage tensor: the narrowest format's share."""
+    return max((criteria.cast_explains(dtype) for _, dtype in lowered), default=0.0)
+
+
+def torch_float32_inside(port: Port) -> list[tuple[str, str]]:
+    """The torch modules (innermost, by name) whose code produces float32 (or a narrower float) from float64
+    in a float64 forward pass (`softmax(..., dtype=torch.float32)` in transformers' eager attention), each
+    with that format."""
     import torch
     from torch.utils._python_dispatch import TorchDispatchMode
 
@@ -604,8 +619,10 @@ def torch_float32_inside(port: Port) -> list[str]:
             out = func(*args, **(kwargs or {}))
             ins = [a for a in torch.utils._pytree.tree_leaves((args, kwargs)) if isinstance(a, torch.Tensor)]
             outs = [o for o in torch.utils._pytree.tree_leaves(out) if isinstance(o, torch.Tensor)]
-            if any(a.dtype == torch.float64 for a in ins) and any(o.dtype in low for o in outs):
-                found.append(f"torch {stack[-1]}" if stack and stack[-1] else "the torch model")
+            narrow = [o.dtype for o in outs if o.dtype in low]
+            if any(a.dtype == torch.float64 for a in ins) and narrow:
+                found.append((f"torch {stack[-1]}" if stack and stack[-1] else "the torch model",
+                              str(max(narrow, key=low.index)).removeprefix("torch.")))
             return out
 
     x = inputs_lib.map_leaves(lambda a: a if inputs_lib.is_integer(a) else np.asarray(a, np.float64),
@@ -618,7 +635,7 @@ def torch_float32_inside(port: Port) -> list[str]:
     return list(dict.fromkeys(found + _float32_tables(port.torch_model)))
 
 
-def _float32_tables(torch_model) -> list[str]:
+def _float32_tables(torch_model) -> list[tuple[str, str]]:
     """The torch modules holding a table computed in float32 that no state_dict carries to the port (a
     non-persistent buffer: XGLM's sinusoidal positions): the float64 run reads its float32 rounding, while
     the port computes its own. Tables of a few bits (masks, integers, powers of two) round to nothing."""
@@ -632,7 +649,7 @@ def _float32_tables(torch_model) -> list[str]:
             values = table.detach().cpu().double().numpy()
             finite = values[np.isfinite(values)]
             if finite.size and np.any(finite * 2.0 ** 12 != np.round(finite * 2.0 ** 12)):
-                found.append(f"torch {name}" if name else "the torch model")
+                found.append((f"torch {name}" if name else "the torch model", str(table.dtype).removeprefix("torch.")))
     return found
 
 
@@ -642,33 +659,37 @@ def torch_dtype(name: str):
     return getattr(torch, name)
 
 
-def _lowered(math_result: dict, lowered: list[str]) -> dict:
-    """The float64 verdict, knowing what computes in float32 inside the float64 run (`lowered`: the port's
-    forward pass, the torch model's, the port's own optax transformation or schedule): named always. The
-    localisation then looked past differences float32 rounding gives (`criteria.FLOAT32_CAST_EXPLAINS` of the
-    tensor); a difference beyond that is the port's, and float64 fails it there. Otherwise float64 cannot
-    tell a porting bug from that rounding: the float32 parts, which compare against torch's own float32
-    error, decide."""
+def _lowered(math_result: dict, lowered: list[tuple[str, str]]) -> dict:
+    """The float64 verdict, knowing what computes in a lower float format inside the float64 run (`lowered`:
+    (where, format) in the port's forward pass, the torch model's, the port's own optax transformation or
+    schedule): named always. The localisation then looked past differences that the narrowest format's
+    rounding gives (`criteria.cast_explains` of the tensor); a difference beyond that is the port's, and float64
+    fails it there. Otherwise float64 cannot tell a porting bug from that rounding: the float32 parts, which
+    compare against torch's own float32 error, decide. A bfloat16 or float16 cast explains any difference."""
     if not lowered:
         return math_result
-    where = f"{', '.join(lowered)} {'computes' if len(lowered) == 1 else 'compute'} in float32 during the float64 run"
-    result = dict(math_result, float32_inside=lowered)
+    formats = {dtype: [name for name, d in lowered if d == dtype] for _, dtype in lowered}
+    where = "; ".join(f"{', '.join(names)} {'computes' if len(names) == 1 else 'compute'} in {dtype}"
+                      for dtype, names in formats.items()) + " during the float64 run"
+    narrowest = max(formats, key=criteria.cast_explains)
+    floor = criteria.cast_explains(narrowest)
+    result = dict(math_result, float32_inside=list(dict.fromkeys(name for name, _ in lowered)))
     found = result.get("localised") or {}
     if result["within_tolerance"]:
         result["sentence"] += f" ({where})"
         return result
     size = found.get("tensor_rel_diff", found.get("rel_diff"))
-    if found.get("stage") != "drift" and size is not None and size > criteria.FLOAT32_CAST_EXPLAINS:
+    if found.get("stage") != "drift" and size is not None and size > floor:
         result["sentence"] = result["sentence"][:-1] + (
             f" ({where}; the difference in {found.get('tensor')} at step {found.get('step') or 'eval'}, {size:.1e} of "
-            f"its magnitude, is beyond what float32 rounding gives: {criteria.FLOAT32_CAST_EXPLAINS:.1e}).")
+            f"its magnitude, is beyond what {narrowest} rounding gives: {floor:.1e}).")
         return result
     result.update(passed=None, localised=None, sentence=(
-        f"Same math (float64): not decidable: {where} (a cast to float32 in the model's or its library's code: "
+        f"Same math (float64): not decidable: {where} (a cast in the model's or its library's code: "
         f"jax.nn.dot_product_attention's float32 softmax, softmax(dtype=torch.float32), an optax schedule or "
-        f"MultiSteps accumulator in float32), and no stage differs beyond what float32 rounding gives there "
-        f"({criteria.FLOAT32_CAST_EXPLAINS:.1e} of a tensor; {result['max_rel_step_loss_diff']:.1e} relative in "
-        "step losses): the float32 parts decide."))
+        f"MultiSteps accumulator in float32, an input cast to bfloat16), and no stage differs beyond what "
+        f"{narrowest} rounding gives there ({floor:.1e} of a tensor; {result['max_rel_step_loss_diff']:.1e} relative "
+        "in step losses): the float32 parts decide."))
     return result
 
 

@@ -40,6 +40,7 @@ case needed, so the margins can be read on every machine kind.
 
 from __future__ import annotations
 
+import ml_dtypes
 import numpy as np
 
 EPS32 = float(np.finfo(np.float32).eps)  # 1.19e-7, one float32 ulp at 1.0
@@ -51,10 +52,16 @@ ELEMENT_FACTOR = 1000.0
 RESULT_FACTOR, RESULT_LOSS_FLOOR = 10.0, 16.0
 RUN_DRIFT_LEVEL = 1e-6
 ZERO_IN_EXACT_MATH = 1e-6  # a float64 tensor this small against its stage is rounding noise of a zero
-# a float32 cast inside a float64 run (a float32 schedule, softmax or accumulator) moves the first stage tensor
-# it reaches by ~1 float32 ulp of that tensor's magnitude, times what the step between amplifies; a thousand
-# ulps is beyond it (a porting bug moves it by a factor: a sum for a mean, another activation)
-FLOAT32_CAST_EXPLAINS = 1e3 * float(np.finfo(np.float32).eps)
+
+
+def cast_explains(dtype: str) -> float:
+    """What a cast to `dtype` inside a float64 run (a float32 schedule, softmax or accumulator; a bfloat16
+    matmul input) explains of a stage tensor, relative to its magnitude: ~1 ulp of the format, times what the
+    step between amplifies; a thousand ulps is beyond it (a porting bug moves a tensor by a factor: a sum for a
+    mean, another activation). For bfloat16 and float16 that is the whole tensor: float64 cannot tell their
+    rounding from a bug, and the float32 parts decide."""
+    return 1e3 * float(ml_dtypes.finfo(dtype).eps)
+
 REDUCED_FORMAT_ERROR = 2.0 ** -11 / 4  # below what a product of TF32/float16 inputs is off by (see library_float32)
 
 
@@ -162,9 +169,9 @@ def moved_boundary(layer: str, jax_stages: dict, torch_stages: dict, agrees) -> 
 
 
 def first_math_difference(step: int, jax_stages: dict, torch_stages: dict, rounding_stages: dict,
-                          carried: dict, float32_floor: float = 0.0) -> dict | None:
+                          carried: dict, cast_floor: float = 0.0) -> dict | None:
     """The first stage tensor of a float64 step with an element beyond rounding (`beyond_rounding`:
-    ENVELOPE_FACTOR x torch' spread + 1e-10 of its stage's magnitude, or `float32_floor` of the tensor's
+    ENVELOPE_FACTOR x torch' spread + 1e-10 of its stage's magnitude, or `cast_floor` of the tensor's
     where part of a run computes in float32). `carried` keeps, per tensor, the largest RMS spread of the
     steps before (updated here)."""
     jax_tensors = {(s, t): v for s, _, t, v in stage_tensors(jax_stages)}
@@ -175,11 +182,11 @@ def first_math_difference(step: int, jax_stages: dict, torch_stages: dict, round
         if (stage, tensor) not in jax_tensors:
             continue  # a layer whose output the port does not produce on its own
         rounding = rounding_tensors.get((stage, tensor))
-        floor = max(FLOAT64_REL_TOL * scales[stage], float32_floor * _max_abs(ref))
+        floor = max(FLOAT64_REL_TOL * scales[stage], cast_floor * _max_abs(ref))
         value = jax_tensors[(stage, tensor)]
-        if float32_floor and _max_abs(ref) < ZERO_IN_EXACT_MATH * scales[stage]:
+        if cast_floor and _max_abs(ref) < ZERO_IN_EXACT_MATH * scales[stage]:
             continue  # zero in exact math (a key bias' gradient): float32 inside leaves only its rounding there
-        if float32_floor and stage == "updates":
+        if cast_floor and stage == "updates":
             value = _unresolved_as_torchs(value, ref, jax_stages["grads"].get(tensor), torch_stages["grads"].get(tensor))
         ratio, worst = beyond_rounding(value, ref, rounding, floor, carried.get((stage, tensor), 0.0))
         if rounding is not None and np.shape(rounding) == np.shape(ref):
@@ -191,7 +198,7 @@ def first_math_difference(step: int, jax_stages: dict, torch_stages: dict, round
                 ours, theirs = jax_stages.get(key, {}).get(later), torch_stages.get(key, {}).get(later)
                 if ours is None or theirs is None:
                     return False
-                floor = max(FLOAT64_REL_TOL, float32_floor) * max(_max_abs(theirs), 1e-300)
+                floor = max(FLOAT64_REL_TOL, cast_floor) * max(_max_abs(theirs), 1e-300)
                 return beyond_rounding(ours, theirs, rounding_stages.get(key, {}).get(later), floor)[0] <= 1
 
             moved = moved_boundary(layer, jax_stages, torch_stages, agrees)
@@ -209,7 +216,7 @@ def first_math_difference(step: int, jax_stages: dict, torch_stages: dict, round
 
 
 def first_eval_difference(jax_eval: dict, torch_eval: dict, rounding_eval: dict, carried: dict | None = None,
-                          float32_floor: float = 0.0) -> dict | None:
+                          cast_floor: float = 0.0) -> dict | None:
     """model.eval() on one test batch, each run from its own weights after the same steps: the first
     layer output (torch's call order), or the model output, beyond rounding (`beyond_rounding`; the
     spread a layer's training output carried in the replay, `carried`, counts as its spread too)."""
@@ -221,7 +228,7 @@ def first_eval_difference(jax_eval: dict, torch_eval: dict, rounding_eval: dict,
         if value is None:
             continue
         rounding = rounding_eval["forward"] if layer is None else rounding_eval["layers"].get(layer)
-        ratio, worst = beyond_rounding(value, ref, rounding, max(FLOAT64_REL_TOL, float32_floor) * _max_abs(ref),
+        ratio, worst = beyond_rounding(value, ref, rounding, max(FLOAT64_REL_TOL, cast_floor) * _max_abs(ref),
                                        carried.get(("forward", tensor), 0.0))
         if ratio > 1:
             return {"stage": "eval", "layer": layer, "tensor": tensor, "rel_diff": rel_max_diff(value, ref),

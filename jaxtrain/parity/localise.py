@@ -22,13 +22,12 @@ def steps_through_epoch(config, num_train: int, epoch: int, max_steps=None) -> i
     return sum(epoch_lengths(config, num_train, max_steps)[:epoch])
 
 
-def localise_math(port, config, math: dict, max_steps=None, float32_inside: bool = False) -> dict:
+def localise_math(port, config, math: dict, max_steps=None, floor: float = 0.0) -> dict:
     """The first (step, stage, tensor) where float64 JAX and torch differ beyond torch's own rounding
     spread; `eval` when training agrees through the epoch whose evaluation differs beyond it;
     `drift` when no stage of any step and no evaluation does (rounding amplified by an unstable run).
-    `float32_inside`: part of either run computes in float32, so a difference within float32 rounding
-    (`criteria.FLOAT32_CAST_EXPLAINS` of the tensor) is not one."""
-    floor = criteria.FLOAT32_CAST_EXPLAINS if float32_inside else 0.0
+    `floor`: part of either run computes in a lower float format (float32 inside the float64 run), so a
+    difference within what its rounding explains (`criteria.cast_explains`, relative to the tensor) is not one."""
     inf = float("inf")
     loss_step = math["first_failing_step"] or inf
     epoch = math["first_failing_epoch"]
