@@ -3,6 +3,7 @@ line; the torch twin does not depend on the JAX command line; the installed pack
 reach into the test folders, which `pip install` leaves out; the public imports users write."""
 
 import ast
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -36,6 +37,17 @@ def test_the_scan_sees_imports_inside_functions(tmp_path):
 def test_no_product_module_imports_the_test_folders():
     offenders = [f"{p.relative_to(ROOT)} imports {m}" for p in product_files() for m in imported_modules(p)
                  if m.split(".")[0] in ("parity_tests", "tests", "conftest")]
+    assert not offenders, offenders
+
+
+def test_nothing_in_the_product_loads_the_examples():
+    """`pip install` leaves examples/ out: no import of it, and no MODULE:ATTR string naming it."""
+    offenders = [f"{p.relative_to(ROOT)} imports {m}" for p in product_files() for m in imported_modules(p)
+                 if m.split(".")[0] == "examples"]
+    offenders += [f"{p.relative_to(ROOT)} loads {node.value!r}" for p in product_files()
+                  for node in ast.walk(ast.parse(p.read_text(), str(p)))
+                  if isinstance(node, ast.Constant) and isinstance(node.value, str)
+                  and re.fullmatch(r"examples(\.\w+)+:\w+", node.value)]
     assert not offenders, offenders
 
 

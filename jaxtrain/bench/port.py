@@ -613,9 +613,10 @@ def _lm_data(sizes: dict, rows: int, seed: int = 0):
 
 def suite(quick: bool = False) -> dict:
     """compare_port's arguments for three kinds of model and their existing ports: a GPT-2 LM
-    (4 layers, hidden 256, 128 tokens; transformers' own Flax port), examples/cnn.py's BatchNorm CNN
-    (run from the checkout), and examples/lstm_classifier.py's LSTM pair at 256 hidden units over 64 tokens,
+    (4 layers, hidden 256, 128 tokens; transformers' own Flax port), the BatchNorm CNN of `jaxtrain.bench.models`,
+    and the corpus' LSTM pair (examples/lstm_classifier.py checks it) at 256 hidden units over 64 tokens,
     its port's time loop one lax.scan; `quick`: tiny ones."""
+    from jaxtrain.bench.models import NnxCNN, TorchCNN
     from jaxtrain.parity.corpus.real import LinenLSTM, TorchLSTM
 
     lm = (dict(layers=1, hidden=32, heads=2, seq=16, vocab=64) if quick
@@ -631,7 +632,7 @@ def suite(quick: bool = False) -> dict:
         "transformer_lm": dict(torch_model=functools.partial(_gpt2, "torch", lm),
                                flax_model=functools.partial(_gpt2, "flax", lm), train=_lm_data(lm, 4 * lm_batch),
                                optimizer="adamw", optimizer_kwargs={"lr": 1e-3}, batch_size=lm_batch),
-        "bn_cnn": dict(torch_model="examples.cnn:TorchCNN", flax_model="examples.cnn:NnxCNN",
+        "bn_cnn": dict(torch_model=TorchCNN, flax_model=NnxCNN,
                        train=(images, rng.integers(0, 10, len(images))), flax_input="nhwc", optimizer="sgd",
                        optimizer_kwargs={"lr": 0.05, "momentum": 0.9}, batch_size=cnn_batch),
         # the port keeps torch's tensors and runs its time loop as one lax.scan

@@ -1,4 +1,4 @@
-"""`python -m jaxtrain.scaling`: the 1 -> 2 device/process figures of the README, measured in one run.
+"""`python -m jaxtrain.bench.scaling`: the 1 -> 2 device/process figures of the README, measured in one run.
 
 Runs the same training (full FashionMNIST unless limited, the tutorial's MLP, batch 64)
 five ways, one after the other, each a fresh process group:
@@ -116,7 +116,7 @@ def plot(result: dict, path: str) -> None:
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m jaxtrain.scaling", description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m jaxtrain.bench.scaling", description=__doc__)
     parser.add_argument("--epochs", type=int, default=3)
     parser.add_argument("--train-limit", type=int, default=None)
     parser.add_argument("--json", default="results/scaling.json")
