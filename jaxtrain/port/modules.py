@@ -1,0 +1,184 @@
+"""The port writer's module rules: one small function per torch.nn family, from the torch module (its own
+hyperparameters) and its call's fx node to a `rules.Layer` (what the port's `__init__` builds, what its call
+writes, which layout its input needs).
+
+Layers with weights become the Flax layer `check_port` and `convert` pair with torch's (nnx.Linear, nnx.Conv,
+jaxtrain.layers.TorchBatchNorm, nnx.LayerNorm, nnx.Embed, ...); layers without weights are written inline.
+`RULES` is looked up by the torch class's name along its bases.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+from jaxtrain.port.ops import ACTIVATIONS, flatten_expr
+from jaxtrain.port.rules import Layer, Untranslatable, Value, pair
+
+_PADDING_MODES = {"reflect": "reflect", "replicate": "edge", "circular": "wrap"}
+
+
+def _input(node) -> Value:
+    from jaxtrain.port.trace import shape
+
+    s = shape(node.args[0]) if node.args else None
+    return Value("x", rank=None if s is None else len(s))
+
+
+def _options(**given) -> str:
+    """Keyword arguments that differ from the Flax layer's defaults (given as name=(value, default))."""
+    return "".join(f", {k}={v!r}" for k, (v, default) in given.items() if v != default)
+
+
+def linear(m, node) -> Layer:
+    return Layer(f"nnx.Linear({m.in_features}, {m.out_features}{_options(use_bias=(m.bias is not None, True))}, "
+                 "rngs=rngs)",
+                 lambda attr, xs: f"{attr}({xs[0]})")
+
+
+def conv(m, node) -> Layer:
+    n = len(m.kernel_size)
+    padding = m.padding if isinstance(m.padding, str) else [(p, p) for p in pair(m.padding, n)]
+    pad_call = None
+    if m.padding_mode != "zeros":
+        if isinstance(padding, str):
+            raise Untranslatable(f"padding={m.padding!r} with padding_mode={m.padding_mode!r}")
+        pads = ((0, 0), *padding, (0, 0))  # channels last
+        pad_call = f"jnp.pad({{}}, {pads}, mode={_PADDING_MODES[m.padding_mode]!r})"
+        padding = "VALID"
+    padding = padding.upper() if isinstance(padding, str) else padding
+    ones = (1,) * n
+    init = (f"nnx.Conv({m.in_channels}, {m.out_channels}, kernel_size={tuple(m.kernel_size)}"
+            + _options(strides=(tuple(m.stride), ones), padding=(padding, None), kernel_dilation=(tuple(m.dilation), ones),
+                       feature_group_count=(m.groups, 1), use_bias=(m.bias is not None, True)) + ", rngs=rngs)")
+    call = (lambda attr, xs: f"{attr}({pad_call.format(xs[0])})") if pad_call else (lambda attr, xs: f"{attr}({xs[0]})")
+    return Layer(init, call, layout="last")
+
+
+def batch_norm(m, node) -> Layer:
+    if not m.affine or not m.track_running_stats or m.momentum is None:
+        raise Untranslatable("BatchNorm without affine parameters, running statistics or a momentum")
+    return Layer(f"TorchBatchNorm({m.num_features}, momentum={m.momentum!r}, eps={m.eps!r})",
+                 lambda attr, xs: f"{attr}({xs[0]})", layout="last",
+                 imports=("from jaxtrain.layers import TorchBatchNorm",))
+
+
+def layer_norm(m, node) -> Layer:
+    shape = tuple(m.normalized_shape)
+    axes = tuple(range(-len(shape), 0))
+    extra = "" if len(shape) == 1 else f", reduction_axes={axes}, feature_axes={axes}"
+    size = shape[0] if len(shape) == 1 else shape
+    bias = getattr(m, "bias", None) is not None
+    return Layer(f"nnx.LayerNorm({size}, epsilon={m.eps!r}, use_bias={bias}, use_scale={m.elementwise_affine}, "
+                 f"use_fast_variance=False{extra}, rngs=rngs)", lambda attr, xs: f"{attr}({xs[0]})")
+
+
+def group_norm(m, node) -> Layer:
+    return Layer(f"nnx.GroupNorm({m.num_channels}, num_groups={m.num_groups}, epsilon={m.eps!r}, "
+                 f"use_scale={m.affine}, use_bias={m.affine}, use_fast_variance=False, rngs=rngs)",
+                 lambda attr, xs: f"{attr}({xs[0]})", layout="last")
+
+
+def embedding(m, node) -> Layer:
+    if m.max_norm is not None or m.scale_grad_by_freq or m.sparse:
+        raise Untranslatable("Embedding with max_norm, scale_grad_by_freq or sparse")
+    pad = m.padding_idx
+    if pad is None:
+        call = lambda attr, xs: f"{attr}({xs[0]})"  # noqa: E731
+    else:  # torch never trains the padding row: no gradient flows into it
+        call = lambda attr, xs: (f"jnp.where(({xs[0]} == {pad})[..., None], jax.lax.stop_gradient({attr}({xs[0]})), "  # noqa: E731
+                                 f"{attr}({xs[0]}))")
+    return Layer(f"nnx.Embed({m.num_embeddings}, {m.embedding_dim}, rngs=rngs)", call)
+
+
+def dropout(m, node) -> Layer:
+    return Layer(f"nnx.Dropout({m.p!r}, rngs=rngs)", lambda attr, xs: f"{attr}({xs[0]})", layout="any")
+
+
+def max_pool(m, node) -> Layer:
+    n = int(type(m).__name__[-2])
+    if m.ceil_mode or m.return_indices or any(d != 1 for d in pair(m.dilation, n)):
+        raise Untranslatable("MaxPool with ceil_mode, return_indices or dilation")
+    window, strides = pair(m.kernel_size, n), pair(m.stride or m.kernel_size, n)
+    padding = tuple((p, p) for p in pair(m.padding, n))
+    return Layer(None, lambda attr, xs: f"nnx.max_pool({xs[0]}, {window}, strides={strides}, padding={padding})",
+                 layout="last")
+
+
+def avg_pool(m, node) -> Layer:
+    n = int(type(m).__name__[-2])
+    if m.ceil_mode or m.divisor_override is not None:
+        raise Untranslatable("AvgPool with ceil_mode or divisor_override")
+    window, strides = pair(m.kernel_size, n), pair(m.stride or m.kernel_size, n)
+    padding = tuple((p, p) for p in pair(m.padding, n))
+    include = getattr(m, "count_include_pad", True)
+    return Layer(None, lambda attr, xs: (f"nnx.avg_pool({xs[0]}, {window}, strides={strides}, padding={padding}, "
+                                         f"count_include_pad={include})"), layout="last")
+
+
+def adaptive_avg_pool(m, node) -> Layer:
+    from jaxtrain.port.trace import shape
+
+    n = int(type(m).__name__[-2])
+    spatial = shape(node.args[0])[-n:]
+    out = tuple(s if o is None else o for s, o in zip(spatial, pair(m.output_size, n)))
+    axes = tuple(range(1, n + 1))
+    if all(o == 1 for o in out):
+        return Layer(None, lambda attr, xs: f"{xs[0]}.mean(axis={axes}, keepdims=True)", layout="last")
+    if any(s % o for s, o in zip(spatial, out)):
+        raise Untranslatable(f"AdaptiveAvgPool from {spatial} to {out}: windows of unequal sizes")
+    window = tuple(s // o for s, o in zip(spatial, out))
+    return Layer(None, lambda attr, xs: f"nnx.avg_pool({xs[0]}, {window}, strides={window})", layout="last")
+
+
+def activation(name: str, *fields: str) -> Callable:
+    def rule(m, node) -> Layer:
+        extra = {f: getattr(m, f) for f in fields}
+        return Layer(None, lambda attr, xs: ACTIVATIONS[name](xs[0], **extra), layout="any")
+
+    return rule
+
+
+def softmax(function: str) -> Callable:
+    def rule(m, node) -> Layer:
+        x = _input(node)
+        dim = m.dim % x.rank if x.rank else m.dim
+        return Layer(None, lambda attr, xs: f"jax.nn.{function}({xs[0]}, axis={dim})")
+
+    return rule
+
+
+def flatten(m, node) -> Layer:
+    x = _input(node)
+    return Layer(None, lambda attr, xs: flatten_expr(Value(xs[0], rank=x.rank), m.start_dim, m.end_dim))
+
+
+def unflatten(m, node) -> Layer:
+    x = _input(node)
+    dim = m.dim % x.rank
+    sizes = ", ".join(str(s) for s in m.unflattened_size)
+    return Layer(None, lambda attr, xs: f"{xs[0]}.reshape(*{xs[0]}.shape[:{dim}], {sizes}, *{xs[0]}.shape[{dim + 1}:])")
+
+
+RULES: dict[str, Callable] = {
+    "Linear": linear, "Conv1d": conv, "Conv2d": conv, "Conv3d": conv,
+    "BatchNorm1d": batch_norm, "BatchNorm2d": batch_norm, "BatchNorm3d": batch_norm,
+    "LayerNorm": layer_norm, "GroupNorm": group_norm, "Embedding": embedding, "Dropout": dropout,
+    "MaxPool1d": max_pool, "MaxPool2d": max_pool, "MaxPool3d": max_pool,
+    "AvgPool1d": avg_pool, "AvgPool2d": avg_pool, "AvgPool3d": avg_pool,
+    "AdaptiveAvgPool1d": adaptive_avg_pool, "AdaptiveAvgPool2d": adaptive_avg_pool,
+    "AdaptiveAvgPool3d": adaptive_avg_pool,
+    "ReLU": activation("relu"), "ReLU6": activation("relu6"), "GELU": activation("gelu", "approximate"),
+    "SiLU": activation("silu"), "Sigmoid": activation("sigmoid"), "Tanh": activation("tanh"),
+    "Mish": activation("mish"), "LeakyReLU": activation("leaky_relu", "negative_slope"),
+    "ELU": activation("elu", "alpha"), "Softplus": activation("softplus", "beta", "threshold"),
+    "Hardtanh": activation("hardtanh", "min_val", "max_val"), "Identity": activation("identity"),
+    "Softmax": softmax("softmax"), "LogSoftmax": softmax("log_softmax"), "Flatten": flatten, "Unflatten": unflatten,
+}
+
+
+def rule_for(module) -> Callable | None:
+    """The rule for a torch.nn module's class, looked up along its bases (None: no rule)."""
+    for klass in type(module).__mro__:
+        if klass.__module__.startswith("torch.nn") and klass.__name__ in RULES:
+            return RULES[klass.__name__]
+    return None

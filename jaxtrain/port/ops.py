@@ -1,0 +1,305 @@
+"""The port writer's op rules: one small function per torch function, tensor method or Python operator, each
+writing the JAX expression torch's op computes (the same formula, so float64 agrees to rounding).
+
+`FUNCTIONS` is keyed by the function object (`torch.flatten`, `F.relu`, `operator.add`), `METHODS` by the tensor
+method's name (`view`, `permute`). Each rule takes the call's arguments as `rules.Value`s bound to torch's
+parameter names and returns a `rules.Expr`; it raises `Untranslatable` for a use it cannot write.
+"""
+
+from __future__ import annotations
+
+import operator
+from typing import Callable
+
+from jaxtrain.port.rules import Expr, Untranslatable, Value, const, render
+
+# torch activation -> the JAX expression (torch's formula, its defaults)
+ACTIVATIONS: dict[str, Callable] = {
+    "relu": lambda x: f"jax.nn.relu({x})",
+    "relu6": lambda x: f"jnp.clip({x}, 0.0, 6.0)",
+    "gelu": lambda x, approximate="none": f"jax.nn.gelu({x}, approximate={approximate == 'tanh'})",
+    "silu": lambda x: f"jax.nn.silu({x})",
+    "sigmoid": lambda x: f"jax.nn.sigmoid({x})",
+    "tanh": lambda x: f"jnp.tanh({x})",
+    "mish": lambda x: f"{x} * jnp.tanh(jax.nn.softplus({x}))",
+    "leaky_relu": lambda x, negative_slope=0.01: f"jax.nn.leaky_relu({x}, negative_slope={negative_slope!r})",
+    "elu": lambda x, alpha=1.0: f"jax.nn.elu({x}, alpha={alpha!r})",
+    # torch's softplus is linear above threshold / beta; jax.nn.softplus is not
+    "softplus": lambda x, beta=1.0, threshold=20.0: (
+        f"jnp.where({x} * {beta!r} > {threshold!r}, {x}, jax.nn.softplus({x} * {beta!r}) / {beta!r})"),
+    "hardtanh": lambda x, min_val=-1.0, max_val=1.0: f"jnp.clip({x}, {min_val!r}, {max_val!r})",
+    "identity": lambda x: x,
+}
+
+
+def bind(args: list, kwargs: dict, names: str, **defaults) -> dict:
+    """torch's arguments by name (`names`: space-separated, in torch's order); defaults as constants."""
+    order = names.split()
+    if len(args) > len(order):
+        raise Untranslatable(f"{len(args)} positional arguments, torch's signature here has {len(order)}")
+    bound = {**{k: Value.constant(v) for k, v in defaults.items()}, **dict(zip(order, args)), **kwargs}
+    unknown = set(bound) - set(order)
+    if unknown:
+        raise Untranslatable(f"argument {sorted(unknown)[0]!r} has no rule")
+    return bound
+
+
+def dim_of(value: Value, d: int) -> int:
+    """torch's dim d of a tensor of `value.rank` as a non-negative axis."""
+    return d % value.rank if value.rank else d
+
+
+def flatten_expr(x: Value, start: int = 0, end: int = -1) -> str:
+    """torch.flatten: dims start..end merged (the batch dims kept symbolic)."""
+    start, end = dim_of(x, start), dim_of(x, end)
+    if start == end:
+        return x.src
+    head = "" if start == 0 else (f"{x.src}.shape[0], " if start == 1 else f"*{x.src}.shape[:{start}], ")
+    tail = "" if end == x.rank - 1 else f", *{x.src}.shape[{end + 1}:]"
+    return f"{x.src}.reshape({head}-1{tail})"
+
+
+def _activation(name: str, names: str = "input", **defaults) -> Callable:
+    def rule(args, kwargs, node) -> Expr:
+        bound = bind(args, kwargs, names + " inplace", **defaults, inplace=False)
+        extra = {k: const(v, k) for k, v in bound.items() if k not in ("input", "inplace")}
+        return Expr(ACTIVATIONS[name](bound["input"].src, **extra), layout="any", result="same")
+
+    return rule
+
+
+def _binary(symbol: str) -> Callable:
+    def rule(args, kwargs, node) -> Expr:
+        bound = bind(args, kwargs, "input other alpha", alpha=1)
+        alpha = const(bound["alpha"], "alpha")
+        other = bound["other"].src if alpha == 1 else f"{alpha!r} * {bound['other'].src}"
+        return Expr(f"({bound['input'].src} {symbol} {other})", layout="any", result="same")
+
+    return rule
+
+
+def _unary(template: str) -> Callable:
+    def rule(args, kwargs, node) -> Expr:
+        return Expr(template.format(bind(args, kwargs, "input")["input"].src), layout="any", result="same")
+
+    return rule
+
+
+def _softmax(function: str) -> Callable:
+    def rule(args, kwargs, node) -> Expr:
+        bound = bind(args, kwargs, "input dim _stacklevel dtype", dtype=None)
+        x, dim = bound["input"], const(bound["dim"], "dim")
+        cast = "" if const(bound["dtype"], "dtype") is None else f".astype({bound['dtype'].src})"
+        return Expr(f"jax.nn.{function}({x.src}{cast}, axis={dim_of(x, dim)})")
+
+    return rule
+
+
+def _flatten(args, kwargs, node) -> Expr:
+    bound = bind(args, kwargs, "input start_dim end_dim", start_dim=0, end_dim=-1)
+    return Expr(flatten_expr(bound["input"], const(bound["start_dim"], "start_dim"), const(bound["end_dim"], "end_dim")))
+
+
+def _shape_args(args: list) -> str:
+    """view/reshape's sizes: given as one tuple or as separate arguments, constants or computed."""
+    if len(args) == 1 and args[0].is_const and isinstance(args[0].const, (tuple, list)):
+        return ", ".join(render(v) for v in args[0].const)
+    return ", ".join(a.src for a in args)
+
+
+def _reshape(args, kwargs, node) -> Expr:
+    x, *sizes = args
+    if kwargs:
+        raise Untranslatable("view/reshape with keyword arguments")
+    return Expr(f"{x.src}.reshape({_shape_args(sizes)})")
+
+
+def _size(args, kwargs, node) -> Expr:
+    """x.size() / x.size(d): the layout's own axis for torch's dim (no transpose just to read a size)."""
+    x = args[0]
+    dim = bind(args[1:], kwargs, "dim", dim=None)["dim"]
+    if dim.is_const and dim.const is None:
+        if x.layout == "last":
+            return Expr(f"{x.src}.shape[:1] + {x.src}.shape[-1:] + {x.src}.shape[1:-1]", layout="keep")
+        return Expr(f"{x.src}.shape", layout="keep")
+    d = dim_of(x, const(dim, "dim"))
+    if x.layout == "last":
+        d = 0 if d == 0 else (x.rank - 1 if d == 1 else d - 1)
+    return Expr(f"{x.src}.shape[{d}]", layout="keep")
+
+
+def _dim(args, kwargs, node) -> Expr:
+    return Expr(f"{args[0].src}.ndim", layout="keep")
+
+
+def _permute(args, kwargs, node) -> Expr:
+    x, *dims = args
+    dims = dims[0].const if len(dims) == 1 and isinstance(dims[0].const, (tuple, list)) else [
+        const(d, "dims") for d in dims]
+    return Expr(f"jnp.transpose({x.src}, {tuple(dim_of(x, d) for d in dims)})")
+
+
+def _transpose(args, kwargs, node) -> Expr:
+    bound = bind(args, kwargs, "input dim0 dim1")
+    x = bound["input"]
+    return Expr(f"jnp.swapaxes({x.src}, {dim_of(x, const(bound['dim0'], 'dim0'))}, "
+                f"{dim_of(x, const(bound['dim1'], 'dim1'))})")
+
+
+def _t(args, kwargs, node) -> Expr:
+    return Expr(f"{args[0].src}.T")
+
+
+def _reduction(method: str) -> Callable:
+    def rule(args, kwargs, node) -> Expr:
+        bound = bind(args, kwargs, "input dim keepdim dtype", dim=None, keepdim=False, dtype=None)
+        x, dim = bound["input"], const(bound["dim"], "dim")
+        axis = "" if dim is None else (f", axis={tuple(dim_of(x, d) for d in dim)}" if isinstance(dim, (tuple, list))
+                                       else f", axis={dim_of(x, dim)}")
+        keep = ", keepdims=True" if const(bound["keepdim"], "keepdim") else ""
+        cast = "" if const(bound["dtype"], "dtype") is None else f".astype({bound['dtype'].src})"
+        return Expr(f"{x.src}{cast}.{method}({axis.removeprefix(', ')}{keep})".replace("(, ", "("))
+
+    return rule
+
+
+def _cat(args, kwargs, node) -> Expr:
+    bound = bind(args, kwargs, "tensors dim", dim=0)
+    tensors = bound["tensors"]
+    first = tensors[0] if isinstance(tensors, list) else tensors
+    return Expr(f"jnp.concatenate([{', '.join(t.src for t in tensors)}], axis={dim_of(first, const(bound['dim'], 'dim'))})")
+
+
+def _chunk(args, kwargs, node) -> Expr:
+    bound = bind(args, kwargs, "input chunks dim", dim=0)
+    x, chunks, dim = bound["input"], const(bound["chunks"], "chunks"), dim_of(bound["input"], const(bound["dim"], "dim"))
+    size = (node.args[0].meta.get("tensor_meta").shape[dim] if node.args[0].meta.get("tensor_meta") else None)
+    if size is None or size % chunks:
+        raise Untranslatable("torch.chunk into unequal pieces (jnp.split needs equal ones)")
+    return Expr(f"tuple(jnp.split({x.src}, {chunks}, axis={dim}))")
+
+
+def _unsqueeze(args, kwargs, node) -> Expr:
+    bound = bind(args, kwargs, "input dim")
+    x, dim = bound["input"], const(bound["dim"], "dim")
+    return Expr(f"jnp.expand_dims({x.src}, {dim % (x.rank + 1)})")
+
+
+def _squeeze(args, kwargs, node) -> Expr:
+    bound = bind(args, kwargs, "input dim", dim=None)
+    x, dim = bound["input"], const(bound["dim"], "dim")
+    if dim is None:
+        return Expr(f"jnp.squeeze({x.src})")
+    d = dim_of(x, dim)
+    size = node.args[0].meta["tensor_meta"].shape[d]
+    return Expr(f"jnp.squeeze({x.src}, {d})" if size == 1 else x.src)  # torch leaves a dim of size != 1
+
+
+def _matmul(args, kwargs, node) -> Expr:
+    bound = bind(args, kwargs, "input other")
+    return Expr(f"({bound['input'].src} @ {bound['other'].src})")
+
+
+def _getitem(args, kwargs, node) -> Expr:
+    x, index = args
+    if x.rank is None:  # a tuple or a shape
+        return Expr(f"{x.src}[{index.src}]", layout="keep")
+    items = index.const if index.is_const and isinstance(index.const, tuple) else (index,)
+    return Expr(f"{x.src}[{', '.join(render(i) for i in items)}]")
+
+
+def _astype(dtype: str) -> Callable:
+    def rule(args, kwargs, node) -> Expr:
+        return Expr(f"{args[0].src}.astype(jnp.{dtype})", layout="any", result="same")
+
+    return rule
+
+
+def _to(args, kwargs, node) -> Expr:
+    x, *rest = args
+    dtype = kwargs.get("dtype") or next((a for a in rest if a.is_const and type(a.const).__name__ == "dtype"), None)
+    return Expr(x.src if dtype is None else f"{x.src}.astype({dtype.src})", layout="any", result="same")
+
+
+def _identity(args, kwargs, node) -> Expr:
+    return Expr(args[0].src, layout="any", result="same")
+
+
+def _masked_fill(args, kwargs, node) -> Expr:
+    bound = bind(args, kwargs, "input mask value")
+    return Expr(f"jnp.where({bound['mask'].src}, {bound['value'].src}, {bound['input'].src})")
+
+
+def _sdpa(args, kwargs, node) -> Expr:
+    """F.scaled_dot_product_attention, its formula written out (torch's math kernel: softmax in the run's dtype)."""
+    bound = bind(args, kwargs, "query key value attn_mask dropout_p is_causal scale enable_gqa", attn_mask=None,
+                 dropout_p=0.0, is_causal=False, scale=None, enable_gqa=False)
+    if const(bound["dropout_p"], "dropout_p") or const(bound["enable_gqa"], "enable_gqa"):
+        raise Untranslatable("scaled_dot_product_attention with dropout_p or enable_gqa")
+    q, k, v = bound["query"], bound["key"], bound["value"]
+    scale = const(bound["scale"], "scale")
+    scores = f"(({q.src} @ jnp.swapaxes({k.src}, -1, -2)) * {'(1.0 / jnp.sqrt(' + q.src + '.shape[-1]))' if scale is None else repr(scale)})"
+    mask = bound["attn_mask"]
+    if const(bound["is_causal"], "is_causal"):
+        scores = (f"jnp.where(jnp.tril(jnp.ones(({q.src}.shape[-2], {k.src}.shape[-2]), bool)), {scores}, -jnp.inf)")
+    if not (mask.is_const and mask.const is None):
+        scores = (f"jnp.where({mask.src}, {scores}, -jnp.inf)" if node.args and _is_bool(node, "attn_mask")
+                  else f"({scores} + {mask.src})")
+    return Expr(f"(jax.nn.softmax({scores}, axis=-1) @ {v.src})")
+
+
+def _is_bool(node, name: str) -> bool:
+    arg = node.kwargs.get(name, node.args[3] if len(node.args) > 3 else None)
+    meta = getattr(arg, "meta", {}).get("tensor_meta")
+    return meta is not None and str(meta.dtype) == "torch.bool"
+
+
+def functions() -> dict:
+    """torch function or Python operator -> rule."""
+    import torch
+    import torch.nn.functional as F
+
+    table = {
+        operator.add: _binary("+"), operator.sub: _binary("-"), operator.mul: _binary("*"),
+        operator.truediv: _binary("/"), operator.floordiv: _binary("//"), operator.pow: _binary("**"),
+        operator.matmul: _matmul, operator.getitem: _getitem, operator.neg: _unary("(-{})"),
+        torch.add: _binary("+"), torch.sub: _binary("-"), torch.mul: _binary("*"), torch.div: _binary("/"),
+        torch.matmul: _matmul, torch.bmm: _matmul, torch.flatten: _flatten, torch.cat: _cat, torch.concat: _cat,
+        torch.chunk: _chunk, torch.transpose: _transpose, torch.permute: _permute, torch.reshape: _reshape,
+        torch.unsqueeze: _unsqueeze, torch.squeeze: _squeeze, torch.mean: _reduction("mean"),
+        torch.sum: _reduction("sum"), torch.exp: _unary("jnp.exp({})"), torch.log: _unary("jnp.log({})"),
+        torch.sqrt: _unary("jnp.sqrt({})"), torch.rsqrt: _unary("jax.lax.rsqrt({})"), torch.abs: _unary("jnp.abs({})"),
+        torch.softmax: _softmax("softmax"), torch.log_softmax: _softmax("log_softmax"),
+        F.softmax: _softmax("softmax"), F.log_softmax: _softmax("log_softmax"),
+        F.scaled_dot_product_attention: _sdpa, torch.masked_fill: _masked_fill,
+        F.relu: _activation("relu"), torch.relu: _activation("relu"), F.relu6: _activation("relu6"),
+        F.gelu: _activation("gelu", "input approximate", approximate="none"),
+        F.silu: _activation("silu"), torch.sigmoid: _activation("sigmoid"), F.sigmoid: _activation("sigmoid"),
+        torch.tanh: _activation("tanh"), F.tanh: _activation("tanh"), F.mish: _activation("mish"),
+        F.leaky_relu: _activation("leaky_relu", "input negative_slope", negative_slope=0.01),
+        F.elu: _activation("elu", "input alpha", alpha=1.0),
+        F.softplus: _activation("softplus", "input beta threshold", beta=1.0, threshold=20.0),
+    }
+    return table
+
+
+METHODS: dict[str, Callable] = {
+    "view": _reshape, "reshape": _reshape, "flatten": _flatten, "size": _size, "dim": _dim, "permute": _permute,
+    "transpose": _transpose, "t": _t, "contiguous": _identity, "mean": _reduction("mean"),
+    "sum": _reduction("sum"), "softmax": _softmax("softmax"), "log_softmax": _softmax("log_softmax"),
+    "unsqueeze": _unsqueeze, "squeeze": _squeeze, "chunk": _chunk, "matmul": _matmul, "masked_fill": _masked_fill,
+    "float": _astype("float32"), "double": _astype("float64"), "to": _to, "type_as": _identity,
+    "relu": _activation("relu"), "sigmoid": _activation("sigmoid"), "tanh": _activation("tanh"),
+    "exp": _unary("jnp.exp({})"), "log": _unary("jnp.log({})"), "sqrt": _unary("jnp.sqrt({})"),
+    "rsqrt": _unary("jax.lax.rsqrt({})"), "abs": _unary("jnp.abs({})"), "neg": _unary("(-{})"),
+    "add": _binary("+"), "sub": _binary("-"), "mul": _binary("*"), "div": _binary("/"), "pow": _binary("**"),
+}
+
+
+def name_of(target) -> str:
+    """A call's torch name for messages: `torch.flatten`, `F.relu`, `operator.add`, `Tensor.view`."""
+    if isinstance(target, str):
+        return f"Tensor.{target}"
+    module = getattr(target, "__module__", None) or "torch"
+    module = {"torch.nn.functional": "F", "_operator": "operator"}.get(module, module)
+    return f"{module}.{getattr(target, '__name__', repr(target))}"

@@ -1,0 +1,283 @@
+"""Writes the Flax NNX source of a torch model: one class per torch class (the user's classes; torch.nn's
+layers become Flax layers inside them), torch's attribute names kept, `forward` written as `__call__` in the
+same order, one line per operation.
+
+Values stay in torch's layout except between layers that want channels last (convolutions, poolings, image
+normalisations); the writer moves a value between the two only where the next operation needs the other, so
+a flatten or a reshape always sees torch's order. Anything without a rule is written as a
+`raise NotImplementedError` naming the torch op and its source line, and listed in `untranslated`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import keyword
+
+from jaxtrain.port import modules, ops
+from jaxtrain.port.rules import Expr, Untranslatable, Value, literal
+from jaxtrain.port.trace import Traced, first_inputs, is_container, is_library, shape, source_line, trace
+
+HEADER = ("import jax", "import jax.numpy as jnp", "from flax import nnx")
+
+
+@dataclasses.dataclass
+class Written:
+    """The generated file, the root class's name, and what could not be written: (torch op or module, where
+    in torch's source, why)."""
+
+    source: str
+    class_name: str
+    untranslated: list
+
+
+def write(model, inputs) -> Written:
+    """The NNX port of `model`, traced on `inputs` (a tuple of positional tensors or a dict of keyword ones)."""
+    seen = first_inputs(model, inputs)
+    names: dict = {}  # torch class -> [(class body key, generated name)]
+    classes, missing, imports = [], [], set()
+    by_instance: dict = {}
+
+    def class_for(path: str, module) -> str:
+        if id(module) in by_instance:
+            return by_instance[id(module)]
+        args, kwargs = seen.get(path, ((), {}))
+        traced = trace(module, args, kwargs) if path in seen else Traced(module, error="never called on the inputs")
+        writer = _ClassWriter(traced, path, class_for)
+        body = writer.body()
+        versions = names.setdefault(type(module), [])
+        match = next((name for key, name in versions if key == body), None)
+        if match is None:
+            base = _identifier(type(module).__name__)
+            taken = {n for vs in names.values() for _, n in vs}
+            match = base if base not in taken else next(f"{base}{i}" for i in range(2, 1000) if f"{base}{i}" not in taken)
+            versions.append((body, match))
+            classes.append(body.replace("class __CLASS__(", f"class {match}(", 1))
+            missing.extend(writer.untranslated)
+            imports.update(writer.imports)
+        by_instance[id(module)] = match
+        return match
+
+    root = class_for("", model)
+    header = [f'"""Flax NNX port of {type(model).__module__}.{type(model).__qualname__}, written by jaxtrain.port.',
+              "", "Torch's attribute names are kept, so `jaxtrain.convert.torch_to_flax` and `check_port` pair the two",
+              "models by name; the weights are Flax's initialisation until torch's are loaded.", '"""', "",
+              *HEADER, *sorted(imports), "", "", ""]
+    return Written("\n".join(header) + "\n\n\n".join(classes) + "\n", root, missing)
+
+
+def _identifier(name: str) -> str:
+    name = "".join(c if c.isalnum() or c == "_" else "_" for c in name)
+    return name + "_" if keyword.iskeyword(name) or not name or name[0].isdigit() else name
+
+
+class _ClassWriter:
+    """One torch module instance's class: its `__init__` from its children, its `__call__` from its graph."""
+
+    def __init__(self, traced: Traced, path: str, class_for):
+        self.traced, self.path, self.class_for = traced, path, class_for
+        self.module = traced.module
+        self.untranslated: list = []
+        self.imports: set = set()
+        self.lines: list = []
+        self.values: dict = {}
+        self.moved: dict = {}
+        self.stopped = False
+        self.calls = {n.target: n for n in (traced.graph.nodes if traced.graph is not None else ())
+                      if n.op == "call_module"}
+
+    def body(self) -> str:
+        torch_name = f"{type(self.module).__module__}.{type(self.module).__qualname__}"
+        init = self._init()
+        call = self._call()
+        return "\n".join([f"class __CLASS__(nnx.Module):", f'    """{torch_name} ({self.traced.where})."""', "",
+                          "    def __init__(self, rngs: nnx.Rngs):", *(init or ["        pass"]), "", *call])
+
+    # ------------------------------------------------------------------ __init__
+
+    def _init(self) -> list:
+        lines = []
+        for name, child in self.module.named_children():
+            built = self._build(name, child)
+            if built != "None":  # a layer without weights is written inline where it is called
+                lines.append(f"        self.{_identifier(name)} = {built}")
+        for name, p in self.module.named_parameters(recurse=False):
+            lines.append(f"        self.{_identifier(name)} = nnx.Param(jnp.zeros({tuple(p.shape)}))")
+        return lines
+
+    def _build(self, qualname: str, module) -> str:
+        if is_container(module):
+            items = [self._build(f"{qualname}.{n}", c) for n, c in module.named_children()]
+            return "nnx.List([\n" + "".join(f"            {i},\n" for i in items) + "        ])"
+        if not is_library(module):
+            child_path = f"{self.path}.{qualname}" if self.path else qualname
+            return f"{self.class_for(child_path, module)}(rngs=rngs)"
+        node = self.calls.get(qualname)
+        rule = modules.rule_for(module)
+        if node is None:
+            return "None  # not called in forward"
+        if rule is None:
+            return "None  # no rule: see __call__"
+        try:
+            layer = rule(module, node)
+        except Untranslatable:
+            return "None  # see __call__"
+        self.imports.update(layer.imports)
+        return layer.init or "None"
+
+    # ------------------------------------------------------------------ __call__
+
+    def _call(self) -> list:
+        if self.traced.graph is None:
+            why = f"torch.fx could not trace {type(self.module).__name__}.forward: {self.traced.error}"
+            self.untranslated.append((f"{type(self.module).__qualname__}.forward", self.traced.where, why))
+            return ["    def __call__(self, *args, **kwargs):",
+                    f"        raise NotImplementedError({why + ' (' + self.traced.where + ')'!r})"]
+        params = []
+        for node in self.traced.graph.nodes:
+            if node.op == "placeholder":
+                params.append(_identifier(node.name))
+                self.values[node.name] = Value(_identifier(node.name), rank=_rank(node))
+            elif node.op == "output":
+                if not self.stopped:
+                    self.lines.append(f"return {self._output(node.args[0])}")
+            else:
+                self._node(node)
+        return [f"    def __call__(self, {', '.join(params)}):", *(f"        {line}" for line in self.lines)]
+
+    def _node(self, node) -> None:
+        var = _identifier(node.name)
+        try:
+            expr = self._expression(node)
+        except Untranslatable as e:
+            return self._missing(node, str(e))
+        except Exception as e:  # noqa: BLE001  (a rule's own failure is the writer's bug: said as such)
+            return self._missing(node, f"jaxtrain.port's rule failed ({type(e).__name__}: {e}): a bug in the writer")
+        if not self.stopped:
+            self.lines.append(f"{var} = {expr.source}")
+        self.values[node.name] = Value(var, layout=expr.result, rank=_rank(node))
+
+    def _missing(self, node, why: str) -> None:
+        what = self._what(node)
+        where = source_line(node)
+        self.untranslated.append((what, where, why))
+        if not self.stopped:
+            self.lines.append(f"raise NotImplementedError({f'{what} at {where}: {why}'!r})")
+            self.stopped = True
+        self.values[node.name] = Value(_identifier(node.name), rank=_rank(node))
+
+    def _what(self, node) -> str:
+        if node.op == "call_module":
+            return f"torch.nn.{type(self.module.get_submodule(node.target)).__name__} ({node.target})"
+        if node.op == "get_attr":
+            return f"attribute {node.target}"
+        return ops.name_of(node.target)
+
+    def _expression(self, node) -> Expr:
+        if node.op == "get_attr":
+            if "." in node.target or node.target not in dict(self.module.named_parameters(recurse=False)):
+                raise Untranslatable("a tensor read from another module or a buffer (no rule yet)")
+            return Expr(f"self.{_identifier(node.target)}[...]", layout="keep")
+        if node.op == "call_module":
+            return self._module_call(node)
+        rule = (ops.functions().get(node.target) if node.op == "call_function" else ops.METHODS.get(node.target))
+        if rule is None:
+            raise Untranslatable("no rule in jaxtrain.port")
+        args, kwargs = self._arguments(node)
+        expr = rule(args, kwargs, node)
+        if expr.layout == "keep":
+            return Expr(expr.source, result="torch")
+        args2, kwargs2, layout = self._laid_out(node, expr.layout)
+        expr = rule(args2, kwargs2, node)
+        return Expr(expr.source, result=layout if expr.result == "same" else expr.result)
+
+    def _module_call(self, node) -> Expr:
+        sub = self.module.get_submodule(node.target)
+        attr = _attribute(node.target)
+        if not is_library(sub):
+            args, kwargs, _ = self._laid_out(node, "torch")
+            inputs = [a.src for a in args] + [f"{k}={v.src}" for k, v in kwargs.items()]
+            return Expr(f"{attr}({', '.join(inputs)})")
+        rule = modules.rule_for(sub)
+        if rule is None:
+            raise Untranslatable("no rule in jaxtrain.port")
+        layer = rule(sub, node)
+        if len(node.args) != 1 or node.kwargs:
+            raise Untranslatable("a call with more than one input (no rule yet)")
+        need = layer.layout if (_rank(node.args[0]) or 0) >= 3 or layer.layout == "any" else "torch"
+        args, _, layout = self._laid_out(node, need)
+        return Expr(layer.call(attr, [a.src for a in args]), result=layout)
+
+    def _arguments(self, node) -> tuple[list, dict]:
+        return [self._value(a) for a in node.args], {k: self._value(v) for k, v in node.kwargs.items()}
+
+    def _value(self, item):
+        import torch.fx as fx
+
+        if isinstance(item, fx.Node):
+            return self.values[item.name]
+        if isinstance(item, (list, tuple)) and any(isinstance(i, fx.Node) for i in item):
+            inner = [self._value(i) for i in item]
+            if isinstance(item, list):
+                return inner
+            return Value("(" + ", ".join(i.src if isinstance(i, Value) else literal(i) for i in inner) + ",)",
+                         const=tuple(inner), is_const=True)
+        return Value.constant(item)
+
+    def _laid_out(self, node, need: str) -> tuple[list, dict, str]:
+        """The node's arguments with every tensor in the layout `need` ("any": the common layout of tensors
+        of one rank, else torch's), and the layout they are in."""
+        args, kwargs = self._arguments(node)
+        tensors = [v for v in _flat(args) + _flat(list(kwargs.values())) if v.rank is not None]
+        if need == "any":
+            same = len({(t.layout, t.rank) for t in tensors}) <= 1
+            need = tensors[0].layout if tensors and same else "torch"
+        move = lambda v: self._moved(v, need) if isinstance(v, Value) and v.rank is not None else v  # noqa: E731
+        deep = lambda v: [deep(i) for i in v] if isinstance(v, list) else move(v)  # noqa: E731
+        return [deep(a) for a in args], {k: deep(v) for k, v in kwargs.items()}, need
+
+    def _moved(self, value: Value, layout: str) -> Value:
+        """`value` in `layout`, moving its channels axis once (torch: dim 1; channels last: the last)."""
+        if value.layout == layout or value.rank < 3:
+            return value
+        key = (value.src, layout)
+        if key not in self.moved:
+            var = f"{value.src}_{'last' if layout == 'last' else 'torch'}"
+            axes = "1, -1" if layout == "last" else "-1, 1"
+            if not self.stopped:
+                self.lines.append(f"{var} = jnp.moveaxis({value.src}, {axes})")
+            self.moved[key] = Value(var, layout=layout, rank=value.rank)
+        return self.moved[key]
+
+    def _output(self, out) -> str:
+        import torch.fx as fx
+
+        if isinstance(out, fx.Node):
+            return self._moved(self.values[out.name], "torch").src if self.values[out.name].rank else \
+                self.values[out.name].src
+        if isinstance(out, (tuple, list)):
+            inner = ", ".join(self._output(o) for o in out)
+            return f"({inner},)" if isinstance(out, tuple) and len(out) == 1 else (
+                f"({inner})" if isinstance(out, tuple) else f"[{inner}]")
+        if isinstance(out, dict):
+            return "{" + ", ".join(f"{k!r}: {self._output(v)}" for k, v in out.items()) + "}"
+        return literal(out)
+
+
+def _flat(items) -> list:
+    out = []
+    for i in items:
+        out.extend(_flat(i) if isinstance(i, list) else [i])
+    return out
+
+
+def _rank(node) -> int | None:
+    s = shape(node)
+    return None if s is None else len(s)
+
+
+def _attribute(target: str) -> str:
+    """`features.0` -> `self.features[0]`."""
+    src = "self"
+    for part in target.split("."):
+        src += f"[{part}]" if part.isdigit() else f".{_identifier(part)}"
+    return src
