@@ -79,6 +79,62 @@ def run_parity(config, args) -> int:
     return 0 if report.passed else 1
 
 
+def run_port(args) -> int:
+    """`jaxtrain port MODULE:ATTR --input-shape ... --out FILE [--check]`: write the Flax NNX port; with --check,
+    train both on synthetic data and print the verdict. Exit 0 written (and passed); 1 with parts untranslated
+    or a failed check (the writer's bug, said as such)."""
+    import sys as _sys
+
+    from jaxtrain import convert
+    from jaxtrain.port import port
+
+    metrics.check_writable(args.out, "--out")
+    torch_model = load_model(args.model, "MODEL")
+    example = convert.example_inputs(args.input_shape[1:], args.int_inputs, rows=args.input_shape[0])
+    written = port(torch_model, example)
+    written.save(args.out)
+    print(f"wrote {args.out}: class {written.class_name} (Flax NNX)")
+    if written.untranslated:
+        for what, where, why in written.untranslated:
+            print(f"untranslated: {what} at {where}: {why}")
+        print(f"jaxtrain port: {len(written.untranslated)} part(s) of {args.model} could not be written; "
+              f"{args.out} imports and raises NotImplementedError there", file=_sys.stderr)
+        return 1
+    if not args.check:
+        return 0
+    train, loss = _port_check_data(torch_model, args, example)
+    report = written.check(train=train, loss=loss, batch_size=args.input_shape[0], steps=8,
+                           optimizer="adam", optimizer_kwargs={"lr": 1e-3})
+    print(report)
+    if not report.passed:
+        print("jaxtrain port: the written port failed its check: a bug in jaxtrain.port's rules, not in your model",
+              file=_sys.stderr)
+    return 0 if report.passed else 1
+
+
+def _port_check_data(torch_model, args, example) -> tuple:
+    """Synthetic training data for `port --check`: 4 batches of --input-shape; class labels when the model
+    outputs (N, classes), else regression targets of its output's shape (mse)."""
+    import copy
+
+    import numpy as np
+    import torch
+
+    from jaxtrain import convert
+
+    rows = 4 * args.input_shape[0]
+    inputs = convert.example_inputs(args.input_shape[1:], args.int_inputs, rows=rows, seed=1)
+    with torch.no_grad():
+        out = copy.deepcopy(torch_model).eval()(torch.from_numpy(example))
+    rng = np.random.default_rng(2)
+    if isinstance(out, torch.Tensor) and out.ndim == 2 and out.is_floating_point():
+        return (inputs, rng.integers(0, out.shape[1], rows)), "cross_entropy"
+    if not isinstance(out, torch.Tensor):
+        raise ConfigError("port --check trains on the model's output, which is not one tensor here; "
+                          "use jaxtrain.port.port(...).check(..., torch_output=..., flax_output=...)")
+    return (inputs, rng.normal(size=(rows, *out.shape[1:])).astype(np.float32)), "mse"
+
+
 def run_convert(args) -> int:
     """torch state_dict (.pt) -> orbax checkpoint of the Flax variables, or back with --to-torch."""
     import torch
@@ -249,6 +305,15 @@ def build_parser() -> config_lib.OneLineParser:
                       help="one example's shape, torch's layout, to pair the models on (default 1,28,28)")
     conv.add_argument("--vocab", type=config_lib.positive_int, default=None,
                       help="the inputs are token ids below VOCAB (shape --input-shape, e.g. 16)")
+    written = commands.add_parser("port", help="write the Flax NNX port of a torch model (and check it)")
+    written.add_argument("model", metavar="MODULE:ATTR", help="a torch.nn.Module class or zero-argument factory")
+    written.add_argument("--input-shape", required=True, type=_sizes("a shape is sizes >= 1, e.g. 8,1,28,28"),
+                         help="the example input's shape with its batch, torch's layout (e.g. 8,1,28,28)")
+    written.add_argument("--int-inputs", type=config_lib.positive_int, default=None, metavar="VOCAB",
+                         help="the inputs are token ids below VOCAB")
+    written.add_argument("--out", required=True, metavar="FILE.py", help="where to write the port's source")
+    written.add_argument("--check", action="store_true",
+                         help="then train both 8 steps on synthetic data (check_port) and print the verdict")
     launch = commands.add_parser("launch", help="run `train` in N local processes (like torchrun --standalone)",
                                  usage="jaxtrain launch --nproc N [--port PORT] -- train <flags>")
     launch.add_argument("--nproc", type=config_lib.positive_int, required=True, help="processes to start")
@@ -294,4 +359,6 @@ def main(argv=None) -> int:
         return run_bench(config_lib.config_from_args(args), args)
     if args.command == "convert":
         return run_convert(args)
+    if args.command == "port":
+        return run_port(args)
     return 2

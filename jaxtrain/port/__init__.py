@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from jaxtrain.errors import PortMappingError
+from jaxtrain.errors import PortMappingError, first_line
 
 __all__ = ["Port", "port"]
 
@@ -94,7 +94,15 @@ def port(torch_model, example_inputs) -> Port:
     arrays = _arrays(example_inputs)
     tensors = (({k: torch.from_numpy(v) for k, v in arrays.items()}) if isinstance(arrays, dict)
                else tuple(torch.from_numpy(a) for a in arrays))
-    written = write(copy.deepcopy(torch_model).eval(), tensors)  # a copy: running it must not move BatchNorm's stats
+    model = copy.deepcopy(torch_model).eval()  # a copy: running it must not move BatchNorm's statistics
+    try:
+        with torch.no_grad():
+            model(**tensors) if isinstance(tensors, dict) else model(*tensors)
+    except Exception as e:  # noqa: BLE001  (the user's model on the user's inputs: said in one line)
+        shapes = {k: v.shape for k, v in arrays.items()} if isinstance(arrays, dict) else [a.shape for a in arrays]
+        raise PortMappingError(f"{type(torch_model).__name__} does not run on example inputs of shape {shapes}: "
+                               f"{type(e).__name__}: {first_line(e)}") from None
+    written = write(model, tensors)
     return Port(written.source, written.class_name, written.untranslated, torch_model,
                 arrays if isinstance(arrays, dict) else (arrays[0] if len(arrays) == 1 else arrays))
 

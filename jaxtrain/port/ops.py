@@ -221,6 +221,11 @@ def _to(args, kwargs, node) -> Expr:
     return Expr(x.src if dtype is None else f"{x.src}.astype({dtype.src})", layout="any", result="same")
 
 
+def _where(args, kwargs, node) -> Expr:
+    bound = bind(args, kwargs, "condition input other")
+    return Expr(f"jnp.where({bound['condition'].src}, {bound['input'].src}, {bound['other'].src})")
+
+
 def _identity(args, kwargs, node) -> Expr:
     return Expr(args[0].src, layout="any", result="same")
 
@@ -262,6 +267,8 @@ def functions() -> dict:
     table = {
         operator.add: _binary("+"), operator.sub: _binary("-"), operator.mul: _binary("*"),
         operator.truediv: _binary("/"), operator.floordiv: _binary("//"), operator.pow: _binary("**"),
+        operator.gt: _binary(">"), operator.lt: _binary("<"), operator.ge: _binary(">="), operator.le: _binary("<="),
+        operator.eq: _binary("=="), operator.ne: _binary("!="), torch.where: _where,
         operator.matmul: _matmul, operator.getitem: _getitem, operator.neg: _unary("(-{})"),
         torch.add: _binary("+"), torch.sub: _binary("-"), torch.mul: _binary("*"), torch.div: _binary("/"),
         torch.matmul: _matmul, torch.bmm: _matmul, torch.flatten: _flatten, torch.cat: _cat, torch.concat: _cat,
@@ -292,7 +299,8 @@ METHODS: dict[str, Callable] = {
     "relu": _activation("relu"), "sigmoid": _activation("sigmoid"), "tanh": _activation("tanh"),
     "exp": _unary("jnp.exp({})"), "log": _unary("jnp.log({})"), "sqrt": _unary("jnp.sqrt({})"),
     "rsqrt": _unary("jax.lax.rsqrt({})"), "abs": _unary("jnp.abs({})"), "neg": _unary("(-{})"),
-    "add": _binary("+"), "sub": _binary("-"), "mul": _binary("*"), "div": _binary("/"), "pow": _binary("**"),
+    "gt": _binary(">"), "lt": _binary("<"), "ge": _binary(">="), "le": _binary("<="), "eq": _binary("=="),
+    "ne": _binary("!="), "add": _binary("+"), "sub": _binary("-"), "mul": _binary("*"), "div": _binary("/"), "pow": _binary("**"),
 }
 
 

@@ -1,0 +1,240 @@
+"""The port writer: each module rule and op rule writes torch's formula (the written port's float64 forward pass
+equals torch's to rounding, torch's weights loaded through `convert`), a written port trains like torch's model
+(check_port's three parts), what cannot be written is said, and the file never imports torch."""
+
+import copy
+import subprocess
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from flax import nnx
+from torch import nn
+
+from jaxtrain.errors import PortMappingError
+from jaxtrain.port import modules, ops, port
+
+
+def forward_both(model: nn.Module, x) -> tuple[np.ndarray, np.ndarray, object]:
+    """The written port's and torch's eval outputs in float64 on `x`, torch's weights in both."""
+    torch.manual_seed(0)
+    p = port(model, x)
+    assert not p.untranslated, p.untranslated
+    flax = p.flax_model()
+    flax.eval()
+    jax.config.update("jax_enable_x64", True)
+    graphdef, state = nnx.split(flax)
+    state = jax.tree.map(lambda a: a.astype(jnp.float64) if jnp.issubdtype(a.dtype, jnp.floating) else a, state)
+    floats = lambda a: a.astype(np.float64) if np.issubdtype(np.asarray(a).dtype, np.floating) else a  # noqa: E731
+    xs = x if isinstance(x, tuple) else (x,)
+    ours = np.asarray(nnx.merge(graphdef, state)(*(jnp.asarray(floats(a)) for a in xs)))
+    with torch.no_grad():
+        theirs = copy.deepcopy(model).double().eval()(*(torch.from_numpy(floats(a)) for a in xs)).numpy()
+    return ours, theirs, p
+
+
+class Seq(nn.Module):
+    """The layers under test, called in order (a user's class, so the writer writes a class for it)."""
+
+    def __init__(self, *layers):
+        super().__init__()
+        self.body = nn.Sequential(*layers)
+
+    def forward(self, x):
+        return self.body(x)
+
+
+IMAGES = np.random.default_rng(0).normal(size=(3, 4, 8, 8)).astype(np.float32)
+ROWS = np.random.default_rng(1).normal(size=(3, 6)).astype(np.float32)
+SEQS = np.random.default_rng(2).normal(size=(3, 5, 6)).astype(np.float32)
+SIGNALS = np.random.default_rng(3).normal(size=(3, 4, 10)).astype(np.float32)
+IDS = np.random.default_rng(4).integers(0, 7, (3, 5))
+
+MODULE_CASES = {
+    "Linear": (lambda: Seq(nn.Linear(6, 3)), ROWS),
+    "Linear (no bias)": (lambda: Seq(nn.Linear(6, 3, bias=False)), ROWS),
+    "Conv2d": (lambda: Seq(nn.Conv2d(4, 5, 3, stride=2, padding=1, dilation=1), nn.Flatten()), IMAGES),
+    "Conv2d (groups, reflect, dilation)": (
+        lambda: Seq(nn.Conv2d(4, 4, 3, padding=2, dilation=2, groups=2, padding_mode="reflect"), nn.Flatten()), IMAGES),
+    "Conv1d": (lambda: Seq(nn.Conv1d(4, 3, 3, padding="same"), nn.Flatten()), SIGNALS),
+    "BatchNorm2d": (lambda: Seq(nn.BatchNorm2d(4), nn.Flatten()), IMAGES),
+    "BatchNorm1d": (lambda: Seq(nn.BatchNorm1d(6)), ROWS),
+    "LayerNorm": (lambda: Seq(nn.LayerNorm(6, eps=1e-3)), SEQS),
+    "GroupNorm": (lambda: Seq(nn.GroupNorm(2, 4), nn.Flatten()), IMAGES),
+    "Embedding": (lambda: Seq(nn.Embedding(7, 4, padding_idx=0), nn.Flatten()), IDS),
+    "Dropout": (lambda: Seq(nn.Dropout(0.5), nn.Linear(6, 2)), ROWS),
+    "MaxPool2d": (lambda: Seq(nn.MaxPool2d(3, stride=2, padding=1), nn.Flatten()), IMAGES),
+    "AvgPool2d": (lambda: Seq(nn.AvgPool2d(3, stride=2, padding=1, count_include_pad=False), nn.Flatten()), IMAGES),
+    "AdaptiveAvgPool2d": (lambda: Seq(nn.AdaptiveAvgPool2d((2, 4)), nn.Flatten()), IMAGES),
+    "AdaptiveAvgPool2d (1)": (lambda: Seq(nn.AdaptiveAvgPool2d(1), nn.Flatten()), IMAGES),
+    "activations": (lambda: Seq(nn.ReLU(), nn.Linear(6, 6), nn.GELU(), nn.Linear(6, 6), nn.GELU("tanh"), nn.SiLU(),
+                                nn.Tanh(), nn.Sigmoid(), nn.LeakyReLU(0.2), nn.ELU(0.5), nn.Mish(), nn.ReLU6(),
+                                nn.Softplus(beta=2.0, threshold=1.0), nn.Hardtanh(-0.5, 0.5), nn.Identity()), ROWS),
+    "Softmax, LogSoftmax": (lambda: Seq(nn.Softmax(dim=1), nn.Linear(6, 6), nn.LogSoftmax(dim=-1)), ROWS),
+    "Flatten, Unflatten": (lambda: Seq(nn.Flatten(1, 2), nn.Unflatten(1, (2, 15)), nn.Flatten()), SEQS),
+}
+
+
+def test_every_module_rule_has_a_case():
+    covered = {name.split(" ")[0].rstrip(",") for name in MODULE_CASES}
+    families = {n for n in modules.RULES if not n.endswith(("1d", "3d")) or n in ("BatchNorm1d", "Conv1d")}
+    activations = {"ReLU", "ReLU6", "GELU", "SiLU", "Sigmoid", "Tanh", "Mish", "LeakyReLU", "ELU", "Softplus",
+                   "Hardtanh", "Identity", "LogSoftmax", "Unflatten"}
+    assert families - activations - covered == set()
+
+
+@pytest.mark.parametrize("case", MODULE_CASES)
+def test_a_module_rule_writes_torchs_formula(case):
+    make, x = MODULE_CASES[case]
+    ours, theirs, _ = forward_both(make(), x)
+    np.testing.assert_allclose(ours, theirs, rtol=1e-10, atol=1e-12)
+
+
+class Ops(nn.Module):
+    """Each op rule on its own, after a Linear so the tensor is computed."""
+
+    def __init__(self, op):
+        super().__init__()
+        self.fc, self.op = nn.Linear(6, 24), op
+
+    def forward(self, x):
+        return self.op(self.fc(x))
+
+
+def _attention(h):
+    qkv = h.view(h.size(0), 2, 3, 4).transpose(1, 2).chunk(3, dim=1)  # fx indexes a traced tuple, never unpacks it
+    return F.scaled_dot_product_attention(qkv[0], qkv[1], qkv[2], is_causal=True).flatten(1)
+
+
+OP_CASES = {
+    "arithmetic": lambda h: (h + 1.0) * h - h / 2.0 + torch.add(h, h, alpha=0.5) - (-h) ** 2,
+    "view, size, permute, reshape": lambda h: h.view(h.size(0), 4, 6).permute(0, 2, 1).reshape(-1, 24),
+    "transpose, contiguous, t": lambda h: h.view(-1, 4, 6).transpose(1, 2).contiguous().flatten(1) @ h.t(),
+    "cat, chunk": lambda h: torch.cat([h.chunk(2, dim=-1)[1], torch.chunk(h, 2, -1)[0], h], dim=1),
+    "reductions": lambda h: h.mean(dim=-1, keepdim=True) + h.sum(1, keepdim=True) + torch.mean(h),
+    "unsqueeze, squeeze, getitem": lambda h: h.unsqueeze(1)[:, 0, 2:10].squeeze(1) * h[:, :1],
+    "softmax, log_softmax": lambda h: F.softmax(h, dim=-1) + h.log_softmax(-1) + torch.softmax(h, 1),
+    "functional activations": lambda h: F.gelu(h) + F.relu(h) + torch.tanh(h) + F.silu(h) + F.leaky_relu(h, 0.1)
+    + F.elu(h) + F.softplus(h) + torch.sigmoid(h) + F.mish(h),
+    "elementwise functions": lambda h: torch.exp(-h.abs()) + torch.sqrt(h * h + 1) + torch.rsqrt(h * h + 1)
+    + torch.log(h * h + 1),
+    "scaled_dot_product_attention": _attention,
+    "masked_fill, where, comparisons": lambda h: h.masked_fill(h > 0.1, -1.0) + torch.where(h <= 0.0, h, 2 * h)
+    + (h == 0.5) + (h != 0.5).float(),
+    "matmul": lambda h: torch.matmul(h.view(-1, 4, 6), h.view(-1, 6, 4)).flatten(1),
+}
+
+
+@pytest.mark.parametrize("case", OP_CASES)
+def test_an_op_rule_writes_torchs_formula(case):
+    ours, theirs, _ = forward_both(Ops(OP_CASES[case]), ROWS)
+    np.testing.assert_allclose(ours, theirs, rtol=1e-10, atol=1e-12)
+
+
+def test_a_written_port_keeps_torchs_order_before_a_flatten_and_never_imports_torch():
+    ours, theirs, p = forward_both(Seq(nn.Conv2d(4, 3, 3), nn.ReLU(), nn.MaxPool2d(2), nn.Flatten(), nn.Linear(27, 2)),
+                                   IMAGES)
+    np.testing.assert_allclose(ours, theirs, rtol=1e-10, atol=1e-12)
+    assert p.source.count("jnp.moveaxis") == 2  # once into channels last, once back before the flatten
+    imports = [line for line in p.source.splitlines() if line.startswith(("import ", "from "))]
+    assert not any("torch" in line.split("#")[0] for line in imports), imports
+    script = ("import sys; sys.modules['torch'] = None\n"  # any torch import fails
+              f"exec(compile(open({str(p.save(_tmp() / 'port.py'))!r}).read(), 'port.py', 'exec'))\n"
+              "from flax import nnx; Seq(rngs=nnx.Rngs(0)); print('ok')")
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr[-2000:]
+
+
+def _tmp():
+    import tempfile
+    from pathlib import Path
+
+    return Path(tempfile.mkdtemp())
+
+
+class Branchy(nn.Module):
+    """Data-dependent control flow: fx cannot trace it."""
+
+    def __init__(self):
+        super().__init__()
+        self.fc = nn.Linear(6, 2)
+
+    def forward(self, x):
+        if x.sum() > 0:
+            return self.fc(x)
+        return -self.fc(x)
+
+
+class UnknownOp(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.fc = nn.Linear(6, 2)
+
+    def forward(self, x):
+        return torch.cumsum(self.fc(x), dim=1)
+
+
+@pytest.mark.parametrize("model, what", [(Branchy, "Branchy.forward"), (UnknownOp, "torch.cumsum")])
+def test_what_cannot_be_written_is_said_and_the_file_still_imports(model, what):
+    p = port(model(), ROWS)
+    assert [u[0] for u in p.untranslated] == [what], p.untranslated
+    assert "test_port.py:" in p.untranslated[0][1]
+    module = p.module()  # imports
+    flax = getattr(module, p.class_name)(rngs=nnx.Rngs(0))
+    with pytest.raises(NotImplementedError, match=what.split(".")[-1]):
+        flax(jnp.asarray(ROWS))
+    with pytest.raises(PortMappingError, match="jaxtrain.port could not write 1 part"):
+        p.flax_model()
+
+
+def test_op_and_module_rules_are_tables_of_small_functions():
+    assert len(modules.RULES) >= 30 and all(callable(r) for r in modules.RULES.values())
+    assert len(ops.functions()) >= 40 and len(ops.METHODS) >= 30
+
+
+def test_a_written_port_trains_like_torchs_model(fashion):
+    """The tutorial's BatchNorm + Dropout MLP, written, passes check_port's three parts with no glue."""
+    from torchref.models import NeuralNetworkBatchNormDropout
+
+    train, test = fashion
+    torch.manual_seed(0)
+    p = port(NeuralNetworkBatchNormDropout(), train.images[:4])
+    report = p.check(train=(train.images[:256], train.labels[:256]), test=(test.images[:128], test.labels[:128]),
+                     optimizer="adam", optimizer_kwargs={"lr": 1e-3}, batch_size=64, steps=4)
+    assert report.passed, str(report)
+
+
+# --------------------------------------------------------------------------- the command
+
+
+def test_the_port_command_writes_the_file_and_says_what_it_could_not_in_one_line(tmp_path, capsys):
+    from jaxtrain import cli
+
+    out = tmp_path / "cnn_port.py"
+    assert cli.main(["port", "examples.cnn:TorchCNN", "--input-shape", "8,1,28,28", "--out", str(out)]) == 0
+    assert "class TorchCNN(nnx.Module)" in out.read_text() and f"wrote {out}" in capsys.readouterr().out
+
+    branchy = tmp_path / "branchy.py"
+    assert cli.main(["port", "parity_tests.test_port:Branchy", "--input-shape", "3,6", "--out", str(branchy)]) == 1
+    said = capsys.readouterr()
+    assert "untranslated: Branchy.forward at parity_tests/test_port.py:" in said.out and branchy.exists()
+    assert said.err.count("\n") == 1 and "could not be written" in said.err
+
+    assert cli.main(["port", "examples.cnn:TorchCNN", "--input-shape", "8,3,28,28", "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "does not run on example inputs of shape [(8, 3, 28, 28)]" in err
+    assert cli.main(["port", "examples.cnn:TorchCNN", "--input-shape", "8,1,28,28", "--out", "/nonexistent/p.py"]) == 2
+    assert capsys.readouterr().err.count("\n") == 1
+
+
+@pytest.mark.corpus  # about 30 s: the command's whole path on the CNN, beside the MLP the suite trains
+def test_the_port_command_checks_the_cnn_it_wrote(tmp_path, capsys):
+    from jaxtrain import cli
+
+    out = tmp_path / "cnn_port.py"
+    code = cli.main(["port", "examples.cnn:TorchCNN", "--input-shape", "8,1,28,28", "--out", str(out), "--check"])
+    assert code == 0 and "PARITY PASSED" in capsys.readouterr().out
