@@ -48,6 +48,20 @@ class Seq(nn.Module):
         return self.body(x)
 
 
+class Recurrent(nn.Module):
+    """A recurrent layer's outputs and final states, summed into one tensor."""
+
+    def __init__(self, rnn):
+        super().__init__()
+        self.rnn = rnn
+
+    def forward(self, x):
+        out, state = self.rnn(x if self.rnn.batch_first else x.transpose(0, 1))
+        out = out if self.rnn.batch_first else out.transpose(0, 1)
+        last = state[0] if isinstance(self.rnn, nn.LSTM) else state
+        return torch.cat([out.flatten(1), last.transpose(0, 1).flatten(1)], dim=1)
+
+
 IMAGES = np.random.default_rng(0).normal(size=(3, 4, 8, 8)).astype(np.float32)
 ROWS = np.random.default_rng(1).normal(size=(3, 6)).astype(np.float32)
 SEQS = np.random.default_rng(2).normal(size=(3, 5, 6)).astype(np.float32)
@@ -66,6 +80,8 @@ MODULE_CASES = {
     "LayerNorm": (lambda: Seq(nn.LayerNorm(6, eps=1e-3)), SEQS),
     "GroupNorm": (lambda: Seq(nn.GroupNorm(2, 4), nn.Flatten()), IMAGES),
     "Embedding": (lambda: Seq(nn.Embedding(7, 4, padding_idx=0), nn.Flatten()), IDS),
+    "LSTM": (lambda: Recurrent(nn.LSTM(6, 4, batch_first=True)), SEQS),
+    "GRU (2 layers, bidirectional)": (lambda: Recurrent(nn.GRU(6, 4, num_layers=2, bidirectional=True)), SEQS),
     "Dropout": (lambda: Seq(nn.Dropout(0.5), nn.Linear(6, 2)), ROWS),
     "MaxPool2d": (lambda: Seq(nn.MaxPool2d(3, stride=2, padding=1), nn.Flatten()), IMAGES),
     "AvgPool2d": (lambda: Seq(nn.AvgPool2d(3, stride=2, padding=1, count_include_pad=False), nn.Flatten()), IMAGES),

@@ -130,6 +130,18 @@ def adaptive_avg_pool(m, node) -> Layer:
     return Layer(None, lambda attr, xs: f"nnx.avg_pool({xs[0]}, {window}, strides={window})", layout="last")
 
 
+def recurrent(m, node) -> Layer:
+    kind = type(m).__name__ if type(m).__name__ in ("LSTM", "GRU") else next(
+        k.__name__ for k in type(m).__mro__ if k.__name__ in ("LSTM", "GRU"))
+    if getattr(m, "proj_size", 0) or (m.dropout and m.num_layers > 1):
+        raise Untranslatable(f"{kind} with proj_size or dropout between layers (no rule yet)")
+    options = _options(num_layers=(m.num_layers, 1), bias=(m.bias, True), batch_first=(m.batch_first, False),
+                       bidirectional=(m.bidirectional, False))
+    return Layer(f"TorchRecurrent({kind!r}, {m.input_size}, {m.hidden_size}{options}, rngs=rngs)",
+                 lambda attr, xs: f"{attr}({', '.join(xs)})", imports=("from jaxtrain.layers import TorchRecurrent",),
+                 inputs=2)
+
+
 def activation(name: str, *fields: str) -> Callable:
     def rule(m, node) -> Layer:
         extra = {f: getattr(m, f) for f in fields}
@@ -162,7 +174,7 @@ def unflatten(m, node) -> Layer:
 RULES: dict[str, Callable] = {
     "Linear": linear, "Conv1d": conv, "Conv2d": conv, "Conv3d": conv,
     "BatchNorm1d": batch_norm, "BatchNorm2d": batch_norm, "BatchNorm3d": batch_norm,
-    "LayerNorm": layer_norm, "GroupNorm": group_norm, "Embedding": embedding, "Dropout": dropout,
+    "LSTM": recurrent, "GRU": recurrent, "LayerNorm": layer_norm, "GroupNorm": group_norm, "Embedding": embedding, "Dropout": dropout,
     "MaxPool1d": max_pool, "MaxPool2d": max_pool, "MaxPool3d": max_pool,
     "AvgPool1d": avg_pool, "AvgPool2d": avg_pool, "AvgPool3d": avg_pool,
     "AdaptiveAvgPool1d": adaptive_avg_pool, "AdaptiveAvgPool2d": adaptive_avg_pool,

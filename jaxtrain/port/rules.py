@@ -49,6 +49,7 @@ class Layer:
     call: Callable[[str, list], str]
     layout: str = "torch"
     imports: tuple[str, ...] = ()
+    inputs: int = 1  # how many positional inputs its call may take
 
 
 @dataclasses.dataclass

@@ -81,6 +81,7 @@ def trace(module, args: tuple, kwargs: dict) -> Traced:
     try:
         graph = Tracer().trace(module, concrete_args=concrete or None)
         gm = fx.GraphModule(module, graph)
+        graph.eliminate_dead_code()  # `out, _ = self.lstm(x)`: the unused half is not written
         inputs = [*args, *(kwargs[n] for n in names if n in kwargs and n not in names[:len(args)])]
         with torch.no_grad():
             ShapeProp(gm).propagate(*inputs)

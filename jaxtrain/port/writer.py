@@ -201,8 +201,9 @@ class _ClassWriter:
         if rule is None:
             raise Untranslatable("no rule in jaxtrain.port")
         layer = rule(sub, node)
-        if len(node.args) != 1 or node.kwargs:
-            raise Untranslatable("a call with more than one input (no rule yet)")
+        if not 1 <= len(node.args) <= layer.inputs or node.kwargs:
+            raise Untranslatable(f"a call with {len(node.args)} inputs{' and keywords' if node.kwargs else ''} "
+                                 "(no rule yet)")
         need = layer.layout if (_rank(node.args[0]) or 0) >= 3 or layer.layout == "any" else "torch"
         args, _, layout = self._laid_out(node, need)
         return Expr(layer.call(attr, [a.src for a in args]), result=layout)
