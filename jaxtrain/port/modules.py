@@ -54,6 +54,21 @@ def conv(m, node) -> Layer:
     return Layer(init, call, layout="last")
 
 
+def conv_transpose(m, node) -> Layer:
+    """Flax's ConvTranspose runs a plain convolution over the dilated input (the kernel flipped by the mapping):
+    torch's padding p is k - 1 - p on each side, dilated, and output_padding more at the end."""
+    n = len(m.kernel_size)
+    if m.groups != 1 or m.padding_mode != "zeros":
+        raise Untranslatable("ConvTranspose with groups or a padding_mode (no rule yet)")
+    padding = [(d * (k - 1) - p, d * (k - 1) - p + o) for k, p, o, d in
+               zip(m.kernel_size, pair(m.padding, n), pair(m.output_padding, n), pair(m.dilation, n))]
+    ones = (1,) * n
+    init = (f"nnx.ConvTranspose({m.in_channels}, {m.out_channels}, kernel_size={tuple(m.kernel_size)}"
+            + _options(strides=(tuple(m.stride), ones), padding=(padding, None),
+                       kernel_dilation=(tuple(m.dilation), ones), use_bias=(m.bias is not None, True)) + ", rngs=rngs)")
+    return Layer(init, lambda attr, xs: f"{attr}({xs[0]})", layout="last")
+
+
 def batch_norm(m, node) -> Layer:
     if not m.affine or not m.track_running_stats or m.momentum is None:
         raise Untranslatable("BatchNorm without affine parameters, running statistics or a momentum")
@@ -173,6 +188,7 @@ def unflatten(m, node) -> Layer:
 
 RULES: dict[str, Callable] = {
     "Linear": linear, "Conv1d": conv, "Conv2d": conv, "Conv3d": conv,
+    "ConvTranspose1d": conv_transpose, "ConvTranspose2d": conv_transpose, "ConvTranspose3d": conv_transpose,
     "BatchNorm1d": batch_norm, "BatchNorm2d": batch_norm, "BatchNorm3d": batch_norm,
     "LSTM": recurrent, "GRU": recurrent, "LayerNorm": layer_norm, "GroupNorm": group_norm, "Embedding": embedding, "Dropout": dropout,
     "MaxPool1d": max_pool, "MaxPool2d": max_pool, "MaxPool3d": max_pool,
@@ -189,8 +205,16 @@ RULES: dict[str, Callable] = {
 
 
 def rule_for(module) -> Callable | None:
-    """The rule for a torch.nn module's class, looked up along its bases (None: no rule)."""
+    """The rule for a torch.nn module's class, looked up along its bases (None: no rule). A parametrized
+    module (spectral_norm, weight_norm) computes its weight: no rule writes that yet."""
+    if getattr(module, "parametrizations", None):
+        return _parametrized
     for klass in type(module).__mro__:
         if klass.__module__.startswith("torch.nn") and klass.__name__ in RULES:
             return RULES[klass.__name__]
     return None
+
+
+def _parametrized(m, node) -> Layer:
+    kinds = sorted({type(p).__name__.lstrip("_") for ps in m.parametrizations.values() for p in ps})
+    raise Untranslatable(f"a parametrized weight ({', '.join(kinds)}): no rule yet")

@@ -166,6 +166,7 @@ def _reduction(method: str) -> Callable:
 def _cat(args, kwargs, node) -> Expr:
     bound = bind(args, kwargs, "tensors dim", dim=0)
     tensors = bound["tensors"]
+    tensors = list(tensors.const) if isinstance(tensors, Value) and isinstance(tensors.const, tuple) else tensors
     first = tensors[0] if isinstance(tensors, list) else tensors
     return Expr(f"jnp.concatenate([{', '.join(t.src for t in tensors)}], axis={dim_of(first, const(bound['dim'], 'dim'))})")
 
@@ -226,6 +227,35 @@ def _where(args, kwargs, node) -> Expr:
     return Expr(f"jnp.where({bound['condition'].src}, {bound['input'].src}, {bound['other'].src})")
 
 
+def _getattr(args, kwargs, node) -> Expr:
+    """x.shape (torch's order whatever the layout), x.dtype; x.device has no meaning in the port."""
+    x, name = args[0], const(args[1], "attribute")
+    if name == "shape":
+        return _size([x], {}, node)
+    if name == "device":  # only ever passed on to a factory (torch.arange(..., device=x.device)), which drops it
+        return Expr("None", layout="keep")
+    if name in ("dtype", "ndim", "T"):
+        return Expr(f"{x.src}.{name}", layout="keep" if name != "T" else "torch")
+    raise Untranslatable(f"tensor attribute {name!r}")
+
+
+def _arange(args, kwargs, node) -> Expr:
+    kwargs = {k: v for k, v in kwargs.items() if k not in ("device", "requires_grad", "layout", "pin_memory")}
+    dtype = kwargs.pop("dtype", None)
+    bound = bind(args, kwargs, "start end step", end=None, step=1)
+    if bound["end"].is_const and bound["end"].const is None:
+        bound = {"start": Value.constant(0), "end": bound["start"], "step": bound["step"]}
+    dtype_src = "" if dtype is None else f", dtype={dtype.src}"
+    # torch's arange of ints is int64, of floats the default float dtype: the port follows its inputs
+    return Expr(f"jnp.arange({bound['start'].src}, {bound['end'].src}, {bound['step'].src}{dtype_src})",
+                layout="keep")
+
+
+def _outer(args, kwargs, node) -> Expr:
+    bound = bind(args, kwargs, "input vec2")
+    return Expr(f"jnp.outer({bound['input'].src}, {bound['vec2'].src})")
+
+
 def _identity(args, kwargs, node) -> Expr:
     return Expr(args[0].src, layout="any", result="same")
 
@@ -276,6 +306,8 @@ def functions() -> dict:
         torch.unsqueeze: _unsqueeze, torch.squeeze: _squeeze, torch.mean: _reduction("mean"),
         torch.sum: _reduction("sum"), torch.exp: _unary("jnp.exp({})"), torch.log: _unary("jnp.log({})"),
         torch.sqrt: _unary("jnp.sqrt({})"), torch.rsqrt: _unary("jax.lax.rsqrt({})"), torch.abs: _unary("jnp.abs({})"),
+        getattr: _getattr, torch.arange: _arange, torch.outer: _outer, torch.cos: _unary("jnp.cos({})"),
+        torch.sin: _unary("jnp.sin({})"),
         torch.softmax: _softmax("softmax"), torch.log_softmax: _softmax("log_softmax"),
         F.softmax: _softmax("softmax"), F.log_softmax: _softmax("log_softmax"),
         F.scaled_dot_product_attention: _sdpa, torch.masked_fill: _masked_fill,
@@ -297,7 +329,7 @@ METHODS: dict[str, Callable] = {
     "unsqueeze": _unsqueeze, "squeeze": _squeeze, "chunk": _chunk, "matmul": _matmul, "masked_fill": _masked_fill,
     "float": _astype("float32"), "double": _astype("float64"), "to": _to, "type_as": _identity,
     "relu": _activation("relu"), "sigmoid": _activation("sigmoid"), "tanh": _activation("tanh"),
-    "exp": _unary("jnp.exp({})"), "log": _unary("jnp.log({})"), "sqrt": _unary("jnp.sqrt({})"),
+    "exp": _unary("jnp.exp({})"), "cos": _unary("jnp.cos({})"), "sin": _unary("jnp.sin({})"), "log": _unary("jnp.log({})"), "sqrt": _unary("jnp.sqrt({})"),
     "rsqrt": _unary("jax.lax.rsqrt({})"), "abs": _unary("jnp.abs({})"), "neg": _unary("(-{})"),
     "gt": _binary(">"), "lt": _binary("<"), "ge": _binary(">="), "le": _binary("<="), "eq": _binary("=="),
     "ne": _binary("!="), "add": _binary("+"), "sub": _binary("-"), "mul": _binary("*"), "div": _binary("/"), "pow": _binary("**"),

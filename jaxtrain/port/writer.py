@@ -58,11 +58,21 @@ def write(model, inputs) -> Written:
         return match
 
     root = class_for("", model)
+    missing.extend(_tied(model))
     header = [f'"""Flax NNX port of {type(model).__module__}.{type(model).__qualname__}, written by jaxtrain.port.',
               "", "Torch's attribute names are kept, so `jaxtrain.convert.torch_to_flax` and `check_port` pair the two",
               "models by name; the weights are Flax's initialisation until torch's are loaded.", '"""', "",
               *HEADER, *sorted(imports), "", "", ""]
     return Written("\n".join(header) + "\n\n\n".join(classes) + "\n", root, missing)
+
+
+def _tied(model) -> list:
+    """Parameters one module shares with another (a head tied to its embedding): no rule writes that yet."""
+    owners: dict = {}
+    for name, p in model.named_parameters(remove_duplicate=False):
+        owners.setdefault(id(p), []).append(name)
+    return [(f"tied weights {', '.join(names)}", "the model's __init__", "a parameter shared between modules: no "
+             "rule yet (Flax's idiom: nnx.Embed.attend for a tied head)") for names in owners.values() if len(names) > 1]
 
 
 def _identifier(name: str) -> str:
@@ -95,6 +105,8 @@ class _ClassWriter:
     # ------------------------------------------------------------------ __init__
 
     def _init(self) -> list:
+        if is_container(self.module):  # a bare nn.Sequential: its layers in a list (`layers.0` pairs with `0`)
+            return [f"        self.layers = {self._build('', self.module)}"]
         lines = []
         for name, child in self.module.named_children():
             built = self._build(name, child)
@@ -106,7 +118,7 @@ class _ClassWriter:
 
     def _build(self, qualname: str, module) -> str:
         if is_container(module):
-            items = [self._build(f"{qualname}.{n}", c) for n, c in module.named_children()]
+            items = [self._build(f"{qualname}.{n}".lstrip("."), c) for n, c in module.named_children()]
             return "nnx.List([\n" + "".join(f"            {i},\n" for i in items) + "        ])"
         if not is_library(module):
             child_path = f"{self.path}.{qualname}" if self.path else qualname
@@ -192,7 +204,7 @@ class _ClassWriter:
 
     def _module_call(self, node) -> Expr:
         sub = self.module.get_submodule(node.target)
-        attr = _attribute(node.target)
+        attr = _attribute(node.target, "self.layers" if is_container(self.module) else "self")
         if not is_library(sub):
             args, kwargs, _ = self._laid_out(node, "torch")
             inputs = [a.src for a in args] + [f"{k}={v.src}" for k, v in kwargs.items()]
@@ -276,9 +288,8 @@ def _rank(node) -> int | None:
     return None if s is None else len(s)
 
 
-def _attribute(target: str) -> str:
+def _attribute(target: str, src: str = "self") -> str:
     """`features.0` -> `self.features[0]`."""
-    src = "self"
     for part in target.split("."):
         src += f"[{part}]" if part.isdigit() else f".{_identifier(part)}"
     return src

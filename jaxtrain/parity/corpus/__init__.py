@@ -8,7 +8,8 @@ This module lists every case and runs them; the case data lives beside it, one m
 (hand-written pairs with their own data), `real` (hand-written ports of torch.nn layers), `hf`
 (transformers' PyTorch models against that library's own Flax ports), `loops` (training loops: clipping,
 param groups, schedules, accumulation), `float32` (ports whose float32 alone goes wrong), `habits` (habits
-of torch code that are no porting bug, and the bugs beside them).
+of torch code that are no porting bug, and the bugs beside them), `written` (those torch models ported by
+`jaxtrain.port`, with no edits).
 
 The configuration cases train on the first 640 FashionMNIST training images (10 steps an epoch,
 batch 64) and evaluate on the first 2000 test images, on the CPU, in float32 and float64. The
@@ -47,6 +48,7 @@ from jaxtrain.losses import cross_entropy, mse
 from jaxtrain.parity import check_parity, check_port
 from jaxtrain.parity.corpus import float32 as corpus_float32
 from jaxtrain.parity.corpus import habits as corpus_habits
+from jaxtrain.parity.corpus import written as corpus_written
 from jaxtrain.parity.corpus import hf as corpus_hf
 from jaxtrain.parity.corpus import loops as corpus_loops
 from jaxtrain.parity.corpus import ports
@@ -122,9 +124,12 @@ HEALTHY: dict[str, dict] = {
     **corpus_float32.HEALTHY,
     # habits of torch code that are no porting bug: in-place inputs, a moved boundary, buffers (corpus_habits)
     **corpus_habits.HEALTHY,
+    # torch models of the cases above and the tutorial's, ported by jaxtrain.port with no edits (corpus_written)
+    **corpus_written.HEALTHY,
 }
 # The lines of glue a user writes for the real ports (none listed: none)
-GLUE = {**{name: [] for name in corpus_real.HEALTHY}, **corpus_real.GLUE, **corpus_hf.GLUE}
+GLUE = {**{name: [] for name in corpus_real.HEALTHY}, **corpus_real.GLUE, **corpus_hf.GLUE,
+        **{name: [] for name in corpus_written.HEALTHY}}
 # Healthy user code whose library port differs from torch: the check must fail and name the difference.
 LIBRARY_FINDINGS = {**corpus_hf.FINDINGS, **{name: trap for name, (_, trap) in corpus_real.FINDINGS.items()}}
 
