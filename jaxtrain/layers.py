@@ -156,3 +156,89 @@ class TorchRecurrent(nnx.Module):
         output = jnp.swapaxes(xs, 0, 1) if self.batch_first else xs
         h_n = tuple(jnp.stack([c[i] for c in finals]) for i in range(states))
         return output, (h_n if states > 1 else h_n[0])
+
+
+class TorchLinearWeights(nnx.Module):
+    """A Linear's tensors in torch's layout (`weight` (out, in), `bias`), read by the layer that owns it
+    (nn.MultiheadAttention's `out_proj`), never called as a layer of its own."""
+
+    def __init__(self, in_features: int, out_features: int, bias: bool = True, *, rngs: nnx.Rngs):
+        init = torch_linear_init(in_features)
+        self.weight = nnx.Param(init(rngs.params(), (out_features, in_features)))
+        self.bias = nnx.Param(jnp.zeros((out_features,))) if bias else None
+
+    def apply(self, x):
+        return x @ self.weight[...].T + (0.0 if self.bias is None else self.bias[...])
+
+
+class TorchMultiheadAttention(nnx.Module):
+    """nn.MultiheadAttention for NNX with torch's tensors (`in_proj_weight` (3E, E), `in_proj_bias`, `out_proj.weight`,
+    `out_proj.bias`) and torch's call: `(output, weights)` from (query, key, value, key_padding_mask, need_weights,
+    attn_mask, average_attn_weights, is_causal); masks as torch reads them (bool: True is not attended; float:
+    added). The softmax runs in the inputs' dtype, as torch's does. No dropout on the attention weights."""
+
+    def __init__(self, embed_dim: int, num_heads: int, bias: bool = True, batch_first: bool = False, *,
+                 rngs: nnx.Rngs):
+        bound = (6.0 / (embed_dim + 3 * embed_dim)) ** 0.5  # torch's xavier_uniform_ over the fused (3E, E)
+        self.in_proj_weight = nnx.Param(jax.random.uniform(rngs.params(), (3 * embed_dim, embed_dim),
+                                                           minval=-bound, maxval=bound))
+        self.in_proj_bias = nnx.Param(jnp.zeros((3 * embed_dim,))) if bias else None
+        self.out_proj = TorchLinearWeights(embed_dim, embed_dim, bias, rngs=rngs)
+        self.num_heads, self.batch_first = num_heads, batch_first
+
+    def __call__(self, query, key, value, key_padding_mask=None, need_weights=True, attn_mask=None,
+                 average_attn_weights=True, is_causal=False):
+        if not self.batch_first:  # (T, N, E) -> (N, T, E)
+            query, key, value = (jnp.swapaxes(t, 0, 1) for t in (query, key, value))
+        w = jnp.split(self.in_proj_weight[...], 3)
+        b = jnp.split(self.in_proj_bias[...], 3) if self.in_proj_bias is not None else (0.0,) * 3
+        heads = lambda t: t.reshape(*t.shape[:2], self.num_heads, -1).swapaxes(1, 2)  # noqa: E731  (N, H, T, D)
+        q, k, v = (heads(t @ wi.T + bi) for t, wi, bi in zip((query, key, value), w, b))
+        scores = (q * (q.shape[-1] ** -0.5)) @ jnp.swapaxes(k, -1, -2)
+        if is_causal and attn_mask is None:
+            attn_mask = ~jnp.tril(jnp.ones((q.shape[2], k.shape[2]), bool))
+        if attn_mask is not None:
+            scores = jnp.where(attn_mask, -jnp.inf, scores) if attn_mask.dtype == bool else scores + attn_mask
+        if key_padding_mask is not None:
+            pad = key_padding_mask[:, None, None, :]
+            scores = jnp.where(pad, -jnp.inf, scores) if pad.dtype == bool else scores + pad
+        weights = jax.nn.softmax(scores, axis=-1)
+        out = (weights @ v).swapaxes(1, 2).reshape(query.shape[0], query.shape[1], -1)
+        out = self.out_proj.apply(out)
+        out = out if self.batch_first else jnp.swapaxes(out, 0, 1)
+        if not need_weights:
+            return out, None
+        return out, (weights.mean(axis=1) if average_attn_weights else weights)
+
+
+class TorchTransformerEncoderLayer(nnx.Module):
+    """nn.TransformerEncoderLayer for NNX, torch's attribute names (`self_attn`, `linear1`, `linear2`, `norm1`,
+    `norm2`, `dropout`, `dropout1`, `dropout2`) and its order of operations (post-norm, or `norm_first`)."""
+
+    def __init__(self, d_model: int, nhead: int, dim_feedforward: int = 2048, dropout: float = 0.0,
+                 activation: str = "relu", layer_norm_eps: float = 1e-5, batch_first: bool = False,
+                 norm_first: bool = False, bias: bool = True, *, rngs: nnx.Rngs):
+        self.self_attn = TorchMultiheadAttention(d_model, nhead, bias=bias, batch_first=batch_first, rngs=rngs)
+        self.linear1 = nnx.Linear(d_model, dim_feedforward, use_bias=bias, rngs=rngs)
+        self.linear2 = nnx.Linear(dim_feedforward, d_model, use_bias=bias, rngs=rngs)
+        self.norm1, self.norm2 = (nnx.LayerNorm(d_model, epsilon=layer_norm_eps, use_bias=bias, use_fast_variance=False,
+                                                rngs=rngs) for _ in range(2))
+        self.dropout, self.dropout1, self.dropout2 = (nnx.Dropout(dropout, rngs=rngs) for _ in range(3))
+        self.activation = {"relu": jax.nn.relu, "gelu": lambda x: jax.nn.gelu(x, approximate=False)}[activation]
+        self.norm_first = norm_first
+
+    def _sa_block(self, x, attn_mask, key_padding_mask, is_causal):
+        x = self.self_attn(x, x, x, attn_mask=attn_mask, key_padding_mask=key_padding_mask, need_weights=False,
+                           is_causal=is_causal)[0]
+        return self.dropout1(x)
+
+    def _ff_block(self, x):
+        return self.dropout2(self.linear2(self.dropout(self.activation(self.linear1(x)))))
+
+    def __call__(self, src, src_mask=None, src_key_padding_mask=None, is_causal=False):
+        x = src
+        if self.norm_first:
+            x = x + self._sa_block(self.norm1(x), src_mask, src_key_padding_mask, is_causal)
+            return x + self._ff_block(self.norm2(x))
+        x = self.norm1(x + self._sa_block(x, src_mask, src_key_padding_mask, is_causal))
+        return self.norm2(x + self._ff_block(x))

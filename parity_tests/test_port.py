@@ -62,6 +62,20 @@ class Recurrent(nn.Module):
         return torch.cat([out.flatten(1), last.transpose(0, 1).flatten(1)], dim=1)
 
 
+class Attend(nn.Module):
+    """Self-attention with a key padding mask computed from the inputs; outputs and averaged weights."""
+
+    def __init__(self, batch_first: bool):
+        super().__init__()
+        self.attn = nn.MultiheadAttention(6, 2, batch_first=batch_first)
+
+    def forward(self, x):
+        q = x if self.attn.batch_first else x.transpose(0, 1)
+        out, weights = self.attn(q, q, q, key_padding_mask=x[:, :, 0] > 1.5)
+        out = out if self.attn.batch_first else out.transpose(0, 1)
+        return torch.cat([out.flatten(1), weights.flatten(1)], dim=1)
+
+
 IMAGES = np.random.default_rng(0).normal(size=(3, 4, 8, 8)).astype(np.float32)
 ROWS = np.random.default_rng(1).normal(size=(3, 6)).astype(np.float32)
 SEQS = np.random.default_rng(2).normal(size=(3, 5, 6)).astype(np.float32)
@@ -82,6 +96,15 @@ MODULE_CASES = {
     "Embedding": (lambda: Seq(nn.Embedding(7, 4, padding_idx=0), nn.Flatten()), IDS),
     "LSTM": (lambda: Recurrent(nn.LSTM(6, 4, batch_first=True)), SEQS),
     "GRU (2 layers, bidirectional)": (lambda: Recurrent(nn.GRU(6, 4, num_layers=2, bidirectional=True)), SEQS),
+    "MultiheadAttention": (lambda: Attend(batch_first=True), SEQS),
+    "MultiheadAttention (sequence first)": (lambda: Attend(batch_first=False), SEQS),
+    "TransformerEncoderLayer": (lambda: Seq(nn.TransformerEncoderLayer(6, 2, 12, dropout=0.0, batch_first=True),
+                                            nn.Flatten()), SEQS),
+    "TransformerEncoderLayer (norm first, gelu)": (
+        lambda: Seq(nn.TransformerEncoderLayer(6, 2, 12, dropout=0.0, activation="gelu", batch_first=True,
+                                               norm_first=True), nn.Flatten()), SEQS),
+    "ConvTranspose2d": (lambda: Seq(nn.ConvTranspose2d(4, 3, 3, stride=2, padding=1, output_padding=1), nn.Flatten()),
+                        IMAGES),
     "Dropout": (lambda: Seq(nn.Dropout(0.5), nn.Linear(6, 2)), ROWS),
     "MaxPool2d": (lambda: Seq(nn.MaxPool2d(3, stride=2, padding=1), nn.Flatten()), IMAGES),
     "AvgPool2d": (lambda: Seq(nn.AvgPool2d(3, stride=2, padding=1, count_include_pad=False), nn.Flatten()), IMAGES),

@@ -157,6 +157,31 @@ def recurrent(m, node) -> Layer:
                  inputs=2)
 
 
+def multihead_attention(m, node) -> Layer:
+    if m.dropout or not m._qkv_same_embed_dim or m.bias_k is not None or m.add_zero_attn:
+        raise Untranslatable("MultiheadAttention with dropout, kdim/vdim, add_bias_kv or add_zero_attn (no rule yet)")
+    options = _options(bias=(m.in_proj_bias is not None, True), batch_first=(m.batch_first, False))
+    return Layer(f"TorchMultiheadAttention({m.embed_dim}, {m.num_heads}{options}, rngs=rngs)",
+                 lambda attr, xs: f"{attr}({', '.join(xs)})", imports=("from jaxtrain.layers import TorchMultiheadAttention",),
+                 inputs=8, keywords=True)
+
+
+def encoder_layer(m, node) -> Layer:
+    import torch.nn.functional as F
+
+    act = m.activation
+    name = act if isinstance(act, str) else {F.relu: "relu", F.gelu: "gelu"}.get(act, type(act).__name__.lower())
+    if name not in ("relu", "gelu") or m.self_attn.dropout or m.dropout.p:
+        raise Untranslatable("TransformerEncoderLayer with dropout (inside its attention: no rule yet) or an "
+                             "activation other than relu/gelu")
+    options = _options(dim_feedforward=(m.linear1.out_features, 2048), activation=(name, "relu"),
+                       layer_norm_eps=(m.norm1.eps, 1e-5), batch_first=(m.self_attn.batch_first, False),
+                       norm_first=(m.norm_first, False), bias=(m.linear1.bias is not None, True))
+    return Layer(f"TorchTransformerEncoderLayer({m.self_attn.embed_dim}, {m.self_attn.num_heads}{options}, rngs=rngs)",
+                 lambda attr, xs: f"{attr}({', '.join(xs)})",
+                 imports=("from jaxtrain.layers import TorchTransformerEncoderLayer",), inputs=4, keywords=True)
+
+
 def activation(name: str, *fields: str) -> Callable:
     def rule(m, node) -> Layer:
         extra = {f: getattr(m, f) for f in fields}
@@ -190,7 +215,7 @@ RULES: dict[str, Callable] = {
     "Linear": linear, "Conv1d": conv, "Conv2d": conv, "Conv3d": conv,
     "ConvTranspose1d": conv_transpose, "ConvTranspose2d": conv_transpose, "ConvTranspose3d": conv_transpose,
     "BatchNorm1d": batch_norm, "BatchNorm2d": batch_norm, "BatchNorm3d": batch_norm,
-    "LSTM": recurrent, "GRU": recurrent, "LayerNorm": layer_norm, "GroupNorm": group_norm, "Embedding": embedding, "Dropout": dropout,
+    "MultiheadAttention": multihead_attention, "TransformerEncoderLayer": encoder_layer, "LSTM": recurrent, "GRU": recurrent, "LayerNorm": layer_norm, "GroupNorm": group_norm, "Embedding": embedding, "Dropout": dropout,
     "MaxPool1d": max_pool, "MaxPool2d": max_pool, "MaxPool3d": max_pool,
     "AvgPool1d": avg_pool, "AvgPool2d": avg_pool, "AvgPool3d": avg_pool,
     "AdaptiveAvgPool1d": adaptive_avg_pool, "AdaptiveAvgPool2d": adaptive_avg_pool,

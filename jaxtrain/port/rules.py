@@ -50,6 +50,7 @@ class Layer:
     layout: str = "torch"
     imports: tuple[str, ...] = ()
     inputs: int = 1  # how many positional inputs its call may take
+    keywords: bool = False  # whether its call takes keyword arguments (given to `call` as "name=source")
 
 
 @dataclasses.dataclass

@@ -213,12 +213,13 @@ class _ClassWriter:
         if rule is None:
             raise Untranslatable("no rule in jaxtrain.port")
         layer = rule(sub, node)
-        if not 1 <= len(node.args) <= layer.inputs or node.kwargs:
+        if not 1 <= len(node.args) <= layer.inputs or (node.kwargs and not layer.keywords):
             raise Untranslatable(f"a call with {len(node.args)} inputs{' and keywords' if node.kwargs else ''} "
                                  "(no rule yet)")
         need = layer.layout if (_rank(node.args[0]) or 0) >= 3 or layer.layout == "any" else "torch"
-        args, _, layout = self._laid_out(node, need)
-        return Expr(layer.call(attr, [a.src for a in args]), result=layout)
+        args, kwargs, layout = self._laid_out(node, need)
+        return Expr(layer.call(attr, [a.src for a in args] + [f"{k}={v.src}" for k, v in kwargs.items()]),
+                    result=layout)
 
     def _arguments(self, node) -> tuple[list, dict]:
         return [self._value(a) for a in node.args], {k: self._value(v) for k, v in node.kwargs.items()}
