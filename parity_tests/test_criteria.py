@@ -110,6 +110,23 @@ def test_update_elements_on_unresolved_gradients_are_not_judged():
     assert [f["element"] for f in findings if not f["passed"]] == [[0]]
 
 
+def test_the_update_of_a_gradient_zero_in_exact_math_is_not_judged():
+    """A key projection's bias before a softmax has no gradient in exact math; Adam scales each run's rounding
+    noise of it to a step of its own (OPT's k_proj.bias on AMD Zen 4). Its update is no evidence; a gradient that
+    is not zero keeps its update judged."""
+    def findings(grad64, weight_grad=1.0):
+        grads = {"w": np.array([weight_grad, -weight_grad]), "k.bias": grad64}
+        update64 = -1e-3 * np.array([1.0, 0.3, -0.8])
+        torch_update, jax_update = update64 * (1 + 0.02), update64 * (1 - 0.25)  # JAX's noise 12x torch's
+        return criteria.precision_findings(
+            1, stages([1.0], grads=grads, updates={"k.bias": jax_update}),
+            stages([1.0], grads=grads, updates={"k.bias": torch_update}),
+            stages([1.0], grads=grads, updates={"k.bias": update64}))
+
+    assert all(f["passed"] for f in findings(np.array([3e-13, -1e-13, 2e-13])))
+    assert [f["tensor"] for f in findings(np.array([3e-2, -1e-2, 2e-2])) if not f["passed"]] == ["k.bias"]
+
+
 def test_the_judged_float32_run_cannot_widen_its_own_allowance():
     ref64 = run(LOSSES, [1.5, 1.2], [0.5, 0.6])
     torch32 = run(LOSSES * (1 + 1e-7), [1.5 * (1 + 1e-7), 1.2 * (1 + 1e-7)], [0.5, 0.6])

@@ -255,7 +255,8 @@ def precision_findings(step: int, jax32: dict, torch32: dict, ref64: dict) -> li
       its tensor, RMS, when larger) + STAGE_FLOOR ulps of the element: a difference confined to a
       row, a channel or one element (a padding row, a position bias) moves a few a lot.
 
-    Tensors that are zero in exact arithmetic (ZERO_IN_EXACT_MATH) are left out, and so are the
+    Tensors that are zero in exact arithmetic (ZERO_IN_EXACT_MATH) are left out, and so are the updates of
+    gradients that are (an adaptive optimizer scales their noise to a full step), and the
     update elements whose gradient float32 cannot resolve (torch's float32 error at least half the
     float64 gradient): Adam, RMSprop, Adagrad turn such a gradient into a step of random sign."""
     t32 = {(s, t): v for s, _, t, v in stage_tensors(torch32)}
@@ -266,6 +267,9 @@ def precision_findings(step: int, jax32: dict, torch32: dict, ref64: dict) -> li
         ref = np.asarray(ref, np.float64)
         if (stage, tensor) not in j32 or (ref.size and _max_abs(ref) < ZERO_IN_EXACT_MATH * scales[stage]):
             continue
+        grad = ref64["grads"].get(tensor) if stage == "updates" else None
+        if grad is not None and np.size(grad) and _max_abs(grad) < ZERO_IN_EXACT_MATH * scales["grads"]:
+            continue  # its gradient is zero in exact math (a key bias before a softmax): Adam's step of its noise
         value, torch_value = np.asarray(j32[(stage, tensor)], np.float64), np.asarray(t32[(stage, tensor)], np.float64)
         finding = {"step": step, "stage": stage, "layer": layer, "tensor": tensor}
         if value.shape != ref.shape:
