@@ -291,3 +291,32 @@ def test_the_corpus_says_which_candidates_the_writer_cannot_write_yet(fashion):
             assert missing and NOT_WRITTEN[name] in missing[0][0] + missing[0][2], (name, missing)
         else:
             assert missing == [], (name, missing)
+
+
+def test_a_saved_port_builds_from_its_file_in_another_process(tmp_path):
+    """What compare_port's workers build: functools.partial(from_file, path, class name), pickled."""
+    import functools
+    import pickle
+
+    from jaxtrain.bench.models import TorchCNN
+    from jaxtrain.convert import torch_to_flax
+    from jaxtrain.port import from_file
+
+    torch.manual_seed(0)
+    model = TorchCNN()
+    x = np.random.default_rng(0).normal(size=(2, 1, 28, 28)).astype(np.float32)
+    path = port(model, x).save(tmp_path / "cnn_port.py")
+    recipe = pickle.loads(pickle.dumps(functools.partial(from_file, str(path), "TorchCNN")))
+    flax = torch_to_flax(model, recipe(), x)
+    flax.eval()
+    with torch.no_grad():
+        theirs = copy.deepcopy(model).eval()(torch.from_numpy(x)).numpy()
+    np.testing.assert_allclose(np.asarray(flax(jnp.asarray(x))), theirs, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.corpus  # compare_port's workers, twice: a minute
+def test_the_written_cnn_is_timed_against_the_hand_port():
+    from jaxtrain.bench.port import written_vs_hand
+
+    result = written_vs_hand(steps=2, repeats=1, rounds=1)
+    assert set(result["median"]) == {"hand", "written"} and result["written_over_hand"] > 0

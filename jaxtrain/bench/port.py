@@ -53,6 +53,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import functools
+import json
 import importlib.util
 import multiprocessing as mp
 import os
@@ -60,6 +61,7 @@ import pickle
 import statistics
 import threading
 import time
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -582,6 +584,25 @@ def plot(result: dict, path: str) -> None:
     plt.close(fig)
 
 
+def plot_written(result: dict, path: str) -> None:
+    """`written_vs_hand`: each port's jax_scan step per round (points) and their median (bar)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(4.5, 4))
+    for i, (name, values) in enumerate(result["jax_scan_step_seconds"].items()):
+        ax.bar(i, 1e3 * result["median"][name], color="#55a868" if name == "written" else "#4c72b0", alpha=0.7)
+        ax.plot([i] * len(values), [1e3 * v for v in values], "k.")
+    ax.set_xticks(range(len(result["median"])), [f"{n} port" for n in result["median"]])
+    ax.set_ylabel("jax_scan ms/step")
+    ax.set_title(f"BatchNorm CNN on {result['device']}: written / hand = {result['written_over_hand']:.2f}")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
 def write_json(result: dict, path: str) -> None:
     bench.write_json(result, path)
 
@@ -657,6 +678,33 @@ def run_suite(quick: bool = False, steps: int | None = None, repeats: int | None
     return {"quick": quick, "models": models, "skipped": skipped}
 
 
+def written_vs_hand(steps: int = 30, repeats: int = 3, rounds: int = 3, log=None) -> dict:
+    """The BatchNorm CNN's port written by `jaxtrain.port` against the hand-written one (`jaxtrain.bench.models`):
+    compare_port's jax_scan step of each, `rounds` alternating rounds in one process; the median of the rounds'
+    medians and the ratio written / hand."""
+    import tempfile
+
+    from jaxtrain.bench.models import NnxCNN, TorchCNN
+    from jaxtrain.port import from_file, port
+
+    rng = np.random.default_rng(0)
+    images = rng.normal(size=(256, 1, 28, 28)).astype(np.float32)
+    train = (images, rng.integers(0, 10, len(images)))
+    path = port(TorchCNN(), images[:4]).save(Path(tempfile.mkdtemp()) / "written_cnn.py")
+    ports = {"hand": dict(flax_model=NnxCNN, flax_input="nhwc"),
+             "written": dict(flax_model=functools.partial(from_file, str(path), "TorchCNN"), flax_input=None)}
+    medians: dict = {name: [] for name in ports}
+    for _ in range(rounds):
+        for name, arguments in ports.items():
+            report = compare_port(TorchCNN, train=train, optimizer="sgd", optimizer_kwargs={"lr": 0.05, "momentum": 0.9},
+                                  batch_size=64, steps=steps, repeats=repeats, variants=("jax_scan",), log=log,
+                                  strict=True, **arguments)
+            medians[name].append(report["variants"][0]["step_seconds"]["median"])
+    summary = {name: float(np.median(values)) for name, values in medians.items()}
+    return {"device": report["device"], "steps": steps, "repeats": repeats, "rounds": rounds,
+            "jax_scan_step_seconds": medians, "median": summary, "written_over_hand": summary["written"] / summary["hand"]}
+
+
 @exit_on_user_error
 def main(argv=None) -> int:
     import sys
@@ -665,8 +713,11 @@ def main(argv=None) -> int:
     from jaxtrain import devices, metrics
 
     parser = config_lib.OneLineParser(prog="python -m jaxtrain.bench.port", description=__doc__.split("\n")[0])
-    parser.add_argument("--suite", action="store_true", required=True,
-                        help="time the three models of `suite` (a GPT-2 LM, a BatchNorm CNN, an LSTM)")
+    which = parser.add_mutually_exclusive_group(required=True)
+    which.add_argument("--suite", action="store_true",
+                       help="time the three models of `suite` (a GPT-2 LM, a BatchNorm CNN, an LSTM)")
+    which.add_argument("--written", action="store_true",
+                       help="the BatchNorm CNN's written port (jaxtrain.port) against its hand port, jax_scan")
     parser.add_argument("--quick", action="store_true", help="tiny models, 2 steps, 1 round: a smoke test")
     parser.add_argument("--steps", type=config_lib.positive_int, default=None, help="steps per block (30)")
     parser.add_argument("--repeats", type=config_lib.positive_int, default=None, help="rounds (3)")
@@ -677,6 +728,15 @@ def main(argv=None) -> int:
     metrics.check_writable(args.json, "--json")
     metrics.check_writable(args.plot, "--plot")
     devices.share_device()  # before JAX starts in this process
+    if args.written:
+        log = lambda message: print(message, file=sys.stderr, flush=True)  # noqa: E731
+        result = written_vs_hand(args.steps or 30, args.repeats or 3, log=log)
+        print(json.dumps(result, indent=1))
+        if args.json:
+            write_json(result, args.json)
+        if args.plot:
+            plot_written(result, args.plot)
+        return 0
     result = run_suite(args.quick, args.steps, args.repeats, args.variants,
                        log=lambda message: print(message, file=sys.stderr, flush=True))
     print("\n\n".join([*result["skipped"], *(f"{name}\n{format_table(report)}"

@@ -24,7 +24,7 @@ import numpy as np
 
 from jaxtrain.errors import PortMappingError, first_line
 
-__all__ = ["Port", "port"]
+__all__ = ["Port", "from_file", "port"]
 
 
 @dataclasses.dataclass
@@ -79,6 +79,19 @@ class Port:
             parts = "; ".join(f"{what} at {where}: {why}" for what, where, why in self.untranslated)
             raise PortMappingError(f"jaxtrain.port could not write {len(self.untranslated)} part(s) of "
                                    f"{self.class_name}, so the port cannot run: {parts}")
+
+
+def from_file(path, class_name: str, seed: int = 0):
+    """An instance of a saved port's class (Flax's initial weights), built from its file: a recipe another
+    process can build (`functools.partial(from_file, path, name)`, as compare_port's workers do)."""
+    import importlib.util
+
+    from flax import nnx
+
+    spec = importlib.util.spec_from_file_location(f"jaxtrain_port_file_{Path(path).stem}", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return getattr(module, class_name)(rngs=nnx.Rngs(seed))
 
 
 def port(torch_model, example_inputs) -> Port:
