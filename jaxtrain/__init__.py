@@ -8,6 +8,7 @@ Layout, one job a place:
   (MODULE:ATTR), `errors`; `gpu_report` (the report a lent GPU machine writes);
 - `optim/`: torch.optim and its schedulers as optax chains, `from_torch`;
 - `parity/`: the checker (`check_port`); `parity/corpus/` its case data;
+- `port/`: the port writer (`jaxtrain port`): a torch model's Flax NNX port as source, proved by check_port;
 - `bench/`: the speed comparisons (the tutorial's, `compare_port`, the scaling figures) and the models they time.
 """
 
