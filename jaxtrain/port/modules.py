@@ -229,6 +229,17 @@ RULES: dict[str, Callable] = {
 }
 
 
+# a torch layer's tensor read by its owner's code (`self.embed.weight.dtype`, a tied head), as the Flax layer
+# holds it, in torch's layout: {torch class: {tensor: template over the layer's attribute}}
+_AFFINE = {"weight": "{}.scale[...]", "bias": "{}.bias[...]"}
+TENSORS: dict[str, dict] = {
+    "Linear": {"weight": "{}.kernel[...].T", "bias": "{}.bias[...]"},
+    "Embedding": {"weight": "{}.embedding[...]"},
+    "LayerNorm": _AFFINE, "GroupNorm": _AFFINE,
+    **{f"BatchNorm{n}d": {**_AFFINE, "running_mean": "{}.mean[...]", "running_var": "{}.var[...]"} for n in (1, 2, 3)},
+}
+
+
 def rule_for(module) -> Callable | None:
     """The rule for a torch.nn module's class, looked up along its bases (None: no rule). A parametrized
     module (spectral_norm, weight_norm) computes its weight: no rule writes that yet."""

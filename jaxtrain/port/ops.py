@@ -217,9 +217,17 @@ def _astype(dtype: str) -> Callable:
 
 
 def _to(args, kwargs, node) -> Expr:
+    """x.to(dtype), x.to(other) (its dtype), x.to(device) (nothing in the port)."""
     x, *rest = args
-    dtype = kwargs.get("dtype") or next((a for a in rest if a.is_const and type(a.const).__name__ == "dtype"), None)
-    return Expr(x.src if dtype is None else f"{x.src}.astype({dtype.src})", layout="any", result="same")
+    raw = list(node.args[1:]) + ([node.kwargs["dtype"]] if "dtype" in node.kwargs else [])
+    for value, source in zip(rest + ([kwargs["dtype"]] if "dtype" in kwargs else []), raw):
+        if value.is_const and type(value.const).__name__ == "dtype":
+            return Expr(f"{x.src}.astype({value.src})", layout="any", result="same")
+        if getattr(source, "target", None) is getattr and source.args[1] == "dtype":
+            return Expr(f"{x.src}.astype({value.src})", layout="any", result="same")
+        if value.rank is not None:  # another tensor: its dtype
+            return Expr(f"{x.src}.astype({value.src}.dtype)", layout="any", result="same")
+    return Expr(x.src, layout="any", result="same")
 
 
 def _where(args, kwargs, node) -> Expr:

@@ -67,12 +67,24 @@ def write(model, inputs) -> Written:
 
 
 def _tied(model) -> list:
-    """Parameters one module shares with another (a head tied to its embedding): no rule writes that yet."""
+    """Parameters one module shares with another that no rule writes: a bias-free Linear head tied to an
+    Embedding is written as the embedding's `attend` (`_attends`); any other sharing is said."""
     owners: dict = {}
     for name, p in model.named_parameters(remove_duplicate=False):
         owners.setdefault(id(p), []).append(name)
+    handled = set(_attends(model).values())
     return [(f"tied weights {', '.join(names)}", "the model's __init__", "a parameter shared between modules: no "
-             "rule yet (Flax's idiom: nnx.Embed.attend for a tied head)") for names in owners.values() if len(names) > 1]
+             "rule yet (a bias-free Linear tied to an Embedding is written as nnx.Embed.attend)")
+            for key, names in owners.items() if len(names) > 1 and key not in handled]
+
+
+def _attends(module) -> dict:
+    """{path of a bias-free Linear: id of the Embedding weight it shares} within `module` (a tied LM head)."""
+    import torch
+
+    embeddings = {id(m.weight) for _, m in module.named_modules() if isinstance(m, torch.nn.Embedding)}
+    return {name: id(m.weight) for name, m in module.named_modules()
+            if type(m) is torch.nn.Linear and m.bias is None and id(m.weight) in embeddings}
 
 
 def _identifier(name: str) -> str:
@@ -94,6 +106,9 @@ class _ClassWriter:
         self.stopped = False
         self.calls = {n.target: n for n in (traced.graph.nodes if traced.graph is not None else ())
                       if n.op == "call_module"}
+        self.tied_heads = _attends(self.module)  # written as the embedding's attend
+        self.embeddings = {id(m.weight): name for name, m in self.module.named_modules()
+                           if type(m).__name__ == "Embedding" and is_library(m)}
 
     def body(self) -> str:
         torch_name = f"{type(self.module).__module__}.{type(self.module).__qualname__}"
@@ -110,7 +125,7 @@ class _ClassWriter:
         lines = []
         for name, child in self.module.named_children():
             built = self._build(name, child)
-            if built != "None":  # a layer without weights is written inline where it is called
+            if not built.startswith("None"):  # no weights (written inline where called), or none to hold
                 lines.append(f"        self.{_identifier(name)} = {built}")
         for name, p in self.module.named_parameters(recurse=False):
             lines.append(f"        self.{_identifier(name)} = nnx.Param(jnp.zeros({tuple(p.shape)}))")
@@ -123,6 +138,8 @@ class _ClassWriter:
         if not is_library(module):
             child_path = f"{self.path}.{qualname}" if self.path else qualname
             return f"{self.class_for(child_path, module)}(rngs=rngs)"
+        if qualname in self.tied_heads:
+            return "None  # tied to an embedding: its attend"
         node = self.calls.get(qualname)
         rule = modules.rule_for(module)
         if node is None:
@@ -186,9 +203,16 @@ class _ClassWriter:
 
     def _expression(self, node) -> Expr:
         if node.op == "get_attr":
-            if "." in node.target or node.target not in dict(self.module.named_parameters(recurse=False)):
+            if node.target in dict(self.module.named_parameters(recurse=False)):
+                return Expr(f"self.{_identifier(node.target)}[...]", layout="keep")
+            owner, _, name = node.target.rpartition(".")
+            sub = self.module.get_submodule(owner) if owner else None
+            template = modules.TENSORS.get(type(sub).__name__, {}).get(name) if sub is not None and is_library(sub) \
+                else None
+            if template is None:
                 raise Untranslatable("a tensor read from another module or a buffer (no rule yet)")
-            return Expr(f"self.{_identifier(node.target)}[...]", layout="keep")
+            return Expr(template.format(_attribute(owner, "self.layers" if is_container(self.module) else "self")),
+                        layout="keep")
         if node.op == "call_module":
             return self._module_call(node)
         rule = (ops.functions().get(node.target) if node.op == "call_function" else ops.METHODS.get(node.target))
@@ -209,6 +233,11 @@ class _ClassWriter:
             args, kwargs, _ = self._laid_out(node, "torch")
             inputs = [a.src for a in args] + [f"{k}={v.src}" for k, v in kwargs.items()]
             return Expr(f"{attr}({', '.join(inputs)})")
+        if node.target in self.tied_heads and self.tied_heads[node.target] in self.embeddings:
+            embed = _attribute(self.embeddings[self.tied_heads[node.target]],
+                               "self.layers" if is_container(self.module) else "self")
+            args, _, _ = self._laid_out(node, "torch")
+            return Expr(f"{embed}.attend({args[0].src})")  # x @ embedding.T: the head torch ties to it
         rule = modules.rule_for(sub)
         if rule is None:
             raise Untranslatable("no rule in jaxtrain.port")
