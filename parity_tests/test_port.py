@@ -92,6 +92,18 @@ class TiedLM(nn.Module):
         return self.head(h @ self.mix.weight.t()).flatten(1)
 
 
+class Decode(nn.Module):
+    """A decoder layer attending to its own inputs as memory, causal on the targets."""
+
+    def __init__(self, **kwargs):
+        super().__init__()
+        self.dec = nn.TransformerDecoderLayer(6, 2, 12, dropout=0.0, batch_first=True, **kwargs)
+
+    def forward(self, x):
+        return self.dec(x, x * 0.5, tgt_is_causal=True, tgt_mask=nn.Transformer.generate_square_subsequent_mask(5),
+                        memory_key_padding_mask=x[:, :, 1] > 1.5).flatten(1)
+
+
 IMAGES = np.random.default_rng(0).normal(size=(3, 4, 8, 8)).astype(np.float32)
 ROWS = np.random.default_rng(1).normal(size=(3, 6)).astype(np.float32)
 SEQS = np.random.default_rng(2).normal(size=(3, 5, 6)).astype(np.float32)
@@ -119,6 +131,8 @@ MODULE_CASES = {
     "TransformerEncoderLayer (norm first, gelu)": (
         lambda: Seq(nn.TransformerEncoderLayer(6, 2, 12, dropout=0.0, activation="gelu", batch_first=True,
                                                norm_first=True), nn.Flatten()), SEQS),
+    "TransformerDecoderLayer": (lambda: Decode(), SEQS),
+    "TransformerDecoderLayer (norm first)": (lambda: Decode(norm_first=True, activation="gelu"), SEQS),
     "ConvTranspose2d": (lambda: Seq(nn.ConvTranspose2d(4, 3, 3, stride=2, padding=1, output_padding=1), nn.Flatten()),
                         IMAGES),
     "Linear tied to Embedding, tensors read": (lambda: TiedLM(), IDS),

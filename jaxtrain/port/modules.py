@@ -166,20 +166,23 @@ def multihead_attention(m, node) -> Layer:
                  inputs=8, keywords=True)
 
 
-def encoder_layer(m, node) -> Layer:
+def transformer_layer(m, node) -> Layer:
+    """nn.TransformerEncoderLayer / nn.TransformerDecoderLayer as jaxtrain.layers' classes of the same names."""
     import torch.nn.functional as F
 
+    kind = next(k.__name__ for k in type(m).__mro__ if k.__name__ in ("TransformerEncoderLayer", "TransformerDecoderLayer"))
     act = m.activation
     name = act if isinstance(act, str) else {F.relu: "relu", F.gelu: "gelu"}.get(act, type(act).__name__.lower())
-    if name not in ("relu", "gelu") or m.self_attn.dropout or m.dropout.p:
-        raise Untranslatable("TransformerEncoderLayer with dropout (inside its attention: no rule yet) or an "
-                             "activation other than relu/gelu")
+    attentions = [m.self_attn] + ([m.multihead_attn] if hasattr(m, "multihead_attn") else [])
+    if name not in ("relu", "gelu") or any(a.dropout for a in attentions) or m.dropout.p:
+        raise Untranslatable(f"{kind} with dropout (inside its attention: no rule yet) or an activation other "
+                             "than relu/gelu")
     options = _options(dim_feedforward=(m.linear1.out_features, 2048), activation=(name, "relu"),
                        layer_norm_eps=(m.norm1.eps, 1e-5), batch_first=(m.self_attn.batch_first, False),
                        norm_first=(m.norm_first, False), bias=(m.linear1.bias is not None, True))
-    return Layer(f"TorchTransformerEncoderLayer({m.self_attn.embed_dim}, {m.self_attn.num_heads}{options}, rngs=rngs)",
-                 lambda attr, xs: f"{attr}({', '.join(xs)})",
-                 imports=("from jaxtrain.layers import TorchTransformerEncoderLayer",), inputs=4, keywords=True)
+    return Layer(f"Torch{kind}({m.self_attn.embed_dim}, {m.self_attn.num_heads}{options}, rngs=rngs)",
+                 lambda attr, xs: f"{attr}({', '.join(xs)})", imports=(f"from jaxtrain.layers import Torch{kind}",),
+                 inputs=8, keywords=True)
 
 
 def activation(name: str, *fields: str) -> Callable:
@@ -215,7 +218,8 @@ RULES: dict[str, Callable] = {
     "Linear": linear, "Conv1d": conv, "Conv2d": conv, "Conv3d": conv,
     "ConvTranspose1d": conv_transpose, "ConvTranspose2d": conv_transpose, "ConvTranspose3d": conv_transpose,
     "BatchNorm1d": batch_norm, "BatchNorm2d": batch_norm, "BatchNorm3d": batch_norm,
-    "MultiheadAttention": multihead_attention, "TransformerEncoderLayer": encoder_layer, "LSTM": recurrent, "GRU": recurrent, "LayerNorm": layer_norm, "GroupNorm": group_norm, "Embedding": embedding, "Dropout": dropout,
+    "MultiheadAttention": multihead_attention, "TransformerEncoderLayer": transformer_layer,
+    "TransformerDecoderLayer": transformer_layer, "LSTM": recurrent, "GRU": recurrent, "LayerNorm": layer_norm, "GroupNorm": group_norm, "Embedding": embedding, "Dropout": dropout,
     "MaxPool1d": max_pool, "MaxPool2d": max_pool, "MaxPool3d": max_pool,
     "AvgPool1d": avg_pool, "AvgPool2d": avg_pool, "AvgPool3d": avg_pool,
     "AdaptiveAvgPool1d": adaptive_avg_pool, "AdaptiveAvgPool2d": adaptive_avg_pool,

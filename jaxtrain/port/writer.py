@@ -205,6 +205,12 @@ class _ClassWriter:
         if node.op == "get_attr":
             if node.target in dict(self.module.named_parameters(recurse=False)):
                 return Expr(f"self.{_identifier(node.target)}[...]", layout="keep")
+            if node.target.startswith("_tensor_constant"):  # a tensor the forward computed from constants alone
+                value = getattr(self.module, node.target)
+                if value.numel() > 1024:
+                    raise Untranslatable(f"a constant tensor of {value.numel()} elements computed in forward")
+                return Expr(f"jnp.asarray({literal(value.tolist())}, dtype=jnp.{str(value.dtype).removeprefix('torch.')})",
+                            layout="keep")
             owner, _, name = node.target.rpartition(".")
             sub = self.module.get_submodule(owner) if owner else None
             template = modules.TENSORS.get(type(sub).__name__, {}).get(name) if sub is not None and is_library(sub) \
