@@ -248,7 +248,19 @@ class UnknownOp(nn.Module):
         return torch.cumsum(self.fc(x), dim=1)
 
 
+class Noisy(nn.Module):
+    """Training-only behaviour written in forward: noise and a functional dropout."""
+
+    def __init__(self):
+        super().__init__()
+        self.fc = nn.Linear(6, 2)
+
+    def forward(self, x):
+        return self.fc(F.dropout(x, 0.1, self.training))
+
+
 @pytest.mark.parametrize("model, what", [(Branchy, "Branchy.forward"), (UnknownOp, "torch.cumsum"),
+                                         (Noisy, "Noisy.forward"),
                                          (lambda: TiedLM(head_bias=True), "tied weights embed.weight, head.weight")])
 def test_what_cannot_be_written_is_said_and_the_file_still_imports(model, what):
     p = port(model(), IDS if what.startswith("tied") else ROWS)

@@ -79,7 +79,16 @@ def trace(module, args: tuple, kwargs: dict) -> Traced:
     concrete = {n: p.default for n, p in inspect.signature(type(module).forward).parameters.items()
                 if n != "self" and n not in given and p.default is not inspect.Parameter.empty}
     try:
-        graph = Tracer().trace(module, concrete_args=concrete or None)
+        was_training = module.training
+        graphs = []
+        for mode in (True, False):  # the graph of each mode: a forward that reads self.training differs
+            module.train(mode)
+            graphs.append(Tracer().trace(module, concrete_args=concrete or None))
+        module.train(was_training)
+        if _signature(graphs[0]) != _signature(graphs[1]):
+            return Traced(module, error="its forward differs between train() and eval() (it reads self.training, "
+                                        "or calls a functional dropout): no rule writes both yet")
+        graph = graphs[1]
         gm = fx.GraphModule(module, graph)
         graph.eliminate_dead_code()  # `out, _ = self.lstm(x)`: the unused half is not written
         inputs = [*args, *(kwargs[n] for n in names if n in kwargs and n not in names[:len(args)])]
@@ -88,6 +97,10 @@ def trace(module, args: tuple, kwargs: dict) -> Traced:
     except Exception as e:  # noqa: BLE001  (fx's own errors say what it met: control flow on a traced value)
         return Traced(module, error=_first_line(e))
     return Traced(module, graph=graph)
+
+
+def _signature(graph) -> list:
+    return [(n.op, str(n.target), str(n.args), str(n.kwargs)) for n in graph.nodes]
 
 
 def source_line(node) -> str:
