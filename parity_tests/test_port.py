@@ -327,6 +327,7 @@ def test_the_port_command_checks_the_cnn_it_wrote(tmp_path, capsys):
     assert code == 0 and "PARITY PASSED" in capsys.readouterr().out
 
 
+@pytest.mark.corpus  # writes every candidate (about 10 s): run with the corpus it keeps true
 def test_the_corpus_says_which_candidates_the_writer_cannot_write_yet(fashion):
     """corpus/written.py's NOT_WRITTEN is what the writer reports for those models, and the rest are written whole."""
     from jaxtrain.parity.corpus import load_data
