@@ -61,6 +61,7 @@ bench: setup
 # `pytest -m corpus` runs the corpus cases as tests too.
 corpus: setup
 	$(BIN)/python -m jaxtrain.parity.corpus --json results/corpus.json --markdown results/corpus.md $(ARGS)
+	$(BIN)/python -m jaxtrain.parity.corpus.written --json results/port_writer.json --markdown results/port_writer.md
 	$(BIN)/python -m pytest -q -m corpus --ignore=parity_tests/test_corpus.py
 
 # On a CUDA machine: tutorial parity, the corpus' short subset and the bench -> results/gpu/<device>.*
