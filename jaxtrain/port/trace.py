@@ -100,7 +100,9 @@ def trace(module, args: tuple, kwargs: dict) -> Traced:
 
 
 def _signature(graph) -> list:
-    return [(n.op, str(n.target), str(n.args), str(n.kwargs)) for n in graph.nodes]
+    """A graph's operations, its constants' numbering left out (each trace adds `_tensor_constantN` anew)."""
+    return [re.sub(r"_tensor_constant\d+", "_tensor_constant", str((n.op, n.target, n.args, n.kwargs)))
+            for n in graph.nodes]
 
 
 def source_line(node) -> str:
