@@ -568,7 +568,7 @@ def optimizer_float32_inside(port: Port, config) -> list[tuple[str, str]]:
     except Exception:  # noqa: BLE001  (the run itself reports a transformation that fails)
         return []
     narrow = _floats_below_float64(jaxpr.jaxpr)
-    return [("the port's optax transformation", min(narrow, key=_format_bits))] if narrow else []
+    return [("the port's optax transformation", max(narrow, key=criteria.cast_explains))] if narrow else []
 
 
 def _floats_below_float64(jaxpr) -> set[str]:
@@ -585,13 +585,6 @@ def _floats_below_float64(jaxpr) -> set[str]:
                 if hasattr(inner, "eqns"):
                     found |= _floats_below_float64(inner)
     return found
-
-
-def _format_bits(dtype: str) -> int:
-    """A float format's mantissa bits: the narrowest format's rounding is what a cast explains."""
-    import ml_dtypes
-
-    return int(ml_dtypes.finfo(dtype).nmant)
 
 
 def _cast_floor(lowered: list[tuple[str, str]]) -> float:

@@ -14,7 +14,7 @@ import dataclasses
 import keyword
 
 from jaxtrain.port import modules, ops
-from jaxtrain.port.rules import Expr, Untranslatable, Value, literal
+from jaxtrain.port.rules import Expr, Untranslatable, Value, literal, render
 from jaxtrain.port.trace import Traced, first_inputs, is_container, is_library, shape, source_line, trace
 
 HEADER = ("import jax", "import jax.numpy as jnp", "from flax import nnx")
@@ -268,7 +268,7 @@ class _ClassWriter:
             inner = [self._value(i) for i in item]
             if isinstance(item, list):
                 return inner
-            return Value("(" + ", ".join(i.src if isinstance(i, Value) else literal(i) for i in inner) + ",)",
+            return Value("(" + ", ".join(render(i) for i in inner) + ",)",
                          const=tuple(inner), is_const=True)
         return Value.constant(item)
 
