@@ -236,8 +236,11 @@ def _where(args, kwargs, node) -> Expr:
 
 
 def _getattr(args, kwargs, node) -> Expr:
-    """x.shape (torch's order whatever the layout), x.dtype; x.device has no meaning in the port."""
+    """x.shape (torch's order whatever the layout), x.dtype; x.device has no meaning in the port; a named output
+    of a submodule (`outputs.last_hidden_state`, support.Outputs)."""
     x, name = args[0], const(args[1], "attribute")
+    if x.rank is None and name not in ("shape", "dtype", "device", "ndim"):  # None in torch: not in Outputs
+        return Expr(f"{x.src}[{name!r}]" if node.meta.get("tensor_meta") is not None else "None", layout="keep")
     if name == "shape":
         return _size([x], {}, node)
     if name == "device":  # only ever passed on to a factory (torch.arange(..., device=x.device)), which drops it
@@ -344,10 +347,46 @@ METHODS: dict[str, Callable] = {
 }
 
 
+def leaf_functions() -> dict:
+    """Library functions translated whole rather than traced through (their own code builds a mask with vmap):
+    function -> rule. The rule finds the arguments fx cannot hold (a config) in `node.target.keywords`."""
+    try:
+        from transformers import masking_utils
+    except ImportError:
+        return {}
+    return {masking_utils.create_causal_mask: _create_causal_mask}
+
+
+def _create_causal_mask(args, kwargs, node) -> Expr:
+    """transformers' create_causal_mask for eager attention: 0 where attended, the dtype's lowest value not."""
+    fixed = node.target.keywords
+    config = fixed.get("config")
+    implementation = getattr(config, "_attn_implementation", None)
+    if implementation != "eager":
+        raise Untranslatable(f"create_causal_mask for attention {implementation!r}: its mask depends on the values "
+                             "of attention_mask (only 'eager' has a rule)")
+    if fixed.get("past_key_values") is not None or getattr(config, "sliding_window", None) \
+            or fixed.get("or_mask_function") or fixed.get("and_mask_function"):
+        raise Untranslatable("create_causal_mask with a cache, a sliding window or extra mask functions")
+    embeds, mask = kwargs["input_embeds"], kwargs.get("attention_mask", Value.constant(None))
+    positions = kwargs.get("position_ids", Value.constant(None))
+    if mask.is_const and not positions.is_const:
+        raise Untranslatable("create_causal_mask over packed sequences (position_ids without attention_mask)")
+    return Expr(f"causal_mask({embeds.src}{'' if mask.is_const else ', ' + mask.src})",
+                imports=("from jaxtrain.port.support import causal_mask",))
+
+
+def rule_for(target):
+    """The rule of a function call (a leaf function is recorded as a functools.partial of it)."""
+    target = getattr(target, "func", target)
+    return functions().get(target) or leaf_functions().get(target)
+
+
 def name_of(target) -> str:
     """A call's torch name for messages: `torch.flatten`, `F.relu`, `operator.add`, `Tensor.view`."""
     if isinstance(target, str):
         return f"Tensor.{target}"
+    target = getattr(target, "func", target)
     module = getattr(target, "__module__", None) or "torch"
     module = {"torch.nn.functional": "F", "_operator": "operator"}.get(module, module)
     return f"{module}.{getattr(target, '__name__', repr(target))}"

@@ -61,6 +61,7 @@ class Expr:
     source: str
     layout: str = "torch"
     result: str = "torch"
+    imports: tuple[str, ...] = ()
 
 
 def literal(value) -> str:

@@ -27,7 +27,7 @@ class Traced:
     @property
     def where(self) -> str:
         """The forward's file and first line."""
-        forward = type(self.module).forward
+        forward = inspect.unwrap(type(self.module).forward)
         try:
             return f"{_short(inspect.getsourcefile(forward))}:{inspect.getsourcelines(forward)[1]}"
         except (OSError, TypeError):
@@ -49,41 +49,91 @@ def first_inputs(model, example_inputs) -> dict:
     import torch
 
     seen: dict = {}
+    # a training port keeps no key/value cache (transformers' models build one in eval() unless told not to)
+    extra = {"use_cache": False} if "use_cache" in inspect.signature(type(model).forward).parameters else {}
     hooks = [m.register_forward_pre_hook(lambda m, args, kwargs, name=name: seen.setdefault(name, (args, kwargs)),
                                          with_kwargs=True)
              for name, m in model.named_modules()]
     try:
         with torch.no_grad():
-            model(**example_inputs) if isinstance(example_inputs, dict) else model(*example_inputs)
+            model(**example_inputs, **extra) if isinstance(example_inputs, dict) else model(*example_inputs, **extra)
     finally:
         for hook in hooks:
             hook.remove()
     return seen
 
 
+def tensor_arguments(module, args: tuple, kwargs: dict) -> dict:
+    """The tensors of one call of `module`, by the name of `forward`'s parameter (or keyword) each came in, in
+    the signature's order: the inputs of its port's `__call__`. Every other argument (None, a flag, a size, a
+    default) is fixed at the value it had, as torch.export specialises on it."""
+    import torch
+
+    signature = inspect.signature(type(module).forward)  # follows a decorator's __wrapped__ to the real one
+    named = [n for n, p in signature.parameters.items()
+             if n != "self" and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)]
+    given = {**dict(zip(named, args)), **kwargs}
+    order = named + [k for k in kwargs if k not in named]
+    return {n: given[n] for n in order if isinstance(given.get(n), torch.Tensor)}
+
+
 def trace(module, args: tuple, kwargs: dict) -> Traced:
-    """`module.forward` as an fx graph whose nodes carry `tensor_meta` (shapes) from running `args`/`kwargs`;
-    arguments not given are fixed at their defaults."""
+    """`module.forward` as an fx graph whose inputs are the call's tensors (`tensor_arguments`) and whose nodes
+    carry `tensor_meta` (shapes) from running them; every other argument is fixed at its value in this call."""
+    import contextlib
+    import io
+
     import torch
     import torch.fx as fx
     from torch.fx.passes.shape_prop import ShapeProp
 
+    tensors = tensor_arguments(module, args, kwargs)
+    Proxy = _proxy_class()
+
     class Tracer(fx.Tracer):
         record_stack_traces = True
+
+        def __init__(self):
+            super().__init__()
+            self.proxy_buffer_attributes = True  # a buffer is read as a graph input (`self.position_ids[:, :n]`)
 
         def is_leaf_module(self, m, qualname):
             return not is_container(m)
 
+        def to_bool(self, obj):
+            """A branch on shapes (`if x.shape[1] != self.channels`) takes the example's way, as torch.export
+            specialises; a branch on the values a tensor holds cannot be written."""
+            if not _from_shapes(obj.node):
+                raise fx.proxy.TraceError("data-dependent control flow: a Python branch on the values of a tensor")
+            return bool(_evaluate(self.root, self.graph, obj.node, list(tensors.values())))
+
+        def proxy(self, node):
+            return Proxy(node, self)
+
+        def length(self, obj) -> int:
+            if not _from_shapes(obj.node):
+                raise fx.proxy.TraceError("len() of a tensor's values (no rule)")
+            return len(_evaluate(self.root, self.graph, obj.node, list(tensors.values())))
+
+        def iter(self, obj):
+            """`*x.shape[:-1]`, `for d in x.size()`: a sequence of shapes has the example's length."""
+            if not _from_shapes(obj.node):
+                raise fx.proxy.TraceError("a Python loop over a tensor, or a tensor unpacked (no rule)")
+            return iter([obj[i] for i in range(self.length(obj))])
+
     names = list(inspect.signature(type(module).forward).parameters)[1:]
-    given = set(names[:len(args)]) | set(kwargs)
-    concrete = {n: p.default for n, p in inspect.signature(type(module).forward).parameters.items()
-                if n != "self" and n not in given and p.default is not inspect.Parameter.empty}
+    fixed = {**{n: a for n, a in zip(names, args) if n not in tensors},
+             **{k: v for k, v in kwargs.items() if k not in tensors}}
+    klass = type(module)
+    leaves = _leaves(inspect.unwrap(klass.forward).__globals__)
     try:
+        module.__class__ = type(klass.__name__, (klass,), {"forward": _bound_forward(klass.forward, list(tensors), fixed),
+                                                           "__module__": klass.__module__})
         was_training = module.training
         graphs = []
         for mode in (True, False):  # the graph of each mode: a forward that reads self.training differs
             module.train(mode)
-            graphs.append(Tracer().trace(module, concrete_args=concrete or None))
+            graphs.append(_without_idle_dropout(Tracer().trace(module)))
         module.train(was_training)
         if _signature(graphs[0]) != _signature(graphs[1]):
             return Traced(module, error="its forward differs between train() and eval() (it reads self.training, "
@@ -91,12 +141,123 @@ def trace(module, args: tuple, kwargs: dict) -> Traced:
         graph = graphs[1]
         gm = fx.GraphModule(module, graph)
         graph.eliminate_dead_code()  # `out, _ = self.lstm(x)`: the unused half is not written
-        inputs = [*args, *(kwargs[n] for n in names if n in kwargs and n not in names[:len(args)])]
-        with torch.no_grad():
-            ShapeProp(gm).propagate(*inputs)
+        with torch.no_grad(), contextlib.redirect_stderr(io.StringIO()):  # ShapeProp prints what it raises
+            ShapeProp(gm).propagate(*tensors.values())
     except Exception as e:  # noqa: BLE001  (fx's own errors say what it met: control flow on a traced value)
         return Traced(module, error=_first_line(e))
+    finally:
+        module.__class__ = klass
+        leaves()
     return Traced(module, graph=graph)
+
+
+def _proxy_class():
+    import torch.fx as fx
+
+    class Proxy(fx.Proxy):
+        def __len__(self):  # len(x.shape): the example's; len of a tensor's values: said
+            return self.tracer.length(self)
+
+    return Proxy
+
+
+def _leaves(namespace: dict):
+    """Replace, in a forward's module namespace, each library function the writer translates whole
+    (`ops.leaf_functions()`: transformers' `create_causal_mask`) by one that fx records as a single call; returns
+    the function that puts them back."""
+    from jaxtrain.port.ops import leaf_functions
+
+    table = leaf_functions()
+    saved = {name: f for name, f in namespace.items() if callable(f) and _hashable(f) and f in table}
+    for name, f in saved.items():
+        namespace[name] = _recorded(f)
+    return lambda: namespace.update(saved)
+
+
+def _hashable(f) -> bool:
+    try:
+        hash(f)
+    except TypeError:
+        return False
+    return True
+
+
+def _recorded(function):
+    """`function` as one node of the graph: its tensor, number and flag arguments are the node's; any other
+    object (a config) is bound into the node's target, a `functools.partial` of `function`."""
+    import functools
+
+    import torch
+    import torch.fx as fx
+
+    signature = inspect.signature(function)
+
+    def call(*args, **kwargs):
+        bound = signature.bind(*args, **kwargs).arguments
+        proxies = [v for v in bound.values() if isinstance(v, fx.Proxy)]
+        if not proxies:
+            return function(*args, **kwargs)
+        plain = (type(None), bool, int, float, str, torch.dtype, fx.Proxy)
+        given = {k: v for k, v in bound.items() if isinstance(v, plain)}
+        fixed = {k: v for k, v in bound.items() if k not in given}
+        return proxies[0].tracer.create_proxy("call_function", functools.partial(function, **fixed), (), given)
+
+    return call
+
+
+_SHAPES = {"size", "dim", "numel", "shape", "ndim", "dtype", "device"}
+
+
+def _from_shapes(node) -> bool:
+    """Whether a value is computed from tensors' shapes (or dtypes) and constants alone."""
+    if node.op in ("placeholder", "get_attr"):
+        return False
+    if node.op == "call_method" and node.target in _SHAPES:
+        return True
+    if node.op == "call_function" and node.target is getattr and node.args[1] in _SHAPES:
+        return True
+    if node.op == "call_module":
+        return False
+    return all(_from_shapes(n) for n in node.all_input_nodes)
+
+
+def _evaluate(root, graph, node, inputs: list):
+    """The value `node` of a graph still being traced takes on the example inputs."""
+    import torch
+    import torch.fx as fx
+
+    from torch.fx._symbolic_trace import _maybe_revert_all_patches
+
+    copy, copied = fx.Graph(), {}
+    copy.graph_copy(graph, copied)
+    copy.output(copied[node])
+    with torch.no_grad(), _maybe_revert_all_patches():  # run for real: the tracer's patches lifted meanwhile
+        return fx.GraphModule(root, copy)(*inputs)
+
+
+def _bound_forward(forward, tensors: list, fixed: dict):
+    """A `forward(self, <tensors>)` calling the real one with the fixed arguments: fx names each input after its
+    parameter (it reads the code object's own argument names, which a decorator's `*args` would hide)."""
+    namespace = {"__forward": forward, "__fixed": fixed}
+    params = "".join(f", {n}" for n in tensors)
+    passed = "".join(f"{n}={n}, " for n in tensors)
+    exec(f"def forward(self{params}):\n    return __forward(self, {passed}**__fixed)\n", namespace)  # noqa: S102
+    return namespace["forward"]
+
+
+def _without_idle_dropout(graph):
+    """The graph without functional dropouts of probability 0 (`F.dropout(x, p=0.0, training=self.training)`):
+    they return their input in either mode."""
+    import torch
+    import torch.nn.functional as F
+
+    for node in list(graph.nodes):
+        if node.op == "call_function" and node.target in (F.dropout, torch.dropout):
+            p = node.kwargs.get("p", node.args[1] if len(node.args) > 1 else 0.5)
+            if isinstance(p, (int, float)) and p == 0:
+                node.replace_all_uses_with(node.args[0] if node.args else node.kwargs["input"])
+                graph.erase_node(node)
+    return graph
 
 
 def _signature(graph) -> list:

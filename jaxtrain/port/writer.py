@@ -15,7 +15,8 @@ import keyword
 
 from jaxtrain.port import modules, ops
 from jaxtrain.port.rules import Expr, Untranslatable, Value, literal, render
-from jaxtrain.port.trace import Traced, first_inputs, is_container, is_library, shape, source_line, trace
+from jaxtrain.port.trace import (Traced, first_inputs, is_container, is_library, shape, source_line, tensor_arguments,
+                                 trace)
 
 HEADER = ("import jax", "import jax.numpy as jnp", "from flax import nnx")
 
@@ -42,7 +43,7 @@ def write(model, inputs) -> Written:
             return by_instance[id(module)]
         args, kwargs = seen.get(path, ((), {}))
         traced = trace(module, args, kwargs) if path in seen else Traced(module, error="never called on the inputs")
-        writer = _ClassWriter(traced, path, class_for)
+        writer = _ClassWriter(traced, path, class_for, seen)
         body = writer.body()
         versions = names.setdefault(type(module), [])
         match = next((name for key, name in versions if key == body), None)
@@ -95,8 +96,8 @@ def _identifier(name: str) -> str:
 class _ClassWriter:
     """One torch module instance's class: its `__init__` from its children, its `__call__` from its graph."""
 
-    def __init__(self, traced: Traced, path: str, class_for):
-        self.traced, self.path, self.class_for = traced, path, class_for
+    def __init__(self, traced: Traced, path: str, class_for, seen: dict):
+        self.traced, self.path, self.class_for, self.seen = traced, path, class_for, seen
         self.module = traced.module
         self.untranslated: list = []
         self.imports: set = set()
@@ -109,6 +110,19 @@ class _ClassWriter:
         self.tied_heads = _attends(self.module)  # written as the embedding's attend
         self.embeddings = {id(m.weight): name for name, m in self.module.named_modules()
                            if type(m).__name__ == "Embedding" and is_library(m)}
+        self.buffers = self._buffers()
+
+    def _buffers(self) -> dict:
+        """{buffer the forward reads: its expression}: a constant of torch's (a position table, a causal mask), held
+        by the port as nested tuples (static, never trained). A buffer the training changes is a layer's own
+        (BatchNorm's statistics: TorchBatchNorm)."""
+        graph = self.traced.graph
+        read = {n.target for n in (graph.nodes if graph is not None else ()) if n.op == "get_attr"}
+        out = {}
+        for name, b in self.module.named_buffers(recurse=False):
+            if name in read and b.numel() <= 4096:
+                out[name] = f"jnp.asarray(self.{_identifier(name)}, dtype=jnp.{str(b.dtype).removeprefix('torch.')})"
+        return out
 
     def body(self) -> str:
         torch_name = f"{type(self.module).__module__}.{type(self.module).__qualname__}"
@@ -129,6 +143,9 @@ class _ClassWriter:
                 lines.append(f"        self.{_identifier(name)} = {built}")
         for name, p in self.module.named_parameters(recurse=False):
             lines.append(f"        self.{_identifier(name)} = nnx.Param(jnp.zeros({tuple(p.shape)}))")
+        for name, b in self.module.named_buffers(recurse=False):
+            if name in self.buffers:
+                lines.append(f"        self.{_identifier(name)} = {literal(_nested(b.tolist()))}  # torch's buffer")
         return lines
 
     def _build(self, qualname: str, module) -> str:
@@ -211,6 +228,8 @@ class _ClassWriter:
                     raise Untranslatable(f"a constant tensor of {value.numel()} elements computed in forward")
                 return Expr(f"jnp.asarray({literal(value.tolist())}, dtype=jnp.{str(value.dtype).removeprefix('torch.')})",
                             layout="keep")
+            if node.target in self.buffers:
+                return Expr(self.buffers[node.target], layout="keep")
             owner, _, name = node.target.rpartition(".")
             sub = self.module.get_submodule(owner) if owner else None
             template = modules.TENSORS.get(type(sub).__name__, {}).get(name) if sub is not None and is_library(sub) \
@@ -221,11 +240,12 @@ class _ClassWriter:
                         layout="keep")
         if node.op == "call_module":
             return self._module_call(node)
-        rule = (ops.functions().get(node.target) if node.op == "call_function" else ops.METHODS.get(node.target))
+        rule = (ops.rule_for(node.target) if node.op == "call_function" else ops.METHODS.get(node.target))
         if rule is None:
             raise Untranslatable("no rule in jaxtrain.port")
         args, kwargs = self._arguments(node)
         expr = rule(args, kwargs, node)
+        self.imports.update(expr.imports)
         if expr.layout == "keep":
             return Expr(expr.source, result="torch")
         args2, kwargs2, layout = self._laid_out(node, expr.layout)
@@ -235,10 +255,8 @@ class _ClassWriter:
     def _module_call(self, node) -> Expr:
         sub = self.module.get_submodule(node.target)
         attr = _attribute(node.target, "self.layers" if is_container(self.module) else "self")
-        if not is_library(sub):
-            args, kwargs, _ = self._laid_out(node, "torch")
-            inputs = [a.src for a in args] + [f"{k}={v.src}" for k, v in kwargs.items()]
-            return Expr(f"{attr}({', '.join(inputs)})")
+        if not is_library(sub):  # the child's port takes the tensors of its call, in its signature's order
+            return Expr(f"{attr}({', '.join(v.src for v in self._child_inputs(node, sub))})")
         if node.target in self.tied_heads and self.tied_heads[node.target] in self.embeddings:
             embed = _attribute(self.embeddings[self.tied_heads[node.target]],
                                "self.layers" if is_container(self.module) else "self")
@@ -255,6 +273,22 @@ class _ClassWriter:
         args, kwargs, layout = self._laid_out(node, need)
         return Expr(layer.call(attr, [a.src for a in args] + [f"{k}={v.src}" for k, v in kwargs.items()]),
                     result=layout)
+
+    def _child_inputs(self, node, sub) -> list:
+        """The values the parent passes to a child of the user's (or a library's own) class: those its first call
+        gave as tensors (`trace.tensor_arguments`), bound to the child's parameters."""
+        import inspect
+
+        child_path = f"{self.path}.{node.target}".lstrip(".")
+        wanted = tensor_arguments(sub, *self.seen.get(child_path, ((), {})))
+        args, kwargs, _ = self._laid_out(node, "torch")
+        named = [n for n, p in inspect.signature(type(sub).forward).parameters.items()
+                 if n != "self" and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)]
+        given = {**dict(zip(named, args)), **kwargs}
+        missing = [n for n in wanted if n not in given or given[n].is_const]
+        if missing:
+            raise Untranslatable(f"the call gives {missing[0]!r} in another form than the first call did")
+        return [given[n] for n in wanted]
 
     def _arguments(self, node) -> tuple[list, dict]:
         return [self._value(a) for a in node.args], {k: self._value(v) for k, v in node.kwargs.items()}
@@ -307,9 +341,15 @@ class _ClassWriter:
             inner = ", ".join(self._output(o) for o in out)
             return f"({inner},)" if isinstance(out, tuple) and len(out) == 1 else (
                 f"({inner})" if isinstance(out, tuple) else f"[{inner}]")
-        if isinstance(out, dict):
-            return "{" + ", ".join(f"{k!r}: {self._output(v)}" for k, v in out.items()) + "}"
+        if isinstance(out, dict):  # transformers' ModelOutput: read by key, attribute and position
+            self.imports.add("from jaxtrain.port.support import Outputs")
+            return "Outputs(" + ", ".join(f"{k}={self._output(v)}" for k, v in out.items()) + ")"
         return literal(out)
+
+
+def _nested(value):
+    """A buffer's `tolist()` as nested tuples (a static attribute of an nnx.Module)."""
+    return tuple(_nested(v) for v in value) if isinstance(value, list) else value
 
 
 def _flat(items) -> list:
