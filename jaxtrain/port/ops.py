@@ -180,6 +180,30 @@ def _chunk(args, kwargs, node) -> Expr:
     return Expr(f"tuple(jnp.split({x.src}, {chunks}, axis={dim}))")
 
 
+def _split(args, kwargs, node) -> Expr:
+    """torch.split / x.split(size or sizes, dim): pieces of `size` (the last may be shorter), or of the given
+    sizes."""
+    bound = bind(args, kwargs, "input split_size_or_sections dim", dim=0)
+    x, sizes = bound["input"], const(bound["split_size_or_sections"], "split_size_or_sections")
+    dim = dim_of(x, const(bound["dim"], "dim"))
+    total = node.args[0].meta["tensor_meta"].shape[dim]
+    sizes = [sizes] * -(-total // sizes) if isinstance(sizes, int) else list(sizes)
+    edges, at = [], 0
+    for size in sizes[:-1]:
+        at += size
+        edges.append(min(at, total))
+    return Expr(f"tuple(jnp.split({x.src}, {edges}, axis={dim}))")
+
+
+def _type(args, kwargs, node) -> Expr:
+    """x.type(dtype): a cast (x.type() with no dtype, a string, has no rule)."""
+    bound = bind(args, kwargs, "input dtype", dtype=None)
+    dtype = bound["dtype"]
+    if dtype.is_const and type(dtype.const).__name__ != "dtype":
+        raise Untranslatable("Tensor.type without a torch dtype")
+    return Expr(f"{bound['input'].src}.astype({dtype.src})", layout="any", result="same")
+
+
 def _unsqueeze(args, kwargs, node) -> Expr:
     bound = bind(args, kwargs, "input dim")
     x, dim = bound["input"], const(bound["dim"], "dim")
@@ -294,6 +318,54 @@ def _sdpa(args, kwargs, node) -> Expr:
     return Expr(f"(jax.nn.softmax({scores}, axis=-1) @ {v.src})")
 
 
+def _expand(args, kwargs, node) -> Expr:
+    """x.expand(*sizes): a broadcast, -1 keeping the size x has there."""
+    x, *sizes = args
+    if len(sizes) == 1 and sizes[0].is_const and isinstance(sizes[0].const, (tuple, list)):
+        sizes = [s if isinstance(s, Value) else Value.constant(s) for s in sizes[0].const]
+    lead = len(sizes) - x.rank
+    shape = [f"{x.src}.shape[{i - lead}]" if s.is_const and s.const == -1 else s.src for i, s in enumerate(sizes)]
+    return Expr(f"jnp.broadcast_to({x.src}, ({', '.join(shape)},))")
+
+
+def _addmm(args, kwargs, node) -> Expr:
+    bound = bind(args, kwargs, "input mat1 mat2 beta alpha", beta=1, alpha=1)
+    beta, alpha = const(bound["beta"], "beta"), const(bound["alpha"], "alpha")
+    product = f"({bound['mat1'].src} @ {bound['mat2'].src})"
+    return Expr(f"({'' if beta == 1 else repr(beta) + ' * '}{bound['input'].src} + "
+                f"{'' if alpha == 1 else repr(alpha) + ' * '}{product})")
+
+
+def _pow(args, kwargs, node) -> Expr:
+    bound = bind(args, kwargs, "input exponent")
+    return Expr(f"({bound['input'].src} ** {bound['exponent'].src})", layout="any", result="same")
+
+
+def _factory(function: str) -> Callable:
+    """torch.ones/zeros(size...), torch.full(size, fill): the port's array of that shape (device dropped)."""
+    def rule(args, kwargs, node) -> Expr:
+        kwargs = {k: v for k, v in kwargs.items() if k not in ("device", "requires_grad", "layout", "pin_memory")}
+        dtype = kwargs.pop("dtype", None)
+        fill = None
+        if function == "full":
+            bound = bind(args, kwargs, "size fill_value")
+            sizes, fill = [bound["size"]], bound["fill_value"]
+        else:
+            sizes = args + ([kwargs.pop("size")] if "size" in kwargs else [])
+        shape = _shape_args(sizes) if sizes else ""
+        value = "" if fill is None else f", {fill.src}"
+        cast = "" if dtype is None or dtype.is_const and dtype.const is None else f", dtype={dtype.src}"
+        return Expr(f"jnp.{function}(({shape}{',' if shape and ',' not in shape else ''}){value}{cast})",
+                    layout="keep")
+
+    return rule
+
+
+def _finfo(args, kwargs, node) -> Expr:
+    """torch.finfo(x.dtype).min (and max, eps, tiny) of a dtype known only when the port runs."""
+    return Expr(f"jnp.finfo({args[0].src}).{const(args[1], 'field')}", layout="keep")
+
+
 def _is_bool(node, name: str) -> bool:
     arg = node.kwargs.get(name, node.args[3] if len(node.args) > 3 else None)
     meta = getattr(arg, "meta", {}).get("tensor_meta")
@@ -305,6 +377,8 @@ def functions() -> dict:
     import torch
     import torch.nn.functional as F
 
+    from jaxtrain.port.trace import finfo_field
+
     table = {
         operator.add: _binary("+"), operator.sub: _binary("-"), operator.mul: _binary("*"),
         operator.truediv: _binary("/"), operator.floordiv: _binary("//"), operator.pow: _binary("**"),
@@ -313,7 +387,7 @@ def functions() -> dict:
         operator.matmul: _matmul, operator.getitem: _getitem, operator.neg: _unary("(-{})"),
         torch.add: _binary("+"), torch.sub: _binary("-"), torch.mul: _binary("*"), torch.div: _binary("/"),
         torch.matmul: _matmul, torch.bmm: _matmul, torch.flatten: _flatten, torch.cat: _cat, torch.concat: _cat,
-        torch.chunk: _chunk, torch.transpose: _transpose, torch.permute: _permute, torch.reshape: _reshape,
+        torch.chunk: _chunk, torch.split: _split, torch.transpose: _transpose, torch.permute: _permute, torch.reshape: _reshape,
         torch.unsqueeze: _unsqueeze, torch.squeeze: _squeeze, torch.mean: _reduction("mean"),
         torch.sum: _reduction("sum"), torch.exp: _unary("jnp.exp({})"), torch.log: _unary("jnp.log({})"),
         torch.sqrt: _unary("jnp.sqrt({})"), torch.rsqrt: _unary("jax.lax.rsqrt({})"), torch.abs: _unary("jnp.abs({})"),
@@ -322,6 +396,8 @@ def functions() -> dict:
         torch.softmax: _softmax("softmax"), torch.log_softmax: _softmax("log_softmax"),
         F.softmax: _softmax("softmax"), F.log_softmax: _softmax("log_softmax"),
         F.scaled_dot_product_attention: _sdpa, torch.masked_fill: _masked_fill,
+        torch.addmm: _addmm, torch.pow: _pow, torch.ones: _factory("ones"), torch.zeros: _factory("zeros"),
+        torch.full: _factory("full"), finfo_field: _finfo,
         F.relu: _activation("relu"), torch.relu: _activation("relu"), F.relu6: _activation("relu6"),
         F.gelu: _activation("gelu", "input approximate", approximate="none"),
         F.silu: _activation("silu"), torch.sigmoid: _activation("sigmoid"), F.sigmoid: _activation("sigmoid"),
@@ -343,7 +419,8 @@ METHODS: dict[str, Callable] = {
     "exp": _unary("jnp.exp({})"), "cos": _unary("jnp.cos({})"), "sin": _unary("jnp.sin({})"), "log": _unary("jnp.log({})"), "sqrt": _unary("jnp.sqrt({})"),
     "rsqrt": _unary("jax.lax.rsqrt({})"), "abs": _unary("jnp.abs({})"), "neg": _unary("(-{})"),
     "gt": _binary(">"), "lt": _binary("<"), "ge": _binary(">="), "le": _binary("<="), "eq": _binary("=="),
-    "ne": _binary("!="), "add": _binary("+"), "sub": _binary("-"), "mul": _binary("*"), "div": _binary("/"), "pow": _binary("**"),
+    "ne": _binary("!="), "add": _binary("+"), "sub": _binary("-"), "mul": _binary("*"), "div": _binary("/"), "pow": _pow,
+    "expand": _expand, "split": _split, "type": _type,
 }
 
 
@@ -370,10 +447,21 @@ def _create_causal_mask(args, kwargs, node) -> Expr:
         raise Untranslatable("create_causal_mask with a cache, a sliding window or extra mask functions")
     embeds, mask = kwargs["input_embeds"], kwargs.get("attention_mask", Value.constant(None))
     positions = kwargs.get("position_ids", Value.constant(None))
-    if mask.is_const and not positions.is_const:
+    if mask.is_const and not positions.is_const and _reads_inputs(node.kwargs["position_ids"]):
         raise Untranslatable("create_causal_mask over packed sequences (position_ids without attention_mask)")
     return Expr(f"causal_mask({embeds.src}{'' if mask.is_const else ', ' + mask.src})",
                 imports=("from jaxtrain.port.support import causal_mask",))
+
+
+def _reads_inputs(node) -> bool:
+    """Whether a value depends on the forward's inputs' values (not just on constants and shapes)."""
+    if node.op == "placeholder":
+        return True
+    if node.op == "call_method" and node.target in ("size", "dim"):
+        return False
+    if node.op == "call_function" and node.target is getattr:
+        return False
+    return any(_reads_inputs(n) for n in node.all_input_nodes)
 
 
 def rule_for(target):

@@ -126,6 +126,7 @@ def trace(module, args: tuple, kwargs: dict) -> Traced:
              **{k: v for k, v in kwargs.items() if k not in tensors}}
     klass = type(module)
     leaves = _leaves(inspect.unwrap(klass.forward).__globals__)
+    finfo = _finfo_patched()
     try:
         module.__class__ = type(klass.__name__, (klass,), {"forward": _bound_forward(klass.forward, list(tensors), fixed),
                                                            "__module__": klass.__module__})
@@ -148,6 +149,7 @@ def trace(module, args: tuple, kwargs: dict) -> Traced:
     finally:
         module.__class__ = klass
         leaves()
+        finfo()
     return Traced(module, graph=graph)
 
 
@@ -200,12 +202,44 @@ def _recorded(function):
         plain = (type(None), bool, int, float, str, torch.dtype, fx.Proxy)
         given = {k: v for k, v in bound.items() if isinstance(v, plain)}
         fixed = {k: v for k, v in bound.items() if k not in given}
-        return proxies[0].tracer.create_proxy("call_function", functools.partial(function, **fixed), (), given)
+        target = functools.update_wrapper(functools.partial(function, **fixed), function)  # named as `function`
+        return proxies[0].tracer.create_proxy("call_function", target, (), given)
 
     return call
 
 
 _SHAPES = {"size", "dim", "numel", "shape", "ndim", "dtype", "device"}
+
+
+def finfo_field(dtype, field: str):
+    """`torch.finfo(dtype).<field>` as one graph node (the dtype is the port's, known when it runs)."""
+    import torch
+
+    return getattr(torch.finfo(dtype), field)
+
+
+class _TracedFinfo:
+    """What `torch.finfo(x.dtype)` gives while tracing: its fields are graph nodes."""
+
+    def __init__(self, dtype):
+        self.dtype = dtype
+
+    def __getattr__(self, field):
+        return self.dtype.tracer.create_proxy("call_function", finfo_field, (self.dtype, field), {})
+
+
+def _finfo_patched():
+    """torch.finfo accepting a traced dtype; returns the function that puts torch's back."""
+    import torch
+    import torch.fx as fx
+
+    original = torch.finfo
+
+    def finfo(dtype=None):
+        return _TracedFinfo(dtype) if isinstance(dtype, fx.Proxy) else (original() if dtype is None else original(dtype))
+
+    torch.finfo = finfo
+    return lambda: setattr(torch, "finfo", original)
 
 
 def _from_shapes(node) -> bool:
@@ -268,11 +302,12 @@ def _signature(graph) -> list:
 
 def source_line(node) -> str:
     """Where the user wrote a node's operation: `file.py:12 (forward)`."""
-    for match in _FRAME.finditer(node.stack_trace or ""):
+    found = "(no source line)"
+    for match in _FRAME.finditer(node.stack_trace or ""):  # outermost first: the last is where it was written
         path, line, function = match.groups()
-        if "/torch/" not in path:
-            return f"{_short(path)}:{line} ({function})"
-    return "(no source line)"
+        if "/torch/" not in path and "/jaxtrain/port/" not in path and not path.startswith("<"):
+            found = f"{_short(path)}:{line} ({function})"
+    return found
 
 
 def _short(path: str | None) -> str:

@@ -88,6 +88,12 @@ def _attends(module) -> dict:
             if type(m) is torch.nn.Linear and m.bias is None and id(m.weight) in embeddings}
 
 
+def _variable(name: str) -> str:
+    """A value's name in `__call__`: never `self` or a name the file imports."""
+    name = _identifier(name)
+    return name + "_" if name in ("self", "jax", "jnp", "nnx") else name
+
+
 def _identifier(name: str) -> str:
     name = "".join(c if c.isalnum() or c == "_" else "_" for c in name)
     return name + "_" if keyword.iskeyword(name) or not name or name[0].isdigit() else name
@@ -119,9 +125,10 @@ class _ClassWriter:
         graph = self.traced.graph
         read = {n.target for n in (graph.nodes if graph is not None else ()) if n.op == "get_attr"}
         out = {}
-        for name, b in self.module.named_buffers(recurse=False):
+        for name, b in self.module.named_buffers():
             if name in read and b.numel() <= 4096:
-                out[name] = f"jnp.asarray(self.{_identifier(name)}, dtype=jnp.{str(b.dtype).removeprefix('torch.')})"
+                out[name] = f"jnp.asarray(self.{_identifier(name.replace('.', '_'))}, " \
+                            f"dtype=jnp.{str(b.dtype).removeprefix('torch.')})"
         return out
 
     def body(self) -> str:
@@ -143,9 +150,10 @@ class _ClassWriter:
                 lines.append(f"        self.{_identifier(name)} = {built}")
         for name, p in self.module.named_parameters(recurse=False):
             lines.append(f"        self.{_identifier(name)} = nnx.Param(jnp.zeros({tuple(p.shape)}))")
-        for name, b in self.module.named_buffers(recurse=False):
+        for name, b in self.module.named_buffers():
             if name in self.buffers:
-                lines.append(f"        self.{_identifier(name)} = {literal(_nested(b.tolist()))}  # torch's buffer")
+                lines.append(f"        self.{_identifier(name.replace('.', '_'))} = {literal(_nested(b.tolist()))}"
+                             f"  # torch's buffer {name}")
         return lines
 
     def _build(self, qualname: str, module) -> str:
@@ -181,8 +189,8 @@ class _ClassWriter:
         params = []
         for node in self.traced.graph.nodes:
             if node.op == "placeholder":
-                params.append(_identifier(node.name))
-                self.values[node.name] = Value(_identifier(node.name), rank=_rank(node))
+                params.append(_variable(node.name))
+                self.values[node.name] = Value(_variable(node.name), rank=_rank(node))
             elif node.op == "output":
                 if not self.stopped:
                     self.lines.append(f"return {self._output(node.args[0])}")
@@ -191,13 +199,16 @@ class _ClassWriter:
         return [f"    def __call__(self, {', '.join(params)}):", *(f"        {line}" for line in self.lines)]
 
     def _node(self, node) -> None:
-        var = _identifier(node.name)
+        var = _variable(node.name)
         try:
             expr = self._expression(node)
         except Untranslatable as e:
             return self._missing(node, str(e))
         except Exception as e:  # noqa: BLE001  (a rule's own failure is the writer's bug: said as such)
             return self._missing(node, f"jaxtrain.port's rule failed ({type(e).__name__}: {e}): a bug in the writer")
+        if expr.source == "None":  # a field torch's output left empty: no line, and not in Outputs
+            self.values[node.name] = Value.constant(None)
+            return
         if not self.stopped:
             self.lines.append(f"{var} = {expr.source}")
         self.values[node.name] = Value(var, layout=expr.result, rank=_rank(node))
@@ -298,7 +309,10 @@ class _ClassWriter:
 
         if isinstance(item, fx.Node):
             return self.values[item.name]
-        if isinstance(item, (list, tuple)) and any(isinstance(i, fx.Node) for i in item):
+        if isinstance(item, slice) and _has_node(item):  # x[:, :seq_length]
+            parts = ["" if v is None else render(self._value(v)) for v in (item.start, item.stop, item.step)]
+            return Value(":".join(parts[:2]) + (f":{parts[2]}" if parts[2] else ""), const=item, is_const=True)
+        if isinstance(item, (list, tuple)) and any(_has_node(i) for i in item):
             inner = [self._value(i) for i in item]
             if isinstance(item, list):
                 return inner
@@ -343,8 +357,20 @@ class _ClassWriter:
                 f"({inner})" if isinstance(out, tuple) else f"[{inner}]")
         if isinstance(out, dict):  # transformers' ModelOutput: read by key, attribute and position
             self.imports.add("from jaxtrain.port.support import Outputs")
-            return "Outputs(" + ", ".join(f"{k}={self._output(v)}" for k, v in out.items()) + ")"
+            present = {k: v for k, v in out.items() if v is not None and not (
+                isinstance(v, fx.Node) and self.values[v.name].is_const and self.values[v.name].const is None)}
+            return "Outputs(" + ", ".join(f"{k}={self._output(v)}" for k, v in present.items()) + ")"
         return literal(out)
+
+
+def _has_node(item) -> bool:
+    import torch.fx as fx
+
+    if isinstance(item, slice):
+        return any(_has_node(v) for v in (item.start, item.stop, item.step))
+    if isinstance(item, (list, tuple)):
+        return any(_has_node(v) for v in item)
+    return isinstance(item, fx.Node)
 
 
 def _nested(value):
