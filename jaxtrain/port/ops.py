@@ -233,6 +233,13 @@ def _getitem(args, kwargs, node) -> Expr:
     return Expr(f"{x.src}[{', '.join(render(i) for i in items)}]")
 
 
+def _setitem(args, kwargs, node) -> Expr:
+    """x[index] = value, as JAX writes it: a new array (the writer rebinds x's name to it)."""
+    x, index, value = args
+    items = index.const if index.is_const and isinstance(index.const, tuple) else (index,)
+    return Expr(f"{x.src}.at[{', '.join(render(i) for i in items)}].set({value.src})")
+
+
 def _astype(dtype: str) -> Callable:
     def rule(args, kwargs, node) -> Expr:
         return Expr(f"{args[0].src}.astype(jnp.{dtype})", layout="any", result="same")
@@ -361,6 +368,84 @@ def _factory(function: str) -> Callable:
     return rule
 
 
+def _tensor(args, kwargs, node) -> Expr:
+    """torch.tensor(constant, dtype=...): the same constant as an array."""
+    bound = bind(args, kwargs, "data dtype device requires_grad pin_memory", dtype=None)
+    dtype = bound["dtype"]
+    cast = "" if dtype.is_const and dtype.const is None else f", dtype={dtype.src}"
+    return Expr(f"jnp.asarray({bound['data'].src}{cast})", layout="keep")
+
+
+def _embedding(args, kwargs, node) -> Expr:
+    """F.embedding(ids, weight): rows of weight (padding_idx only stops the gradient, as nn.Embedding's rule)."""
+    bound = bind(args, kwargs, "input weight padding_idx max_norm norm_type scale_grad_by_freq sparse",
+                 padding_idx=None, max_norm=None, norm_type=2.0, scale_grad_by_freq=False, sparse=False)
+    if const(bound["max_norm"], "max_norm") is not None or const(bound["scale_grad_by_freq"], "scale_grad_by_freq"):
+        raise Untranslatable("F.embedding with max_norm or scale_grad_by_freq")
+    ids, weight, pad = bound["input"], bound["weight"], const(bound["padding_idx"], "padding_idx")
+    rows = f"jnp.take({weight.src}, {ids.src}, axis=0)"
+    if pad is None:
+        return Expr(rows)
+    return Expr(f"jnp.where(({ids.src} == {pad})[..., None], jax.lax.stop_gradient({rows}), {rows})")
+
+
+def _stack(args, kwargs, node) -> Expr:
+    bound = bind(args, kwargs, "tensors dim", dim=0)
+    tensors = bound["tensors"]
+    tensors = list(tensors.const) if isinstance(tensors, Value) and isinstance(tensors.const, tuple) else tensors
+    first = tensors[0]
+    dim = const(bound["dim"], "dim")
+    return Expr(f"jnp.stack([{', '.join(t.src for t in tensors)}], axis={dim % (first.rank + 1)})")
+
+
+def _reshape_as(args, kwargs, node) -> Expr:
+    bound = bind(args, kwargs, "input other")
+    return Expr(f"{bound['input'].src}.reshape({bound['other'].src}.shape)")
+
+
+def _baddbmm(args, kwargs, node) -> Expr:
+    bound = bind(args, kwargs, "input batch1 batch2 beta alpha", beta=1, alpha=1)
+    beta, alpha = const(bound["beta"], "beta"), const(bound["alpha"], "alpha")
+    base = "" if beta == 0 else f"{'' if beta == 1 else repr(beta) + ' * '}{bound['input'].src} + "
+    return Expr(f"({base}{'' if alpha == 1 else repr(alpha) + ' * '}({bound['batch1'].src} @ {bound['batch2'].src}))")
+
+
+def _triangle(function: str) -> Callable:
+    def rule(args, kwargs, node) -> Expr:
+        bound = bind(args, kwargs, "input diagonal", diagonal=0)
+        return Expr(f"jnp.{function}({bound['input'].src}, {const(bound['diagonal'], 'diagonal')})")
+
+    return rule
+
+
+def _cumsum(args, kwargs, node) -> Expr:
+    bound = bind(args, kwargs, "input dim dtype", dtype=None)
+    x = bound["input"]
+    cast = "" if const(bound["dtype"], "dtype") is None else f", dtype={bound['dtype'].src}"
+    return Expr(f"jnp.cumsum({x.src}, axis={dim_of(x, const(bound['dim'], 'dim'))}{cast})")
+
+
+def _index_select(args, kwargs, node) -> Expr:
+    bound = bind(args, kwargs, "input dim index")
+    x = bound["input"]
+    return Expr(f"jnp.take({x.src}, {bound['index'].src}, axis={dim_of(x, const(bound['dim'], 'dim'))})")
+
+
+def _extreme(name: str) -> Callable:
+    """torch.max/min: of two tensors elementwise, of all elements, or along a dim (values and indices)."""
+    def rule(args, kwargs, node) -> Expr:
+        bound = bind(args, kwargs, "input other keepdim", other=None, keepdim=False)
+        x, other = bound["input"], bound["other"]
+        if other.rank is not None:
+            return Expr(f"jnp.{name}imum({x.src}, {other.src})")
+        if other.is_const and other.const is None:
+            return Expr(f"{x.src}.{name}()")
+        dim, keep = dim_of(x, const(other, "dim")), const(bound["keepdim"], "keepdim")
+        return Expr(f"({x.src}.{name}(axis={dim}, keepdims={keep}), {x.src}.arg{name}(axis={dim}, keepdims={keep}))")
+
+    return rule
+
+
 def _finfo(args, kwargs, node) -> Expr:
     """torch.finfo(x.dtype).min (and max, eps, tiny) of a dtype known only when the port runs."""
     return Expr(f"jnp.finfo({args[0].src}).{const(args[1], 'field')}", layout="keep")
@@ -384,7 +469,7 @@ def functions() -> dict:
         operator.truediv: _binary("/"), operator.floordiv: _binary("//"), operator.pow: _binary("**"),
         operator.gt: _binary(">"), operator.lt: _binary("<"), operator.ge: _binary(">="), operator.le: _binary("<="),
         operator.eq: _binary("=="), operator.ne: _binary("!="), torch.where: _where,
-        operator.matmul: _matmul, operator.getitem: _getitem, operator.neg: _unary("(-{})"),
+        operator.matmul: _matmul, operator.getitem: _getitem, operator.setitem: _setitem, operator.neg: _unary("(-{})"),
         torch.add: _binary("+"), torch.sub: _binary("-"), torch.mul: _binary("*"), torch.div: _binary("/"),
         torch.matmul: _matmul, torch.bmm: _matmul, torch.flatten: _flatten, torch.cat: _cat, torch.concat: _cat,
         torch.chunk: _chunk, torch.split: _split, torch.transpose: _transpose, torch.permute: _permute, torch.reshape: _reshape,
@@ -397,7 +482,10 @@ def functions() -> dict:
         F.softmax: _softmax("softmax"), F.log_softmax: _softmax("log_softmax"),
         F.scaled_dot_product_attention: _sdpa, torch.masked_fill: _masked_fill,
         torch.addmm: _addmm, torch.pow: _pow, torch.ones: _factory("ones"), torch.zeros: _factory("zeros"),
-        torch.full: _factory("full"), finfo_field: _finfo,
+        torch.full: _factory("full"), finfo_field: _finfo, torch.tensor: _tensor, F.embedding: _embedding,
+        torch.stack: _stack, torch.baddbmm: _baddbmm, torch.triu: _triangle("triu"), torch.tril: _triangle("tril"),
+        torch.cumsum: _cumsum, torch.index_select: _index_select, torch.max: _extreme("max"),
+        torch.min: _extreme("min"),
         F.relu: _activation("relu"), torch.relu: _activation("relu"), F.relu6: _activation("relu6"),
         F.gelu: _activation("gelu", "input approximate", approximate="none"),
         F.silu: _activation("silu"), torch.sigmoid: _activation("sigmoid"), F.sigmoid: _activation("sigmoid"),
@@ -421,6 +509,9 @@ METHODS: dict[str, Callable] = {
     "gt": _binary(">"), "lt": _binary("<"), "ge": _binary(">="), "le": _binary("<="), "eq": _binary("=="),
     "ne": _binary("!="), "add": _binary("+"), "sub": _binary("-"), "mul": _binary("*"), "div": _binary("/"), "pow": _pow,
     "expand": _expand, "split": _split, "type": _type,
+    "reshape_as": _reshape_as, "clone": _identity, "bool": _astype("bool_"), "long": _astype("int64"),
+    "int": _astype("int32"), "triu": _triangle("triu"), "tril": _triangle("tril"), "cumsum": _cumsum,
+    "index_select": _index_select, "baddbmm": _baddbmm, "detach": _unary("jax.lax.stop_gradient({})"),
 }
 
 
@@ -431,7 +522,8 @@ def leaf_functions() -> dict:
         from transformers import masking_utils
     except ImportError:
         return {}
-    return {masking_utils.create_causal_mask: _create_causal_mask}
+    return {masking_utils.create_causal_mask: _create_causal_mask,
+            masking_utils.create_sliding_window_causal_mask: _create_causal_mask}
 
 
 def _create_causal_mask(args, kwargs, node) -> Expr:
@@ -442,14 +534,16 @@ def _create_causal_mask(args, kwargs, node) -> Expr:
     if implementation != "eager":
         raise Untranslatable(f"create_causal_mask for attention {implementation!r}: its mask depends on the values "
                              "of attention_mask (only 'eager' has a rule)")
-    if fixed.get("past_key_values") is not None or getattr(config, "sliding_window", None) \
-            or fixed.get("or_mask_function") or fixed.get("and_mask_function"):
-        raise Untranslatable("create_causal_mask with a cache, a sliding window or extra mask functions")
+    window = getattr(config, "sliding_window", None) if node.target.func.__name__.startswith(
+        "create_sliding_window") else None
+    if fixed.get("past_key_values") is not None or fixed.get("or_mask_function") or fixed.get("and_mask_function"):
+        raise Untranslatable("create_causal_mask with a cache or extra mask functions")
     embeds, mask = kwargs["input_embeds"], kwargs.get("attention_mask", Value.constant(None))
     positions = kwargs.get("position_ids", Value.constant(None))
     if mask.is_const and not positions.is_const and _reads_inputs(node.kwargs["position_ids"]):
         raise Untranslatable("create_causal_mask over packed sequences (position_ids without attention_mask)")
-    return Expr(f"causal_mask({embeds.src}{'' if mask.is_const else ', ' + mask.src})",
+    return Expr(f"causal_mask({embeds.src}{'' if mask.is_const else ', ' + mask.src}"
+                f"{'' if window is None else f', sliding_window={window}'})",
                 imports=("from jaxtrain.port.support import causal_mask",))
 
 

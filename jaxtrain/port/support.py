@@ -31,11 +31,15 @@ jax.tree_util.register_pytree_node(Outputs, lambda o: (tuple(o.values()), tuple(
                                    lambda keys, values: Outputs(zip(keys, values)))
 
 
-def causal_mask(input_embeds, attention_mask=None):
+def causal_mask(input_embeds, attention_mask=None, sliding_window=None):
     """(batch, 1, queries, keys) additive mask of a causal model over `input_embeds` (batch, length, ...),
-    `attention_mask` (batch, length) marking the real tokens with 1 (None: all real)."""
+    `attention_mask` (batch, length) marking the real tokens with 1 (None: all real); with `sliding_window`, a
+    query sees only the keys less than that many positions back."""
     batch, length = input_embeds.shape[:2]
-    allowed = jnp.tril(jnp.ones((length, length), bool))[None, None]
+    allowed = jnp.tril(jnp.ones((length, length), bool))
+    if sliding_window is not None:
+        allowed = allowed & jnp.triu(jnp.ones((length, length), bool), -(sliding_window - 1))
+    allowed = allowed[None, None]
     if attention_mask is not None:
         allowed = allowed & attention_mask.astype(bool)[:, None, None, :]
     allowed = jnp.broadcast_to(allowed, (batch, 1, length, length))

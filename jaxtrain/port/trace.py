@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import inspect
+import operator
 import re
 from typing import Any
 
@@ -100,6 +101,13 @@ def trace(module, args: tuple, kwargs: dict) -> Traced:
         def is_leaf_module(self, m, qualname):
             return not is_container(m)
 
+        def call_module(self, m, forward, args, kwargs):
+            try:
+                self.path_of_module(m)
+            except NameError:  # a module made inside forward (`ACT2FN[name](x)`): its code is traced through
+                return forward(*args, **kwargs)
+            return super().call_module(m, forward, args, kwargs)
+
         def to_bool(self, obj):
             """A branch on shapes (`if x.shape[1] != self.channels`) takes the example's way, as torch.export
             specialises; a branch on the values a tensor holds cannot be written."""
@@ -141,7 +149,7 @@ def trace(module, args: tuple, kwargs: dict) -> Traced:
                                         "or calls a functional dropout): no rule writes both yet")
         graph = graphs[1]
         gm = fx.GraphModule(module, graph)
-        graph.eliminate_dead_code()  # `out, _ = self.lstm(x)`: the unused half is not written
+        graph.eliminate_dead_code(lambda n: n.is_impure() or in_place(n))  # `out, _ = self.lstm(x)`: one half
         with torch.no_grad(), contextlib.redirect_stderr(io.StringIO()):  # ShapeProp prints what it raises
             ShapeProp(gm).propagate(*tensors.values())
     except Exception as e:  # noqa: BLE001  (fx's own errors say what it met: control flow on a traced value)
@@ -154,11 +162,25 @@ def trace(module, args: tuple, kwargs: dict) -> Traced:
 
 
 def _proxy_class():
+    import torch
     import torch.fx as fx
 
     class Proxy(fx.Proxy):
         def __len__(self):  # len(x.shape): the example's; len of a tensor's values: said
             return self.tracer.length(self)
+
+        def __getattr__(self, k):
+            return Attribute(self, k)
+
+        def __setitem__(self, key, value):  # `mask[:, :n] = value`: recorded, written as `.at[...].set`
+            self.tracer.create_proxy("call_function", operator.setitem, (self, key, value), {})
+
+    class Attribute(fx.proxy.Attribute):  # x.shape, read before it is called or measured
+        def __len__(self):
+            return self.tracer.length(self)
+
+        def __getattr__(self, k):
+            return Attribute(self, k)
 
     return Proxy
 
@@ -279,6 +301,13 @@ def _bound_forward(forward, tensors: list, fixed: dict):
     return namespace["forward"]
 
 
+def in_place(node) -> bool:
+    """An op that changes its first argument (`x[i] = v`, `x.add_(y)`): its result may go unused."""
+    if node.op == "call_function":
+        return node.target is operator.setitem
+    return node.op == "call_method" and node.target.endswith("_") and not node.target.startswith("_")
+
+
 def _without_idle_dropout(graph):
     """The graph without functional dropouts of probability 0 (`F.dropout(x, p=0.0, training=self.training)`):
     they return their input in either mode."""
@@ -323,6 +352,8 @@ def _short(path: str | None) -> str:
 
 
 def _first_line(e: Exception) -> str:
+    if e.__cause__ is not None and "ShapeProp" in str(e):  # what running the graph met, not ShapeProp's wrapper
+        e = e.__cause__
     text = str(e).strip().splitlines()
     return f"{type(e).__name__}: {text[0] if text else ''}"
 

@@ -15,8 +15,8 @@ import keyword
 
 from jaxtrain.port import modules, ops
 from jaxtrain.port.rules import Expr, Untranslatable, Value, literal, render
-from jaxtrain.port.trace import (Traced, first_inputs, is_container, is_library, shape, source_line, tensor_arguments,
-                                 trace)
+from jaxtrain.port.trace import (Traced, first_inputs, in_place, is_container, is_library, shape, source_line,
+                                 tensor_arguments, trace)
 
 HEADER = ("import jax", "import jax.numpy as jnp", "from flax import nnx")
 
@@ -206,6 +206,14 @@ class _ClassWriter:
             return self._missing(node, str(e))
         except Exception as e:  # noqa: BLE001  (a rule's own failure is the writer's bug: said as such)
             return self._missing(node, f"jaxtrain.port's rule failed ({type(e).__name__}: {e}): a bug in the writer")
+        if in_place(node):  # torch changes its first argument: the port rebinds that name
+            target = self._value(node.args[0])
+            if not target.src.isidentifier():
+                return self._missing(node, f"an in-place change of {target.src}")
+            if not self.stopped:
+                self.lines.append(f"{target.src} = {expr.source}")
+            self.values[node.name] = target
+            return
         if expr.source == "None":  # a field torch's output left empty: no line, and not in Outputs
             self.values[node.name] = Value.constant(None)
             return
@@ -251,7 +259,8 @@ class _ClassWriter:
                         layout="keep")
         if node.op == "call_module":
             return self._module_call(node)
-        rule = (ops.rule_for(node.target) if node.op == "call_function" else ops.METHODS.get(node.target))
+        method = node.target[:-1] if in_place(node) and node.op == "call_method" else node.target
+        rule = ops.rule_for(node.target) if node.op == "call_function" else ops.METHODS.get(method)
         if rule is None:
             raise Untranslatable("no rule in jaxtrain.port")
         args, kwargs = self._arguments(node)

@@ -1,5 +1,5 @@
 """Corpus cases for the port writer: torch models nobody wrote for it (the corpus' real-port cases, the tutorial's
-models, the bench's CNN), each ported by `jaxtrain.port` with no edits and checked as written, on the data and
+models, the bench's CNN, transformers' PyTorch models of the hf cases), each ported by `jaxtrain.port` with no edits and checked as written, on the data and
 loop of the case it comes from (its hand port's glue dropped: the written port takes torch's inputs and returns
 torch's outputs).
 
@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import time
 
-from jaxtrain.parity.corpus import real
+from jaxtrain.parity.corpus import hf, real
 
 HAND_GLUE = ("flax_model", "flax_input", "flax_output", "weight_map", "flax_kwargs")
 
@@ -53,6 +53,8 @@ SOURCES = {  # name: the case whose torch model is written (its hand port set as
     "written_bn_dropout_mlp": _fashion("mlp_bn_dropout", optimizer="adam", optimizer_kwargs={"lr": 1e-3}),
     "written_bench_cnn": _fashion("cnn", **SGD),
     **{f"written_{name.removeprefix('real_')}": case for name, case in real.HEALTHY.items()},
+    # transformers' PyTorch models (tiny configs, eager attention), on the data and loop of their hf cases
+    **{f"written_{name}": (lambda data, case=case: case()) for name, case in hf.CASES.items()},
 }
 CANDIDATES = {name: written(case) for name, case in SOURCES.items()}
 NOT_WRITTEN = {  # what the writer cannot write yet (measured by `measure`; a test keeps this list true)
