@@ -65,7 +65,7 @@ def first_inputs(model, example_inputs) -> dict:
 
 
 def tensor_arguments(module, args: tuple, kwargs: dict) -> dict:
-    """The tensors of one call of `module`, by the name of `forward`'s parameter (or keyword) each came in, in
+    """The tensors (and tuples of tensors) of one call of `module`, by the name of `forward`'s parameter (or keyword) each came in, in
     the signature's order: the inputs of its port's `__call__`. Every other argument (None, a flag, a size, a
     default) is fixed at the value it had, as torch.export specialises on it."""
     import torch
@@ -75,7 +75,16 @@ def tensor_arguments(module, args: tuple, kwargs: dict) -> dict:
              if n != "self" and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)]
     given = {**dict(zip(named, args)), **kwargs}
     order = named + [k for k in kwargs if k not in named]
-    return {n: given[n] for n in order if isinstance(given.get(n), torch.Tensor)}
+    return {n: given[n] for n in order if _holds_tensor(given.get(n), torch.Tensor)}
+
+
+def _holds_tensor(value, tensor) -> bool:
+    """A tensor, or a tuple, list or dict holding one (rotary embeddings' (cos, sin)): an input, never a constant."""
+    if isinstance(value, (tuple, list)):
+        return any(_holds_tensor(v, tensor) for v in value)
+    if isinstance(value, dict):
+        return any(_holds_tensor(v, tensor) for v in value.values())
+    return isinstance(value, tensor)
 
 
 def trace(module, args: tuple, kwargs: dict) -> Traced:

@@ -103,6 +103,8 @@ class _ClassWriter:
     """One torch module instance's class: its `__init__` from its children, its `__call__` from its graph."""
 
     def __init__(self, traced: Traced, path: str, class_for, seen: dict):
+        import torch
+
         self.traced, self.path, self.class_for, self.seen = traced, path, class_for, seen
         self.module = traced.module
         self.untranslated: list = []
@@ -114,8 +116,8 @@ class _ClassWriter:
         self.calls = {n.target: n for n in (traced.graph.nodes if traced.graph is not None else ())
                       if n.op == "call_module"}
         self.tied_heads = _attends(self.module)  # written as the embedding's attend
-        self.embeddings = {id(m.weight): name for name, m in self.module.named_modules()
-                           if type(m).__name__ == "Embedding" and is_library(m)}
+        self.embeddings = {id(m.weight): (name, is_library(m)) for name, m in self.module.named_modules()
+                           if isinstance(m, torch.nn.Embedding)}
         self.buffers = self._buffers()
 
     def _buffers(self) -> dict:
@@ -148,8 +150,9 @@ class _ClassWriter:
             built = self._build(name, child)
             if not built.startswith("None"):  # no weights (written inline where called), or none to hold
                 lines.append(f"        self.{_identifier(name)} = {built}")
-        for name, p in self.module.named_parameters(recurse=False):
-            lines.append(f"        self.{_identifier(name)} = nnx.Param(jnp.zeros({tuple(p.shape)}))")
+        for name, p in self.module.named_parameters(recurse=False):  # a frozen one (requires_grad=False) is no Param:
+            kind = "nnx.Param" if p.requires_grad else "nnx.Variable"  # the port's optimizer leaves it alone
+            lines.append(f"        self.{_identifier(name)} = {kind}(jnp.zeros({tuple(p.shape)}))")
         for name, b in self.module.named_buffers():
             if name in self.buffers:
                 lines.append(f"        self.{_identifier(name.replace('.', '_'))} = {literal(_nested(b.tolist()))}"
@@ -278,10 +281,11 @@ class _ClassWriter:
         if not is_library(sub):  # the child's port takes the tensors of its call, in its signature's order
             return Expr(f"{attr}({', '.join(v.src for v in self._child_inputs(node, sub))})")
         if node.target in self.tied_heads and self.tied_heads[node.target] in self.embeddings:
-            embed = _attribute(self.embeddings[self.tied_heads[node.target]],
-                               "self.layers" if is_container(self.module) else "self")
+            path, library = self.embeddings[self.tied_heads[node.target]]
+            embed = _attribute(path, "self.layers" if is_container(self.module) else "self")
             args, _, _ = self._laid_out(node, "torch")
-            return Expr(f"{embed}.attend({args[0].src})")  # x @ embedding.T: the head torch ties to it
+            # x @ embedding.T: the head torch ties to it (nnx.Embed's attend, or the weight of the user's Embedding)
+            return Expr(f"{embed}.attend({args[0].src})" if library else f"({args[0].src} @ {embed}.weight[...].T)")
         rule = modules.rule_for(sub)
         if rule is None:
             raise Untranslatable("no rule in jaxtrain.port")
