@@ -196,13 +196,90 @@ OP_CASES = {
     "masked_fill, where, comparisons": lambda h: h.masked_fill(h > 0.1, -1.0) + torch.where(h <= 0.0, h, 2 * h)
     + (h == 0.5) + (h != 0.5).float(),
     "matmul": lambda h: torch.matmul(h.view(-1, 4, 6), h.view(-1, 6, 4)).flatten(1),
+    "split, expand, stack": lambda h: torch.cat([h.split(10, dim=1)[2], torch.split(h, [4, 20], 1)[0],
+                                                 h[:, :1].expand(-1, 4), torch.stack([h, -h], dim=1).flatten(1)], 1),
+    "addmm, baddbmm, pow": lambda h: torch.cat([torch.addmm(h[:, :4], h[:, :6], h.view(-1)[:24].view(6, 4)),
+                                                torch.baddbmm(h.view(-1, 4, 6)[:, :, :4], h.view(-1, 4, 6),
+                                                              h.view(-1, 6, 4), beta=0.5).flatten(1),
+                                                torch.pow(h, 2) + h.pow(3)], 1),
+    "factories, finfo, max/min": lambda h: torch.max(h, torch.tensor(torch.finfo(h.dtype).min)) * torch.ones(h.size(0), 24)
+    + torch.full((h.size(0), 24), 0.5, dtype=h.dtype) + torch.zeros(h.shape) + torch.min(h, h * 2)
+    + torch.max(h, dim=1, keepdim=True)[0] + h.max(),
+    "triangles, cumsum, index_select": lambda h: torch.cat([
+        torch.triu(h.view(-1, 4, 6), 1).flatten(1), h.view(-1, 4, 6).tril(-1).flatten(1), torch.cumsum(h, dim=1),
+        h.index_select(1, torch.arange(0, 24, 3))], 1),
+    "in place, clone, type, detach": lambda h: _in_place(h),
 }
+
+
+def _in_place(h):
+    m = h.clone()
+    m[:, :2] = 0.0  # x[index] = value
+    m.mul_(2.0)  # an in-place method whose result is not used
+    return m + h.detach().type(torch.float32) * (h > 0).long()
 
 
 @pytest.mark.parametrize("case", OP_CASES)
 def test_an_op_rule_writes_torchs_formula(case):
     ours, theirs, _ = forward_both(Ops(OP_CASES[case]), ROWS)
     np.testing.assert_allclose(ours, theirs, rtol=1e-10, atol=1e-12)
+
+
+def _logged(forward):
+    """A decorator as libraries write them (`*args, **kwargs`): fx sees the wrapper's signature, not forward's."""
+    import functools
+
+    @functools.wraps(forward)
+    def wrapper(*args, **kwargs):
+        return forward(*args, **kwargs)
+
+    return wrapper
+
+
+class Block(nn.Module):
+    """Library habits inside one block: a decorated forward, flags and None arguments, a branch and len() on
+    shapes, a shape unpacked, a buffer, a tuple of tensors as an argument, an in-place write, a module built
+    inside forward, a frozen parameter, and named outputs."""
+
+    def __init__(self):
+        super().__init__()
+        self.fc = nn.Linear(6, 6)
+        self.register_buffer("offsets", torch.arange(6, dtype=torch.float32) / 10)
+        self.scale = nn.Parameter(torch.full((6,), 0.5), requires_grad=False)
+
+    @_logged
+    def forward(self, x, pair, mask=None, use_offsets=False, output_extra=False):
+        if x.shape[-1] != 6 or len(x.shape) != 2:  # a check on shapes: the example's way
+            raise ValueError("wrong shape")
+        h = self.fc(x) * self.scale + pair[0] * pair[1]
+        if use_offsets:
+            h = h + self.offsets
+        if mask is not None:
+            h = h * mask
+        h = h.view(*x.shape[:-1], 2, 3).flatten(1).clone()
+        h[:, 0] = 1.0
+        return {"hidden": nn.Tanh()(h), "extra": h if output_extra else None}
+
+
+class Library(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.block, self.head = Block(), nn.Linear(6, 2)
+
+    def forward(self, x):
+        out = self.block(x, (x.sin(), x.cos()), None, use_offsets=True)
+        return self.head(out["hidden"] + self.block.offsets) + (out.get("extra") is None)
+
+
+def test_library_habits_are_written_as_the_example_ran_them():
+    ours, theirs, p = forward_both(Library(), ROWS)
+    np.testing.assert_allclose(ours, theirs, rtol=1e-10, atol=1e-12)
+    assert "self.scale = nnx.Variable(" in p.source  # frozen: the port's optimizer leaves it alone
+    assert "def __call__(self, x, pair):" in p.source  # None and flags fixed at the call's values
+    jax_batch = np.concatenate([ROWS, ROWS])  # written on 3 rows, runs on 6: no batch size baked in
+    flax = p.flax_model()
+    flax.eval()
+    assert np.asarray(flax(jnp.asarray(jax_batch))).shape == (6, 2)
 
 
 def test_a_written_port_keeps_torchs_order_before_a_flatten_and_never_imports_torch():
@@ -245,7 +322,7 @@ class UnknownOp(nn.Module):
         self.fc = nn.Linear(6, 2)
 
     def forward(self, x):
-        return torch.cumsum(self.fc(x), dim=1)
+        return torch.logcumsumexp(self.fc(x), dim=1)
 
 
 class Noisy(nn.Module):
@@ -259,7 +336,7 @@ class Noisy(nn.Module):
         return self.fc(F.dropout(x, 0.1, self.training))
 
 
-@pytest.mark.parametrize("model, what", [(Branchy, "Branchy.forward"), (UnknownOp, "torch.cumsum"),
+@pytest.mark.parametrize("model, what", [(Branchy, "Branchy.forward"), (UnknownOp, "torch.logcumsumexp"),
                                          (Noisy, "Noisy.forward"),
                                          (lambda: TiedLM(head_bias=True), "tied weights embed.weight, head.weight")])
 def test_what_cannot_be_written_is_said_and_the_file_still_imports(model, what):

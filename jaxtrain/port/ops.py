@@ -359,11 +359,12 @@ def _factory(function: str) -> Callable:
             sizes, fill = [bound["size"]], bound["fill_value"]
         else:
             sizes = args + ([kwargs.pop("size")] if "size" in kwargs else [])
-        shape = _shape_args(sizes) if sizes else ""
+        # one computed size is an int or a whole shape (`x.shape`): either is jnp's shape argument as it is
+        listed = _shape_args(sizes)
+        shape = sizes[0].src if len(sizes) == 1 and not sizes[0].is_const else (f"({listed},)" if listed else "()")
         value = "" if fill is None else f", {fill.src}"
         cast = "" if dtype is None or dtype.is_const and dtype.const is None else f", dtype={dtype.src}"
-        return Expr(f"jnp.{function}(({shape}{',' if shape and ',' not in shape else ''}){value}{cast})",
-                    layout="keep")
+        return Expr(f"jnp.{function}({shape}{value}{cast})", layout="keep")
 
     return rule
 
@@ -434,6 +435,7 @@ def _index_select(args, kwargs, node) -> Expr:
 def _extreme(name: str) -> Callable:
     """torch.max/min: of two tensors elementwise, of all elements, or along a dim (values and indices)."""
     def rule(args, kwargs, node) -> Expr:
+        kwargs = {("other" if k == "dim" else k): v for k, v in kwargs.items()}  # torch.max(x, dim=1): one slot
         bound = bind(args, kwargs, "input other keepdim", other=None, keepdim=False)
         x, other = bound["input"], bound["other"]
         if other.rank is not None:
@@ -511,7 +513,7 @@ METHODS: dict[str, Callable] = {
     "expand": _expand, "split": _split, "type": _type,
     "reshape_as": _reshape_as, "clone": _identity, "bool": _astype("bool_"), "long": _astype("int64"),
     "int": _astype("int32"), "triu": _triangle("triu"), "tril": _triangle("tril"), "cumsum": _cumsum,
-    "index_select": _index_select, "baddbmm": _baddbmm, "detach": _unary("jax.lax.stop_gradient({})"),
+    "index_select": _index_select, "max": _extreme("max"), "min": _extreme("min"), "baddbmm": _baddbmm, "detach": _unary("jax.lax.stop_gradient({})"),
 }
 
 

@@ -44,17 +44,35 @@ def is_library(module) -> bool:
     return type(module).__module__.startswith("torch.nn.") and not is_container(module)
 
 
+@dataclasses.dataclass
+class Call:
+    """A submodule's first call on the example inputs: its arguments and what it returned."""
+
+    args: tuple = ()
+    kwargs: dict = dataclasses.field(default_factory=dict)
+    output: Any = None
+    returned: bool = False
+
+
 def first_inputs(model, example_inputs) -> dict:
-    """Each submodule's positional and keyword arguments at its first call on `example_inputs` (a tuple of
-    positional arguments, or a dict of keyword arguments)."""
+    """{submodule's path: its first `Call`} on `example_inputs` (a tuple of positional arguments, or a dict of
+    keyword arguments)."""
     import torch
 
     seen: dict = {}
+
+    def before(m, args, kwargs, name):
+        seen.setdefault(name, Call(args, kwargs))
+
+    def after(m, args, kwargs, output, name):
+        if not seen[name].returned:
+            seen[name].output, seen[name].returned = output, True
+
     # a training port keeps no key/value cache (transformers' models build one in eval() unless told not to)
     extra = {"use_cache": False} if "use_cache" in inspect.signature(type(model).forward).parameters else {}
-    hooks = [m.register_forward_pre_hook(lambda m, args, kwargs, name=name: seen.setdefault(name, (args, kwargs)),
-                                         with_kwargs=True)
-             for name, m in model.named_modules()]
+    hooks = [h for name, m in model.named_modules() for h in (
+        m.register_forward_pre_hook(lambda m, a, k, name=name: before(m, a, k, name), with_kwargs=True),
+        m.register_forward_hook(lambda m, a, k, o, name=name: after(m, a, k, o, name), with_kwargs=True))]
     try:
         with torch.no_grad():
             model(**example_inputs, **extra) if isinstance(example_inputs, dict) else model(*example_inputs, **extra)
@@ -64,15 +82,19 @@ def first_inputs(model, example_inputs) -> dict:
     return seen
 
 
+def parameters(module) -> list[str]:
+    """The names of `forward`'s parameters after self (a decorator's `*args` seen through to the real ones)."""
+    signature = inspect.signature(type(module).forward)  # follows __wrapped__
+    return [n for n, p in list(signature.parameters.items())[1:] if p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)]
+
+
 def tensor_arguments(module, args: tuple, kwargs: dict) -> dict:
     """The tensors (and tuples of tensors) of one call of `module`, by the name of `forward`'s parameter (or keyword) each came in, in
     the signature's order: the inputs of its port's `__call__`. Every other argument (None, a flag, a size, a
     default) is fixed at the value it had, as torch.export specialises on it."""
     import torch
 
-    signature = inspect.signature(type(module).forward)  # follows a decorator's __wrapped__ to the real one
-    named = [n for n, p in signature.parameters.items()
-             if n != "self" and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)]
+    named = parameters(module)
     given = {**dict(zip(named, args)), **kwargs}
     order = named + [k for k in kwargs if k not in named]
     return {n: given[n] for n in order if _holds_tensor(given.get(n), torch.Tensor)}
@@ -87,7 +109,7 @@ def _holds_tensor(value, tensor) -> bool:
     return isinstance(value, tensor)
 
 
-def trace(module, args: tuple, kwargs: dict) -> Traced:
+def trace(module, args: tuple, kwargs: dict, output_of=lambda m: None) -> Traced:
     """`module.forward` as an fx graph whose inputs are the call's tensors (`tensor_arguments`) and whose nodes
     carry `tensor_meta` (shapes) from running them; every other argument is fixed at its value in this call."""
     import contextlib
@@ -115,7 +137,10 @@ def trace(module, args: tuple, kwargs: dict) -> Traced:
                 self.path_of_module(m)
             except NameError:  # a module made inside forward (`ACT2FN[name](x)`): its code is traced through
                 return forward(*args, **kwargs)
-            return super().call_module(m, forward, args, kwargs)
+            out = super().call_module(m, forward, args, kwargs)
+            if is_library(m) or not isinstance(output_of(m), (tuple, list, dict)):
+                return out
+            return _structured(out, output_of(m))  # `h, _ = self.block(x)`, `out.hidden is None`: as it ran
 
         def to_bool(self, obj):
             """A branch on shapes (`if x.shape[1] != self.channels`) takes the example's way, as torch.export
@@ -138,12 +163,12 @@ def trace(module, args: tuple, kwargs: dict) -> Traced:
                 raise fx.proxy.TraceError("a Python loop over a tensor, or a tensor unpacked (no rule)")
             return iter([obj[i] for i in range(self.length(obj))])
 
-    names = list(inspect.signature(type(module).forward).parameters)[1:]
+    names = parameters(module)
     fixed = {**{n: a for n, a in zip(names, args) if n not in tensors},
              **{k: v for k, v in kwargs.items() if k not in tensors}}
     klass = type(module)
     leaves = _leaves(inspect.unwrap(klass.forward).__globals__)
-    finfo = _finfo_patched()
+    unpatch = _torch_patched()
     try:
         module.__class__ = type(klass.__name__, (klass,), {"forward": _bound_forward(klass.forward, list(tensors), fixed),
                                                            "__module__": klass.__module__})
@@ -166,7 +191,7 @@ def trace(module, args: tuple, kwargs: dict) -> Traced:
     finally:
         module.__class__ = klass
         leaves()
-        finfo()
+        unpatch()
     return Traced(module, graph=graph)
 
 
@@ -179,6 +204,8 @@ def _proxy_class():
             return self.tracer.length(self)
 
         def __getattr__(self, k):
+            if k.startswith("__"):  # a protocol probe (`__cuda_array_interface__`, `__array__`): not a tensor's field
+                raise AttributeError(k)
             return Attribute(self, k)
 
         def __setitem__(self, key, value):  # `mask[:, :n] = value`: recorded, written as `.at[...].set`
@@ -259,18 +286,40 @@ class _TracedFinfo:
         return self.dtype.tracer.create_proxy("call_function", finfo_field, (self.dtype, field), {})
 
 
-def _finfo_patched():
-    """torch.finfo accepting a traced dtype; returns the function that puts torch's back."""
+def _torch_patched():
+    """torch.finfo of a traced dtype, and torch's factories of traced numbers (`torch.tensor(torch.finfo(x.dtype)
+    .min)`, `torch.ones(x.size(0), 4)`), recorded in the graph: torch's own argument parser refuses a Proxy where
+    it wants a number. Returns the function that puts torch's back."""
     import torch
     import torch.fx as fx
 
-    original = torch.finfo
+    saved = {name: getattr(torch, name) for name in ("finfo", "tensor", "ones", "zeros", "full", "empty")}
 
-    def finfo(dtype=None):
-        return _TracedFinfo(dtype) if isinstance(dtype, fx.Proxy) else (original() if dtype is None else original(dtype))
+    def traced_finfo(dtype=None):
+        finfo = saved["finfo"]
+        return _TracedFinfo(dtype) if isinstance(dtype, fx.Proxy) else (finfo() if dtype is None else finfo(dtype))
 
-    torch.finfo = finfo
-    return lambda: setattr(torch, "finfo", original)
+    def recorded(factory):
+        def call(*args, **kwargs):
+            proxies = [a for a in _flat_args((args, kwargs)) if isinstance(a, fx.Proxy)]
+            if proxies:
+                return proxies[0].tracer.create_proxy("call_function", factory, args, kwargs)
+            return factory(*args, **kwargs)
+
+        return call
+
+    torch.finfo = traced_finfo
+    for name in ("tensor", "ones", "zeros", "full", "empty"):
+        setattr(torch, name, recorded(saved[name]))
+    return lambda: [setattr(torch, name, f) for name, f in saved.items()]
+
+
+def _flat_args(value) -> list:
+    if isinstance(value, (tuple, list)):
+        return [a for v in value for a in _flat_args(v)]
+    if isinstance(value, dict):
+        return [a for v in value.values() for a in _flat_args(v)]
+    return [value]
 
 
 def _from_shapes(node) -> bool:
@@ -298,6 +347,46 @@ def _evaluate(root, graph, node, inputs: list):
     copy.output(copied[node])
     with torch.no_grad(), _maybe_revert_all_patches():  # run for real: the tracer's patches lifted meanwhile
         return fx.GraphModule(root, copy)(*inputs)
+
+
+class _Named(dict):
+    """A submodule's named outputs while tracing (a ModelOutput): the tensors' graph nodes by key, by attribute and
+    by position; a field the example left empty reads None, as it did."""
+
+    def __init__(self, items, real):
+        super().__init__(items)
+        self._real = real
+
+    def __getattr__(self, name):
+        if name in self:
+            return self[name]
+        if name.startswith("_") or not hasattr(self._real, name):
+            raise AttributeError(name)
+        return None
+
+    def __getitem__(self, key):
+        return tuple(self.values())[key] if isinstance(key, (int, slice)) else super().__getitem__(key)
+
+    def to_tuple(self):
+        return tuple(self.values())
+
+
+def _structured(proxy, real):
+    """A submodule call's output as the structure it had on the example (a tuple, a dict, a ModelOutput), its
+    tensors the graph's `proxy[i]` / `proxy[key]`; Nones and plain values stay what they were."""
+    import torch
+
+    def part(p, value):
+        if isinstance(value, torch.Tensor):
+            return p
+        if isinstance(value, (tuple, list)):
+            return type(value)(part(p[i], v) for i, v in enumerate(value)) if type(value) in (tuple, list) \
+                else tuple(part(p[i], v) for i, v in enumerate(value))
+        if isinstance(value, dict):
+            return _Named({k: part(p[k], v) for k, v in value.items() if v is not None}, value)
+        return value
+
+    return part(proxy, real)
 
 
 def _bound_forward(forward, tensors: list, fixed: dict):

@@ -15,8 +15,8 @@ import keyword
 
 from jaxtrain.port import modules, ops
 from jaxtrain.port.rules import Expr, Untranslatable, Value, literal, render
-from jaxtrain.port.trace import (Traced, first_inputs, in_place, is_container, is_library, shape, source_line,
-                                 tensor_arguments, trace)
+from jaxtrain.port.trace import (Traced, first_inputs, in_place, is_container, is_library, parameters, shape,
+                                 source_line, tensor_arguments, trace)
 
 HEADER = ("import jax", "import jax.numpy as jnp", "from flax import nnx")
 
@@ -34,6 +34,8 @@ class Written:
 def write(model, inputs) -> Written:
     """The NNX port of `model`, traced on `inputs` (a tuple of positional tensors or a dict of keyword ones)."""
     seen = first_inputs(model, inputs)
+    paths = {id(m): name for name, m in model.named_modules()}
+    output_of = lambda m: getattr(seen.get(paths.get(id(m))), "output", None)  # noqa: E731
     names: dict = {}  # torch class -> [(class body key, generated name)]
     classes, missing, imports = [], [], set()
     by_instance: dict = {}
@@ -41,8 +43,9 @@ def write(model, inputs) -> Written:
     def class_for(path: str, module) -> str:
         if id(module) in by_instance:
             return by_instance[id(module)]
-        args, kwargs = seen.get(path, ((), {}))
-        traced = trace(module, args, kwargs) if path in seen else Traced(module, error="never called on the inputs")
+        call = seen.get(path)
+        traced = trace(module, call.args, call.kwargs, output_of) if call else Traced(module, error="never called on "
+                                                                                                  "the inputs")
         writer = _ClassWriter(traced, path, class_for, seen)
         body = writer.body()
         versions = names.setdefault(type(module), [])
@@ -121,14 +124,23 @@ class _ClassWriter:
         self.buffers = self._buffers()
 
     def _buffers(self) -> dict:
-        """{buffer the forward reads: its expression}: a constant of torch's (a position table, a causal mask), held
-        by the port as nested tuples (static, never trained). A buffer the training changes is a layer's own
-        (BatchNorm's statistics: TorchBatchNorm)."""
+        """{buffer the forward reads: its expression}. A floating buffer of the user's class is torch's state (a
+        position table, a scale): an nnx.Variable of its values, which `convert` also carries; one of a submodule
+        of the user's is read from that submodule. An integer or boolean one (position ids, a causal mask) is a
+        constant the port holds as nested tuples. A buffer the training changes is a layer's own (BatchNorm's
+        statistics: TorchBatchNorm)."""
         graph = self.traced.graph
         read = {n.target for n in (graph.nodes if graph is not None else ()) if n.op == "get_attr"}
+        container = "self.layers" if is_container(self.module) else "self"
         out = {}
         for name, b in self.module.named_buffers():
-            if name in read and b.numel() <= 4096:
+            owner, _, leaf = name.rpartition(".")
+            sub = self.module.get_submodule(owner) if owner else self.module
+            if name not in read or is_library(sub) or b.numel() > 4096:
+                continue
+            if b.is_floating_point():
+                out[name] = f"{_attribute(name, container)}[...]"
+            else:
                 out[name] = f"jnp.asarray(self.{_identifier(name.replace('.', '_'))}, " \
                             f"dtype=jnp.{str(b.dtype).removeprefix('torch.')})"
         return out
@@ -150,14 +162,26 @@ class _ClassWriter:
             built = self._build(name, child)
             if not built.startswith("None"):  # no weights (written inline where called), or none to hold
                 lines.append(f"        self.{_identifier(name)} = {built}")
-        for name, p in self.module.named_parameters(recurse=False):  # a frozen one (requires_grad=False) is no Param:
-            kind = "nnx.Param" if p.requires_grad else "nnx.Variable"  # the port's optimizer leaves it alone
-            lines.append(f"        self.{_identifier(name)} = {kind}(jnp.zeros({tuple(p.shape)}))")
+        for name, p in self.module.named_parameters(recurse=False):
+            if p.requires_grad:
+                lines.append(f"        self.{_identifier(name)} = nnx.Param(jnp.zeros({tuple(p.shape)}))")
+            else:  # frozen (requires_grad=False): a constant of the port, no Param the optimizer would move
+                lines.append(f"        self.{_identifier(name)} = {self._constant(name, p)}  # torch's frozen parameter")
+        for name, b in self.module.named_buffers(recurse=False):  # torch's floating state: a constant as well
+            if b.is_floating_point():
+                lines.append(f"        self.{_identifier(name)} = {self._constant(name, b)}  # torch's buffer")
         for name, b in self.module.named_buffers():
-            if name in self.buffers:
+            if name in self.buffers and not b.is_floating_point():
                 lines.append(f"        self.{_identifier(name.replace('.', '_'))} = {literal(_nested(b.tolist()))}"
                              f"  # torch's buffer {name}")
         return lines
+
+    def _constant(self, name: str, tensor) -> str:
+        try:
+            return _constant(tensor)
+        except Untranslatable as e:
+            self.untranslated.append((f"{type(self.module).__qualname__}.{name}", self.traced.where, str(e)))
+            return "None"
 
     def _build(self, qualname: str, module) -> str:
         if is_container(module):
@@ -235,7 +259,9 @@ class _ClassWriter:
 
     def _what(self, node) -> str:
         if node.op == "call_module":
-            return f"torch.nn.{type(self.module.get_submodule(node.target)).__name__} ({node.target})"
+            sub = self.module.get_submodule(node.target)
+            name = f"torch.nn.{type(sub).__name__}" if is_library(sub) else type(sub).__qualname__
+            return f"{name} ({node.target})"
         if node.op == "get_attr":
             return f"attribute {node.target}"
         return ops.name_of(node.target)
@@ -301,15 +327,14 @@ class _ClassWriter:
     def _child_inputs(self, node, sub) -> list:
         """The values the parent passes to a child of the user's (or a library's own) class: those its first call
         gave as tensors (`trace.tensor_arguments`), bound to the child's parameters."""
-        import inspect
-
         child_path = f"{self.path}.{node.target}".lstrip(".")
-        wanted = tensor_arguments(sub, *self.seen.get(child_path, ((), {})))
+        call = self.seen.get(child_path)
+        wanted = tensor_arguments(sub, call.args, call.kwargs) if call else {}
         args, kwargs, _ = self._laid_out(node, "torch")
-        named = [n for n, p in inspect.signature(type(sub).forward).parameters.items()
-                 if n != "self" and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)]
-        given = {**dict(zip(named, args)), **kwargs}
-        missing = [n for n in wanted if n not in given or given[n].is_const]
+        names = parameters(sub)
+        given = {**dict(zip(names, args)), **kwargs}
+        raw = {**dict(zip(names, node.args)), **node.kwargs}
+        missing = [n for n in wanted if n not in given or not _has_node(raw[n])]
         if missing:
             raise Untranslatable(f"the call gives {missing[0]!r} in another form than the first call did")
         return [given[n] for n in wanted]
@@ -374,6 +399,13 @@ class _ClassWriter:
                 isinstance(v, fx.Node) and self.values[v.name].is_const and self.values[v.name].const is None)}
             return "Outputs(" + ", ".join(f"{k}={self._output(v)}" for k, v in present.items()) + ")"
         return literal(out)
+
+
+def _constant(tensor) -> str:
+    """An nnx.Variable holding a torch tensor's values (a frozen table, a buffer): never trained."""
+    if tensor.numel() > 4096:
+        raise Untranslatable(f"a frozen tensor of {tensor.numel()} elements (only tables up to 4096 are written)")
+    return f"nnx.Variable(jnp.asarray({literal(tensor.tolist())}, dtype=jnp.{str(tensor.dtype).removeprefix('torch.')}))"
 
 
 def _has_node(item) -> bool:
