@@ -335,6 +335,11 @@ def _expand(args, kwargs, node) -> Expr:
     return Expr(f"jnp.broadcast_to({x.src}, ({', '.join(shape)},))")
 
 
+def _expand_as(args, kwargs, node) -> Expr:
+    bound = bind(args, kwargs, "input other")
+    return Expr(f"jnp.broadcast_to({bound['input'].src}, {bound['other'].src}.shape)")
+
+
 def _addmm(args, kwargs, node) -> Expr:
     bound = bind(args, kwargs, "input mat1 mat2 beta alpha", beta=1, alpha=1)
     beta, alpha = const(bound["beta"], "beta"), const(bound["alpha"], "alpha")
@@ -510,7 +515,7 @@ METHODS: dict[str, Callable] = {
     "rsqrt": _unary("jax.lax.rsqrt({})"), "abs": _unary("jnp.abs({})"), "neg": _unary("(-{})"),
     "gt": _binary(">"), "lt": _binary("<"), "ge": _binary(">="), "le": _binary("<="), "eq": _binary("=="),
     "ne": _binary("!="), "add": _binary("+"), "sub": _binary("-"), "mul": _binary("*"), "div": _binary("/"), "pow": _pow,
-    "expand": _expand, "split": _split, "type": _type,
+    "expand": _expand, "expand_as": _expand_as, "split": _split, "type": _type,
     "reshape_as": _reshape_as, "clone": _identity, "bool": _astype("bool_"), "long": _astype("int64"),
     "int": _astype("int32"), "triu": _triangle("triu"), "tril": _triangle("tril"), "cumsum": _cumsum,
     "index_select": _index_select, "max": _extreme("max"), "min": _extreme("min"), "baddbmm": _baddbmm, "detach": _unary("jax.lax.stop_gradient({})"),

@@ -60,7 +60,6 @@ CANDIDATES = {name: written(case) for name, case in SOURCES.items()}
 NOT_WRITTEN = {  # what the writer cannot write yet (measured by `measure`; a test keeps this list true)
     "written_spectral_norm": "parametrized weight",
     "written_weight_norm_flax_wrapper": "parametrized weight",
-    "written_hf_distilbert_classifier": "a check on the type of a traced value (fx: __cuda_array_interface__)",
     "written_hf_opt_lm": "isinstance(attention_mask, torch.Tensor) on a traced value: a mask of the wrong length",
     "written_hf_gptj_lm_rotary": "gather, repeat, repeat_interleave, a split of a computed size: no rules yet",
 }
