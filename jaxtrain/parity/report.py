@@ -67,6 +67,14 @@ def format_report(report: ParityReport) -> str:
                          f"{abs(a['test_loss'] - b['test_loss']):>9.1e} {100 * a['test_accuracy']:>7.2f}% "
                          f"{100 * b['test_accuracy']:>8.2f}% {100 * abs(a['test_accuracy'] - b['test_accuracy']):>7.2f}")
         lines.append("")
+    lines.append(format_verdict(report))
+    return "\n".join(lines)
+
+
+def format_verdict(report: ParityReport) -> str:
+    """The three-part verdict, where the first failure is, the diagnosis and the mapping's notes: the report
+    without its tables (what `jaxtrain.testing.assert_port` raises)."""
+    lines = []
     for part in PARTS:
         result = report.verdict.get(part)
         if result is None:
