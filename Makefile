@@ -8,7 +8,7 @@ BIN := $(VENV)/bin
 ARGS ?=
 CUDA ?=
 
-.PHONY: setup train test parity bench corpus gpu-report data clean
+.PHONY: setup train test parity bench corpus gpu-report data docs clean
 
 ifeq ($(CUDA),)
 # constraints.txt pins torch to the CPU wheel this machine's mirror serves (an open range
@@ -64,9 +64,14 @@ corpus: setup
 	$(BIN)/python -m jaxtrain.parity.corpus.written --json results/port_writer.json --markdown results/port_writer.md
 	$(BIN)/python -m pytest -q -m corpus --ignore=parity_tests/test_corpus.py
 
+# The docs site (mkdocs-material) into site/: --strict fails on any warning (a broken link, a results file
+# missing its renderer, an API name that does not resolve).
+docs: setup
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --site-dir site
+
 # On a CUDA machine: tutorial parity, the corpus' short subset and the bench -> results/gpu/<device>.*
 gpu-report: setup
 	$(BIN)/python -m jaxtrain.gpu_report $(ARGS)
 
 clean:
-	rm -rf $(VENV) *.egg-info .pytest_cache
+	rm -rf $(VENV) *.egg-info .pytest_cache site

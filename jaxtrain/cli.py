@@ -1,4 +1,5 @@
-"""`jaxtrain train | launch | parity | bench`: the command line. I/O and printing live here."""
+"""jaxtrain: train the tutorial in JAX, write a torch model's Flax port, check that it trains like torch,
+convert weights, time both."""
 
 from __future__ import annotations
 

@@ -92,6 +92,7 @@ def test_a_wrong_port_is_timed_but_flagged():
     assert report["same_model"]["passed"] is False
     assert "flatten" in report["same_model"]["detail"]
     assert "NO: the times below compare different computations" in format_table(report)
+    assert str(report) == format_table(report)  # print(compare_port(...)) prints the table, as a report does
 
 
 def test_strict_refuses_to_time_another_model():
@@ -191,3 +192,33 @@ def test_the_quick_suite_writes_json_and_plot(tmp_path):
     for report in result["models"].values():
         assert [v["name"] for v in report["variants"]] == list(VARIANTS) and report["same_model"]["passed"]
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+STDIN_SCRIPT = """
+import numpy as np
+from jaxtrain.bench.port import compare_port
+x = np.random.default_rng(0).normal(size=(16, 1, 28, 28)).astype(np.float32)
+y = np.random.default_rng(1).integers(0, 10, 16)
+print(compare_port("examples.cnn:TorchCNN", "examples.cnn:NnxCNN", train=(x, y), flax_input="nhwc", batch_size=8,
+                   steps=2, repeats=1, variants=("torch_eager", "jax_step")))
+"""
+
+
+@pytest.mark.corpus  # two workers spawned: half a minute
+def test_compare_port_from_a_script_on_stdin_gives_its_table(tmp_path):
+    done = subprocess.run([sys.executable, "-"], input=STDIN_SCRIPT, cwd=tmp_path, capture_output=True, text=True,
+                          timeout=600, env={**__import__("os").environ, "PYTHONPATH": str(ROOT)})
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "same model: yes" in done.stdout and "jax_step" in done.stdout and "EOFError" not in done.stderr
+
+
+def test_a_recipe_defined_in_a_script_on_stdin_is_one_line(tmp_path):
+    script = STDIN_SCRIPT.replace('"examples.cnn:TorchCNN"', "TorchCNN").replace(
+        "import numpy as np", "import numpy as np\nfrom torch import nn\n"
+        "class TorchCNN(nn.Module):\n    def __init__(self):\n        super().__init__(); self.fc = nn.Linear(784, 10)\n"
+        "    def forward(self, x):\n        return self.fc(x.flatten(1))\n")
+    done = subprocess.run([sys.executable, "-"], input=script, cwd=tmp_path, capture_output=True, text=True,
+                          timeout=600, env={**__import__("os").environ, "PYTHONPATH": str(ROOT)})
+    assert done.returncode != 0
+    assert "ConfigError: compare_port's workers cannot rebuild torch_model from a script read from <stdin>" \
+        in done.stderr, done.stderr[-2000:]

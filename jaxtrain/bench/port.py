@@ -59,6 +59,7 @@ import multiprocessing as mp
 import os
 import pickle
 import statistics
+import sys
 import threading
 import time
 from pathlib import Path
@@ -133,8 +134,38 @@ def compare_port(torch_model, flax_model, train, loss="cross_entropy", optimizer
             raise PortMappingError(f"the two sides do not train the same model, so their times compare different "
                                    f"computations: {same['detail']}")
 
-    raw = measure(job, variants, repeats, log, meanwhile=check_same_model)
-    return summarise(raw, job, repeats, same, _name(torch_object), _name(flax_object))
+    with _main_for_workers(job):
+        raw = measure(job, variants, repeats, log, meanwhile=check_same_model)
+    return PortTimes(summarise(raw, job, repeats, same, _name(torch_object), _name(flax_object)))
+
+
+class PortTimes(dict):
+    """compare_port's report: a dict (JSON-ready, `write_json`) that prints as a table (`format_table`)."""
+
+    def __str__(self) -> str:
+        return format_table(self)
+
+
+@contextlib.contextmanager
+def _main_for_workers(job: Job):
+    """Spawned workers re-run the caller's script as their `__main__`. A script read from stdin (`python -`) or
+    given with `-c` has no file to re-run: its workers would die on an EOFError. There the workers start
+    without it, and the recipes must come from an importable module (one line says so otherwise)."""
+    main = sys.modules.get("__main__")
+    path = getattr(main, "__file__", None)
+    if getattr(main, "__spec__", None) is not None or path is None or os.path.exists(path):
+        yield
+        return
+    in_main = [what for what, thing in (("torch_model", job.torch_model), ("flax_model", job.flax_model))
+               if getattr(thing, "__module__", None) == "__main__"]
+    if in_main:
+        raise ConfigError(f"compare_port's workers cannot rebuild {in_main[0]} from a script read from {path}: "
+                          "define it in a module they can import (or pass 'MODULE:ATTR'), or run a script file")
+    del main.__file__
+    try:
+        yield
+    finally:
+        main.__file__ = path
 
 
 def _validated(steps, repeats, batch_size, dtype, variants) -> tuple:
