@@ -8,7 +8,7 @@ BIN := $(VENV)/bin
 ARGS ?=
 CUDA ?=
 
-.PHONY: setup train test parity bench corpus gpu-report data docs clean
+.PHONY: setup train test parity bench corpus gpu-report data docs browser clean
 
 ifeq ($(CUDA),)
 # constraints.txt pins torch to the CPU wheel this machine's mirror serves (an open range
@@ -40,6 +40,14 @@ data:
 	  || echo "warning: could not install dataset-fashion-mnist; pass --data-dir DIR" >&2; \
 	else echo "note: not root or no apt-get; install dataset-fashion-mnist or pass --data-dir DIR" >&2; fi
 
+# Debian's chromium for the HTML report's browser test (make corpus): as root with apt-get, else a note.
+browser:
+	@if command -v chromium >/dev/null; then :; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null) \
+	  || echo "warning: could not install chromium; the HTML report's browser test will fail" >&2; \
+	else echo "note: not root or no apt-get; install chromium for the HTML report's browser test" >&2; fi
+
 train: setup
 	$(BIN)/jaxtrain train $(ARGS)
 
@@ -59,7 +67,7 @@ bench: setup
 # `corpus` but the corpus cases themselves (the 10-epoch tutorial parity, the GPU report's quick
 # run on the CPU, the bench end to end, the example scripts and the parity CLI on them).
 # `pytest -m corpus` runs the corpus cases as tests too.
-corpus: setup
+corpus: setup browser
 	$(BIN)/python -m jaxtrain.parity.corpus --json results/corpus.json --markdown results/corpus.md $(ARGS)
 	$(BIN)/python -m jaxtrain.parity.corpus.written --json results/port_writer.json --markdown results/port_writer.md
 	$(BIN)/python -m pytest -q -m corpus --ignore=parity_tests/test_corpus.py

@@ -52,6 +52,7 @@ def run_parity(config, args) -> int:
 
     metrics.check_writable(args.report, "--report")
     metrics.check_writable(args.plot, "--plot")
+    metrics.check_writable(args.html, "--html")
     dtypes = ("float32", "float64") if args.dtype == "both" else (args.dtype,)
     if (args.torch_model is None) != (args.flax_model is None):
         raise ConfigError("--torch-model and --flax-model go together (a torch model and its Flax port)")
@@ -77,6 +78,8 @@ def run_parity(config, args) -> int:
         metrics.write_json(args.report, report.to_dict())
     if args.plot:
         parity.plot(report, args.plot)
+    if args.html:
+        report.save_html(args.html)
     return 0 if report.passed else 1
 
 
@@ -294,6 +297,8 @@ def build_parser() -> config_lib.OneLineParser:
     parity.add_argument("--report", default=None, metavar="PATH", help="write the parity report JSON here")
     parity.add_argument("--plot", default=None, metavar="PATH.png",
                         help="draw both frameworks' step losses and their float32 error envelopes")
+    parity.add_argument("--html", default=None, metavar="PATH.html",
+                        help="write the report as one self-contained page: verdict, trajectories, step 1 by layer")
     _model_flags(parity.add_argument_group("your own port (default: the tutorial's models)"), required=False)
     conv = commands.add_parser("convert", help="load a torch state_dict into a Flax port (orbax), or back")
     _model_flags(conv, required=True)

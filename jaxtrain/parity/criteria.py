@@ -527,6 +527,9 @@ def same_precision(jax32, torch32, ref64, findings: list[dict], math_holds: bool
         "step1_worst": max(findings, key=lambda f: f["excess"]) if findings else None,
         "moved_boundaries": [f["moved_boundary"] for f in findings if f.get("moved_boundary")],
         "step1_tensors": len(findings),
+        # each stage tensor's share of its allowance at step 1, in the order the step computes them (the report's
+        # page draws them)
+        "step1_excess": [(f["stage"], f["tensor"], float(f["excess"])) for f in findings],
         # the margins: of the tensors judged as they are (a layer whose boundary moved is judged downstream)
         "max_pattern_excess": max((f.get("pattern_excess", 0.0) for f in findings if not f.get("moved_boundary")),
                                   default=0.0),

@@ -33,6 +33,12 @@ class ParityReport:
     def __str__(self) -> str:
         return format_report(self)
 
+    def save_html(self, path):
+        """One self-contained page: the verdict, the trajectories, step 1 layer by layer (`parity.html`)."""
+        from jaxtrain.parity.html import save_html
+
+        return save_html(self, path)
+
 
 def _where(found: dict | None) -> str:
     if not found:
@@ -93,9 +99,10 @@ def format_verdict(report: ParityReport) -> str:
     return "\n".join(lines)
 
 
-def plot(report: ParityReport, path: str) -> None:
+def plot(report: ParityReport, path, format: str | None = None) -> None:
     """Per-step loss of both frameworks; |float32 - float64| / |float64| of each on a log scale
-    (the two envelopes); the first failing step and the drift onset marked."""
+    (the two envelopes); the first failing step and the drift onset marked. `path`: a file name or a binary
+    file (then `format`, e.g. "svg")."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -145,5 +152,5 @@ def plot(report: ParityReport, path: str) -> None:
             ax.axvline(step, color="red", lw=1.2, label=f"first failing step ({step})" if ax is top else None)
     top.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    fig.savefig(path, dpi=110, format=format)
     plt.close(fig)
