@@ -453,6 +453,13 @@ def _extreme(name: str) -> Callable:
     return rule
 
 
+def finfo_field(dtype, field: str):
+    """`torch.finfo(dtype).<field>` as one graph node (the dtype is the port's, known when it runs)."""
+    import torch
+
+    return getattr(torch.finfo(dtype), field)
+
+
 def _finfo(args, kwargs, node) -> Expr:
     """torch.finfo(x.dtype).min (and max, eps, tiny) of a dtype known only when the port runs."""
     return Expr(f"jnp.finfo({args[0].src}).{const(args[1], 'field')}", layout="keep")
@@ -468,8 +475,6 @@ def functions() -> dict:
     """torch function or Python operator -> rule."""
     import torch
     import torch.nn.functional as F
-
-    from jaxtrain.port.trace import finfo_field
 
     table = {
         operator.add: _binary("+"), operator.sub: _binary("-"), operator.mul: _binary("*"),

@@ -269,13 +269,6 @@ def _recorded(function):
 _SHAPES = {"size", "dim", "numel", "shape", "ndim", "dtype", "device"}
 
 
-def finfo_field(dtype, field: str):
-    """`torch.finfo(dtype).<field>` as one graph node (the dtype is the port's, known when it runs)."""
-    import torch
-
-    return getattr(torch.finfo(dtype), field)
-
-
 class _TracedFinfo:
     """What `torch.finfo(x.dtype)` gives while tracing: its fields are graph nodes."""
 
@@ -283,6 +276,8 @@ class _TracedFinfo:
         self.dtype = dtype
 
     def __getattr__(self, field):
+        from jaxtrain.port.ops import finfo_field
+
         return self.dtype.tracer.create_proxy("call_function", finfo_field, (self.dtype, field), {})
 
 
