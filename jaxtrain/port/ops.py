@@ -163,11 +163,15 @@ def _reduction(method: str) -> Callable:
     return rule
 
 
+def _tensor_list(tensors) -> list:
+    """torch.cat/stack's sequence of tensors, given as a list or a tuple."""
+    return list(tensors.const) if isinstance(tensors, Value) and isinstance(tensors.const, tuple) else tensors
+
+
 def _cat(args, kwargs, node) -> Expr:
     bound = bind(args, kwargs, "tensors dim", dim=0)
-    tensors = bound["tensors"]
-    tensors = list(tensors.const) if isinstance(tensors, Value) and isinstance(tensors.const, tuple) else tensors
-    first = tensors[0] if isinstance(tensors, list) else tensors
+    tensors = _tensor_list(bound["tensors"])
+    first = tensors[0]
     return Expr(f"jnp.concatenate([{', '.join(t.src for t in tensors)}], axis={dim_of(first, const(bound['dim'], 'dim'))})")
 
 
@@ -340,12 +344,19 @@ def _expand_as(args, kwargs, node) -> Expr:
     return Expr(f"jnp.broadcast_to({bound['input'].src}, {bound['other'].src}.shape)")
 
 
-def _addmm(args, kwargs, node) -> Expr:
-    bound = bind(args, kwargs, "input mat1 mat2 beta alpha", beta=1, alpha=1)
-    beta, alpha = const(bound["beta"], "beta"), const(bound["alpha"], "alpha")
-    product = f"({bound['mat1'].src} @ {bound['mat2'].src})"
-    return Expr(f"({'' if beta == 1 else repr(beta) + ' * '}{bound['input'].src} + "
-                f"{'' if alpha == 1 else repr(alpha) + ' * '}{product})")
+def _plus_product(names: str) -> Callable:
+    """torch.addmm / baddbmm (`names`: their parameters): beta * input + alpha * (a @ b)."""
+    def rule(args, kwargs, node) -> Expr:
+        bound = bind(args, kwargs, names, beta=1, alpha=1)
+        _, a, b, *_ = names.split()
+        beta, alpha = const(bound["beta"], "beta"), const(bound["alpha"], "alpha")
+        base = "" if beta == 0 else f"{'' if beta == 1 else repr(beta) + ' * '}{bound['input'].src} + "
+        return Expr(f"({base}{'' if alpha == 1 else repr(alpha) + ' * '}({bound[a].src} @ {bound[b].src}))")
+
+    return rule
+
+
+_addmm, _baddbmm = _plus_product("input mat1 mat2 beta alpha"), _plus_product("input batch1 batch2 beta alpha")
 
 
 def _pow(args, kwargs, node) -> Expr:
@@ -397,8 +408,7 @@ def _embedding(args, kwargs, node) -> Expr:
 
 def _stack(args, kwargs, node) -> Expr:
     bound = bind(args, kwargs, "tensors dim", dim=0)
-    tensors = bound["tensors"]
-    tensors = list(tensors.const) if isinstance(tensors, Value) and isinstance(tensors.const, tuple) else tensors
+    tensors = _tensor_list(bound["tensors"])
     first = tensors[0]
     dim = const(bound["dim"], "dim")
     return Expr(f"jnp.stack([{', '.join(t.src for t in tensors)}], axis={dim % (first.rank + 1)})")
@@ -407,13 +417,6 @@ def _stack(args, kwargs, node) -> Expr:
 def _reshape_as(args, kwargs, node) -> Expr:
     bound = bind(args, kwargs, "input other")
     return Expr(f"{bound['input'].src}.reshape({bound['other'].src}.shape)")
-
-
-def _baddbmm(args, kwargs, node) -> Expr:
-    bound = bind(args, kwargs, "input batch1 batch2 beta alpha", beta=1, alpha=1)
-    beta, alpha = const(bound["beta"], "beta"), const(bound["alpha"], "alpha")
-    base = "" if beta == 0 else f"{'' if beta == 1 else repr(beta) + ' * '}{bound['input'].src} + "
-    return Expr(f"({base}{'' if alpha == 1 else repr(alpha) + ' * '}({bound['batch1'].src} @ {bound['batch2'].src}))")
 
 
 def _triangle(function: str) -> Callable:
