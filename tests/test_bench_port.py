@@ -212,13 +212,16 @@ def test_compare_port_from_a_script_on_stdin_gives_its_table(tmp_path):
     assert "same model: yes" in done.stdout and "jax_step" in done.stdout and "EOFError" not in done.stderr
 
 
-def test_a_recipe_defined_in_a_script_on_stdin_is_one_line(tmp_path):
+@pytest.mark.parametrize("how, where", [("stdin", "a script read from <stdin>"),
+                                        ("-c", "an interactive session (a REPL, a notebook, python -c)")])
+def test_a_recipe_defined_in_a_script_without_a_file_is_one_config_error(tmp_path, how, where):
     script = STDIN_SCRIPT.replace('"examples.cnn:TorchCNN"', "TorchCNN").replace(
         "import numpy as np", "import numpy as np\nfrom torch import nn\n"
         "class TorchCNN(nn.Module):\n    def __init__(self):\n        super().__init__(); self.fc = nn.Linear(784, 10)\n"
         "    def forward(self, x):\n        return self.fc(x.flatten(1))\n")
-    done = subprocess.run([sys.executable, "-"], input=script, cwd=tmp_path, capture_output=True, text=True,
-                          timeout=600, env={**__import__("os").environ, "PYTHONPATH": str(ROOT)})
+    command = [sys.executable, "-"] if how == "stdin" else [sys.executable, "-c", script]
+    done = subprocess.run(command, input=script if how == "stdin" else None, cwd=tmp_path, capture_output=True,
+                          text=True, timeout=600, env={**__import__("os").environ, "PYTHONPATH": str(ROOT)})
     assert done.returncode != 0
-    assert "ConfigError: compare_port's workers cannot rebuild torch_model from a script read from <stdin>" \
-        in done.stderr, done.stderr[-2000:]
+    assert f"ConfigError: compare_port's workers cannot rebuild torch_model defined in {where}" in done.stderr, \
+        done.stderr[-2000:]

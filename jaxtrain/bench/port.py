@@ -148,24 +148,28 @@ class PortTimes(dict):
 
 @contextlib.contextmanager
 def _main_for_workers(job: Job):
-    """Spawned workers re-run the caller's script as their `__main__`. A script read from stdin (`python -`) or
-    given with `-c` has no file to re-run: its workers would die on an EOFError. There the workers start
-    without it, and the recipes must come from an importable module (one line says so otherwise)."""
+    """Spawned workers re-run the caller's script as their `__main__`. A REPL, a notebook, `python -c` or a
+    script read from stdin (`python -`) has no file to re-run (stdin's workers would die on an EOFError): there
+    the workers start without it, so the recipes must come from a module they can import; one ConfigError
+    says so when one was defined in that `__main__`."""
     main = sys.modules.get("__main__")
     path = getattr(main, "__file__", None)
-    if getattr(main, "__spec__", None) is not None or path is None or os.path.exists(path):
+    if getattr(main, "__spec__", None) is not None or (path is not None and os.path.exists(path)):
         yield
         return
     in_main = [what for what, thing in (("torch_model", job.torch_model), ("flax_model", job.flax_model))
                if getattr(thing, "__module__", None) == "__main__"]
     if in_main:
-        raise ConfigError(f"compare_port's workers cannot rebuild {in_main[0]} from a script read from {path}: "
-                          "define it in a module they can import (or pass 'MODULE:ATTR'), or run a script file")
-    del main.__file__
+        where = f"a script read from {path}" if path else "an interactive session (a REPL, a notebook, python -c)"
+        raise ConfigError(f"compare_port's workers cannot rebuild {in_main[0]} defined in {where}: define it in a "
+                          "module they can import (or pass 'MODULE:ATTR'), or run a script file")
+    if path is not None:
+        del main.__file__
     try:
         yield
     finally:
-        main.__file__ = path
+        if path is not None:
+            main.__file__ = path
 
 
 def _validated(steps, repeats, batch_size, dtype, variants) -> tuple:
