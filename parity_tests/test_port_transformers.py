@@ -50,7 +50,9 @@ def _float64(inputs: dict) -> dict:
     return {k: v.astype(np.float64) if v.dtype == np.float32 else v for k, v in inputs.items()}
 
 
-@pytest.mark.parametrize("family", FAMILIES)
+# the suite's budget: the vision models among the long checks (make corpus, which also trains all five)
+@pytest.mark.parametrize("family", [pytest.param(f, marks=pytest.mark.corpus) if f in ("ViT", "ResNet") else f
+                                    for f in FAMILIES])
 def test_a_transformers_model_is_written_whole_and_computes_torchs_forward(family):
     make, inputs = FAMILIES[family]
     model = make()

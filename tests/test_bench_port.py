@@ -212,8 +212,8 @@ def test_compare_port_from_a_script_on_stdin_gives_its_table(tmp_path):
     assert "same model: yes" in done.stdout and "jax_step" in done.stdout and "EOFError" not in done.stderr
 
 
-@pytest.mark.parametrize("how, where", [("stdin", "a script read from <stdin>"),
-                                        ("-c", "an interactive session (a REPL, a notebook, python -c)")])
+@pytest.mark.parametrize("how, where", [("stdin", "a script read from <stdin>"), pytest.param(
+    "-c", "an interactive session (a REPL, a notebook, python -c)", marks=pytest.mark.corpus)])  # the budget
 def test_a_recipe_defined_in_a_script_without_a_file_is_one_config_error(tmp_path, how, where):
     script = STDIN_SCRIPT.replace('"examples.cnn:TorchCNN"', "TorchCNN").replace(
         "import numpy as np", "import numpy as np\nfrom torch import nn\n"

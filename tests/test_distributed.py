@@ -130,6 +130,7 @@ def test_torchrun_ddp_follows_the_one_process_trajectory(tmp_path, fashion):
     assert_same_trajectory(tmp_path / "ddp.json", tmp_path / "one.json")
 
 
+@pytest.mark.corpus  # a stress test: three torchrun launches in a row (the suite's budget)
 def test_torchrun_ranks_end_cleanly_every_time(tmp_path, fashion):
     """torch 2.13's gloo group keeps its threads after destroy_process_group; tearing them down with
     the interpreter aborted a rank now and then (SIGABRT, then torchrun killed the other). Several

@@ -78,8 +78,10 @@ def test_sigterm_saves_then_resume_finishes_the_same_run(prog, tmp_path, fashion
     assert trajectory(tmp_path / "r.json") == trajectory(tmp_path / "s.json")
 
 
-# the suite's budget: the torch twin's run among the long checks (make corpus), JAX's here
-@pytest.mark.parametrize("prog", ["jaxtrain", pytest.param("torchref", marks=pytest.mark.corpus)])
+# the suite's budget: a stress test (kills at random moments), among the long checks (make corpus); the
+# suite keeps the resume and SIGTERM runs
+@pytest.mark.corpus
+@pytest.mark.parametrize("prog", ["jaxtrain", "torchref"])
 def test_kill_9_at_random_moments_always_leaves_a_restorable_checkpoint(prog, tmp_path, fashion):
     """Checkpoint every epoch (tiny epochs: saving is a large share of the time) and SIGKILL
     at random moments; every time, --resume must load the latest complete checkpoint."""
@@ -100,7 +102,7 @@ def test_kill_9_at_random_moments_always_leaves_a_restorable_checkpoint(prog, tm
         assert resumed.returncode == 0, (attempt, resumed.stderr)
 
 
-@pytest.mark.parametrize("prog", ["jaxtrain", "torchref"])
+@pytest.mark.parametrize("prog", ["jaxtrain", pytest.param("torchref", marks=pytest.mark.corpus)])  # the budget
 def test_nan_guard_stops_with_step_and_epoch_and_keeps_the_last_good_checkpoint(prog, tmp_path, fashion):
     ck = tmp_path / "ck"
     # the learning rate grows 100x each epoch: fine at first, divergent later

@@ -19,6 +19,7 @@ IMAGES = rng.normal(size=(384, 1, 28, 28)).astype(np.float32)
 LABELS = rng.integers(0, 10, 384)
 
 
+@pytest.mark.corpus  # the suite's budget: the planted bug below runs a user-style file in the suite
 def test_the_example_test_file_passes_as_a_user_runs_it():
     done = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "examples/test_my_port.py"],
                           cwd=ROOT, capture_output=True, text=True, timeout=600)
