@@ -169,15 +169,14 @@ def trace(module, args: tuple, kwargs: dict, output_of=lambda m: None) -> Traced
     klass = type(module)
     leaves = _leaves(inspect.unwrap(klass.forward).__globals__)
     unpatch = _torch_patched()
+    was_training = module.training
     try:
         module.__class__ = type(klass.__name__, (klass,), {"forward": _bound_forward(klass.forward, list(tensors), fixed),
                                                            "__module__": klass.__module__})
-        was_training = module.training
         graphs = []
         for mode in (True, False):  # the graph of each mode: a forward that reads self.training differs
             module.train(mode)
             graphs.append(_without_idle_dropout(Tracer().trace(module)))
-        module.train(was_training)
         if _signature(graphs[0]) != _signature(graphs[1]):
             return Traced(module, error="its forward differs between train() and eval() (it reads self.training, "
                                         "or calls a functional dropout): no rule writes both yet")
@@ -190,13 +189,13 @@ def trace(module, args: tuple, kwargs: dict, output_of=lambda m: None) -> Traced
         return Traced(module, error=_first_line(e))
     finally:
         module.__class__ = klass
+        module.train(was_training)
         leaves()
         unpatch()
     return Traced(module, graph=graph)
 
 
 def _proxy_class():
-    import torch
     import torch.fx as fx
 
     class Proxy(fx.Proxy):
