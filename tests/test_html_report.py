@@ -64,6 +64,7 @@ def test_headless_chromium_renders_the_page(planted, tmp_path):
     flags = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage"]
     dom = subprocess.run([browser, *flags, "--dump-dom", path.as_uri()], capture_output=True, text=True, timeout=120)
     assert dom.returncode == 0 and "<svg" in dom.stdout and "FAILED" in dom.stdout, dom.stderr[-2000:]
+    assert 'id="trajectories"' in dom.stdout and "stage forward, net.2" in dom.stdout  # the localised layer
     shot = tmp_path / "shot.png"
     subprocess.run([browser, *flags, "--window-size=1200,2400", f"--screenshot={shot}", path.as_uri()],
                    capture_output=True, timeout=120)
