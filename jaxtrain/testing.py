@@ -82,7 +82,7 @@ def assert_converts(torch_model, flax_model, example_inputs, *, flax_input=None,
 def _torch_forward(model, inputs, dtype) -> np.ndarray:
     import torch
 
-    from jaxtrain.inputs import map_leaves, prediction
+    from jaxtrain.inputs import call, map_leaves, prediction
 
     def tensor(a):
         a = np.asarray(a)
@@ -90,9 +90,8 @@ def _torch_forward(model, inputs, dtype) -> np.ndarray:
         return t.to(dtype) if np.issubdtype(a.dtype, np.floating) else t
 
     model = copy.deepcopy(model).to(dtype).eval()
-    x = map_leaves(tensor, inputs) if isinstance(inputs, (dict, tuple, list)) else tensor(inputs)
     with torch.no_grad():
-        out = model(**x) if isinstance(x, dict) else (model(*x) if isinstance(x, (tuple, list)) else model(x))
+        out = call(model, map_leaves(tensor, inputs))
     return np.asarray(prediction(out).detach().numpy(), np.float64)
 
 
@@ -105,8 +104,7 @@ def _flax_forward64(flax_model, loaded, inputs, flax_input) -> np.ndarray:
 
     jax.config.update("jax_enable_x64", True)  # as check_port does for its float64 runs
     floats = lambda a: np.asarray(a, np.float64) if np.issubdtype(np.asarray(a).dtype, np.floating) else np.asarray(a)  # noqa: E731
-    x = map_leaves(floats, inputs) if isinstance(inputs, (dict, tuple, list)) else floats(inputs)
-    x = FLAX_INPUTS.get(flax_input or "same", flax_input)(x)
+    x = FLAX_INPUTS.get(flax_input or "same", flax_input)(map_leaves(floats, inputs))
     model = pure_model(flax_model, x)
     if isinstance(loaded, dict):  # linen: the variables torch_to_flax returned
         model = dataclasses.replace(model, params=loaded["params"],

@@ -271,11 +271,9 @@ def _where(args, kwargs, node) -> Expr:
 
 
 def _getattr(args, kwargs, node) -> Expr:
-    """x.shape (torch's order whatever the layout), x.dtype; x.device has no meaning in the port; a named output
-    of a submodule (`outputs.last_hidden_state`, support.Outputs)."""
+    """x.shape (torch's order whatever the layout), x.dtype; x.device has no meaning in the port. (A submodule's
+    named outputs are read as the structure they were: `trace._structured`.)"""
     x, name = args[0], const(args[1], "attribute")
-    if x.rank is None and name not in ("shape", "dtype", "device", "ndim"):  # None in torch: not in Outputs
-        return Expr(f"{x.src}[{name!r}]" if node.meta.get("tensor_meta") is not None else "None", layout="keep")
     if name == "shape":
         return _size([x], {}, node)
     if name == "device":  # only ever passed on to a factory (torch.arange(..., device=x.device)), which drops it

@@ -1,7 +1,7 @@
 """What a written port imports besides JAX and Flax: the pieces of torch libraries' semantics that are not a layer.
 
 - `Outputs`: a model's named outputs, as transformers' `ModelOutput` gives them: by key (`out["logits"]`), by
-  attribute (`out.logits`, None when absent) and by position (`out[0]`: the first output present).
+  attribute (`out.logits`) and by position (`out[0]`: the first output present).
 - `causal_mask`: transformers' `create_causal_mask` for eager attention: 0 where a query may attend, the
   dtype's lowest value where not (a later key, or a padded one).
 """

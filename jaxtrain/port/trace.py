@@ -59,6 +59,8 @@ def first_inputs(model, example_inputs) -> dict:
     keyword arguments)."""
     import torch
 
+    from jaxtrain.inputs import call
+
     seen: dict = {}
 
     def before(m, args, kwargs, name):
@@ -75,7 +77,7 @@ def first_inputs(model, example_inputs) -> dict:
         m.register_forward_hook(lambda m, a, k, o, name=name: after(m, a, k, o, name), with_kwargs=True))]
     try:
         with torch.no_grad():
-            model(**example_inputs, **extra) if isinstance(example_inputs, dict) else model(*example_inputs, **extra)
+            call(model, example_inputs, **extra)
     finally:
         for hook in hooks:
             hook.remove()
@@ -94,19 +96,14 @@ def tensor_arguments(module, args: tuple, kwargs: dict) -> dict:
     default) is fixed at the value it had, as torch.export specialises on it."""
     import torch
 
+    from torch.utils._pytree import tree_leaves
+
     named = parameters(module)
     given = {**dict(zip(named, args)), **kwargs}
     order = named + [k for k in kwargs if k not in named]
-    return {n: given[n] for n in order if _holds_tensor(given.get(n), torch.Tensor)}
-
-
-def _holds_tensor(value, tensor) -> bool:
-    """A tensor, or a tuple, list or dict holding one (rotary embeddings' (cos, sin)): an input, never a constant."""
-    if isinstance(value, (tuple, list)):
-        return any(_holds_tensor(v, tensor) for v in value)
-    if isinstance(value, dict):
-        return any(_holds_tensor(v, tensor) for v in value.values())
-    return isinstance(value, tensor)
+    # a tensor, or a tuple, list or dict holding one (rotary embeddings' (cos, sin)): an input, never a constant
+    return {n: given[n] for n in order
+            if any(isinstance(leaf, torch.Tensor) for leaf in tree_leaves(given.get(n)))}
 
 
 def trace(module, args: tuple, kwargs: dict, output_of=lambda m: None) -> Traced:
@@ -286,6 +283,7 @@ def _torch_patched():
     it wants a number. Returns the function that puts torch's back."""
     import torch
     import torch.fx as fx
+    from torch.utils._pytree import tree_leaves
 
     saved = {name: getattr(torch, name) for name in ("finfo", "tensor", "ones", "zeros", "full", "empty")}
 
@@ -295,7 +293,7 @@ def _torch_patched():
 
     def recorded(factory):
         def call(*args, **kwargs):
-            proxies = [a for a in _flat_args((args, kwargs)) if isinstance(a, fx.Proxy)]
+            proxies = [a for a in tree_leaves((args, kwargs)) if isinstance(a, fx.Proxy)]
             if proxies:
                 return proxies[0].tracer.create_proxy("call_function", factory, args, kwargs)
             return factory(*args, **kwargs)
@@ -306,14 +304,6 @@ def _torch_patched():
     for name in ("tensor", "ones", "zeros", "full", "empty"):
         setattr(torch, name, recorded(saved[name]))
     return lambda: [setattr(torch, name, f) for name, f in saved.items()]
-
-
-def _flat_args(value) -> list:
-    if isinstance(value, (tuple, list)):
-        return [a for v in value for a in _flat_args(v)]
-    if isinstance(value, dict):
-        return [a for v in value.values() for a in _flat_args(v)]
-    return [value]
 
 
 def _from_shapes(node) -> bool:

@@ -141,8 +141,7 @@ class _ClassWriter:
             if b.is_floating_point():
                 out[name] = f"{_attribute(name, container)}[...]"
             else:
-                out[name] = f"jnp.asarray(self.{_identifier(name.replace('.', '_'))}, " \
-                            f"dtype=jnp.{str(b.dtype).removeprefix('torch.')})"
+                out[name] = f"jnp.asarray(self.{_identifier(name.replace('.', '_'))}, dtype={literal(b.dtype)})"
         return out
 
     def body(self) -> str:
@@ -274,7 +273,7 @@ class _ClassWriter:
                 value = getattr(self.module, node.target)
                 if value.numel() > 1024:
                     raise Untranslatable(f"a constant tensor of {value.numel()} elements computed in forward")
-                return Expr(f"jnp.asarray({literal(value.tolist())}, dtype=jnp.{str(value.dtype).removeprefix('torch.')})",
+                return Expr(f"jnp.asarray({literal(value.tolist())}, dtype={literal(value.dtype)})",
                             layout="keep")
             if node.target in self.buffers:
                 return Expr(self.buffers[node.target], layout="keep")
@@ -405,17 +404,16 @@ def _constant(tensor) -> str:
     """An nnx.Variable holding a torch tensor's values (a frozen table, a buffer): never trained."""
     if tensor.numel() > 4096:
         raise Untranslatable(f"a frozen tensor of {tensor.numel()} elements (only tables up to 4096 are written)")
-    return f"nnx.Variable(jnp.asarray({literal(tensor.tolist())}, dtype=jnp.{str(tensor.dtype).removeprefix('torch.')}))"
+    return f"nnx.Variable(jnp.asarray({literal(tensor.tolist())}, dtype={literal(tensor.dtype)}))"
 
 
 def _has_node(item) -> bool:
+    """Whether a node's argument holds a value the graph computes (in a tuple, a list, a dict or a slice)."""
     import torch.fx as fx
 
-    if isinstance(item, slice):
-        return any(_has_node(v) for v in (item.start, item.stop, item.step))
-    if isinstance(item, (list, tuple)):
-        return any(_has_node(v) for v in item)
-    return isinstance(item, fx.Node)
+    found = []
+    fx.node.map_arg(item, found.append)
+    return bool(found)
 
 
 def _nested(value):
